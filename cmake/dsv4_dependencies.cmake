@@ -1,0 +1,21 @@
+# Dependencies come from Debian packages; each failure names the package to install.
+macro(dsv4_require package apt)
+  find_package(${package} ${ARGN} QUIET)
+  if(NOT ${package}_FOUND)
+    message(FATAL_ERROR "dsv4: ${package} not found; install the Debian package '${apt}' "
+                        "(scripts/setup.sh does this)")
+  endif()
+endmacro()
+
+dsv4_require(fmt libfmt-dev)
+if(DSV4_BUILD_TOOLS)
+  dsv4_require(CLI11 libcli11-dev)
+endif()
+dsv4_require(nlohmann_json nlohmann-json3-dev 3.10)
+if(DSV4_OPENMP)
+  dsv4_require(OpenMP "libgomp1 (gcc) or libomp-dev (clang)")
+endif()
+if(DSV4_BUILD_TESTS)
+  dsv4_require(Catch2 catch2)
+endif()
+find_package(Threads REQUIRED)

@@ -1,0 +1,16 @@
+# Every option of the project, in one place. Tests, examples and tools default on only when dsv4 is
+# the top-level project, so that embedding it with add_subdirectory() builds just the library.
+option(DSV4_BUILD_TESTS "dsv4: build the Catch2 test suite" ${PROJECT_IS_TOP_LEVEL})
+option(DSV4_BUILD_EXAMPLES "dsv4: build the examples" ${PROJECT_IS_TOP_LEVEL})
+option(DSV4_BUILD_TOOLS "dsv4: build the dsv4 command-line tool" ${PROJECT_IS_TOP_LEVEL})
+option(DSV4_BUILD_BENCH "dsv4: build the benchmarks in bench/" OFF)
+option(DSV4_BUILD_PYTHON "dsv4: build the Python bindings (bindings/python)" OFF)
+option(DSV4_CUDA "dsv4: build the CUDA backend (needs nvcc)" OFF)
+option(DSV4_NATIVE "dsv4: compile everything with -march=native (not portable)" OFF)
+option(DSV4_OPENMP "dsv4: use OpenMP for the CPU backend's thread parallelism" ON)
+option(DSV4_SANITIZE_ADDRESS "dsv4: build with AddressSanitizer" OFF)
+option(DSV4_SANITIZE_UNDEFINED "dsv4: build with UndefinedBehaviorSanitizer" OFF)
+option(DSV4_SANITIZE_THREAD "dsv4: build with ThreadSanitizer" OFF)
+option(DSV4_FUZZ "dsv4: build the libFuzzer targets (needs clang)" OFF)
+option(DSV4_WERROR "dsv4: treat compiler warnings as errors" OFF)
+set(DSV4_FUZZ_SECONDS 20 CACHE STRING "dsv4: seconds each fuzz target runs inside ctest")

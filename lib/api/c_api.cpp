@@ -1,0 +1,433 @@
+// Every extern "C" definition of dsv4.h. Each fallible function is wrapped in DSV4_API_BEGIN/END, so no C++
+// exception crosses the boundary.
+#include <dsv4/dsv4.h>
+
+#include <cstddef>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "api/errors.h"
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "io/mapped_file.h"
+#include "model/model.h"
+#include "runtime/context.h"
+
+struct dsv4_model {
+    std::unique_ptr<dsv4::model::Model> impl;
+};
+struct dsv4_context {
+    std::unique_ptr<dsv4::runtime::Context> impl;
+};
+
+namespace {
+using dsv4::fail;
+
+template <typename T>
+void require(const T *p, const char *what) {
+    if (!p) fail(DSV4_ERR_INVALID_ARGUMENT, "{} is NULL", what);
+}
+
+// Caller-sized structs: the caller's struct_size must cover at least the first field.
+template <typename T>
+void require_struct(const T *p, const char *what) {
+    require(p, what);
+    if (p->struct_size < sizeof(size_t)) fail(DSV4_ERR_INVALID_ARGUMENT, "{}->struct_size = {} is too small", what, p->struct_size);
+}
+
+// Copies the first `size` bytes of a fully filled struct into the caller's (possibly older, smaller) one.
+template <typename T>
+void copy_out(T *dst, T src) {
+    const size_t n = dst->struct_size < sizeof(T) ? dst->struct_size : sizeof(T);
+    src.struct_size = dst->struct_size;
+    std::memcpy(static_cast<void *>(dst), &src, n);
+}
+
+// Reads a caller's params struct of any size: fields it lacks keep their defaults.
+template <typename T>
+T read_params(const T *p, T defaults) {
+    if (!p) return defaults;
+    if ((p->struct_size) < sizeof(size_t) || (p->struct_size) > (1u << 16))
+        fail(DSV4_ERR_INVALID_ARGUMENT, "params->struct_size = {} is not a valid size", p->struct_size);
+    const size_t n = p->struct_size < sizeof(T) ? p->struct_size : sizeof(T);
+    std::memcpy(static_cast<void *>(&defaults), p, n);
+    defaults.struct_size = sizeof(T);
+    return defaults;
+}
+
+struct ProgressBridge {
+    dsv4_progress_callback callback;
+    void *user;
+    static bool call(uint64_t done, uint64_t total, void *self) {
+        auto *b = static_cast<ProgressBridge *>(self);
+        return b->callback(done, total, b->user) != 0;
+    }
+};
+
+}  // namespace
+
+extern "C" {
+
+DSV4_API int32_t dsv4_version_number(void) { return DSV4_VERSION_NUMBER; }
+DSV4_API const char *dsv4_version_string(void) { return DSV4_VERSION_STRING; }
+DSV4_API int32_t dsv4_api_version(void) { return DSV4_API_VERSION; }
+DSV4_API const char *dsv4_build_info(void) {
+    return "dsv4 " DSV4_VERSION_STRING " (" __VERSION__ "; backends: cpu-reference"
+#if defined(_OPENMP)
+           "; openmp"
+#endif
+           ")";
+}
+
+DSV4_API const char *dsv4_status_name(dsv4_status s) {
+    switch (s) {
+#define DSV4_NAME(x) \
+    case x: return #x;
+        DSV4_NAME(DSV4_OK)
+        DSV4_NAME(DSV4_ERR_INVALID_ARGUMENT)
+        DSV4_NAME(DSV4_ERR_IO)
+        DSV4_NAME(DSV4_ERR_FORMAT)
+        DSV4_NAME(DSV4_ERR_CONFIG)
+        DSV4_NAME(DSV4_ERR_WEIGHTS)
+        DSV4_NAME(DSV4_ERR_OUT_OF_MEMORY)
+        DSV4_NAME(DSV4_ERR_CONTEXT_FULL)
+        DSV4_NAME(DSV4_ERR_INVALID_TOKEN)
+        DSV4_NAME(DSV4_ERR_UNSUPPORTED)
+        DSV4_NAME(DSV4_ERR_BACKEND)
+        DSV4_NAME(DSV4_ERR_CANCELLED)
+        DSV4_NAME(DSV4_ERR_BUFFER_TOO_SMALL)
+        DSV4_NAME(DSV4_ERR_VERSION)
+        DSV4_NAME(DSV4_ERR_INTERNAL)
+        DSV4_NAME(DSV4_ERR_IO_NOT_FOUND)
+        DSV4_NAME(DSV4_ERR_IO_READ)
+        DSV4_NAME(DSV4_ERR_IO_WRITE)
+        DSV4_NAME(DSV4_ERR_FORMAT_TRUNCATED)
+        DSV4_NAME(DSV4_ERR_FORMAT_HEADER_SIZE)
+        DSV4_NAME(DSV4_ERR_FORMAT_JSON)
+        DSV4_NAME(DSV4_ERR_FORMAT_NESTING)
+        DSV4_NAME(DSV4_ERR_FORMAT_OFFSET)
+        DSV4_NAME(DSV4_ERR_FORMAT_OVERLAP)
+        DSV4_NAME(DSV4_ERR_FORMAT_DTYPE)
+        DSV4_NAME(DSV4_ERR_FORMAT_SHAPE)
+        DSV4_NAME(DSV4_ERR_FORMAT_INDEX)
+        DSV4_NAME(DSV4_ERR_FORMAT_DUPLICATE)
+        DSV4_NAME(DSV4_ERR_CONFIG_MISSING_FIELD)
+        DSV4_NAME(DSV4_ERR_CONFIG_INVALID_FIELD)
+        DSV4_NAME(DSV4_ERR_CONFIG_INCONSISTENT)
+        DSV4_NAME(DSV4_ERR_WEIGHTS_MISSING)
+        DSV4_NAME(DSV4_ERR_WEIGHTS_DTYPE)
+        DSV4_NAME(DSV4_ERR_WEIGHTS_SHAPE)
+        DSV4_NAME(DSV4_ERR_WEIGHTS_MISMATCH)
+        DSV4_NAME(DSV4_ERR_INVALID_ARGUMENT_SEQUENCE)
+        DSV4_NAME(DSV4_ERR_INVALID_ARGUMENT_POSITION)
+        DSV4_NAME(DSV4_ERR_UNSUPPORTED_REWIND)
+#undef DSV4_NAME
+    }
+    return "DSV4_UNKNOWN_STATUS";
+}
+
+DSV4_API void dsv4_log_set(dsv4_log_callback callback, void *user_data) {
+    dsv4::core::set_log_callback(callback, user_data);
+}
+DSV4_API void dsv4_log_set_level(dsv4_log_level level) { dsv4::core::set_log_level(level); }
+
+DSV4_API const char *dsv4_dtype_name(dsv4_dtype dtype) {
+    switch (dtype) {
+        case DSV4_DTYPE_F32: return "F32";
+        case DSV4_DTYPE_BF16: return "BF16";
+        case DSV4_DTYPE_F16: return "F16";
+        case DSV4_DTYPE_F8_E4M3: return "F8_E4M3";
+        case DSV4_DTYPE_F8_E8M0: return "F8_E8M0";
+        case DSV4_DTYPE_FP4_E2M1: return "FP4_E2M1";
+        case DSV4_DTYPE_I8: return "I8";
+        case DSV4_DTYPE_I32: return "I32";
+        case DSV4_DTYPE_I64: return "I64";
+        default: return "UNKNOWN";
+    }
+}
+
+// ---- model ----------------------------------------------------------------------------------------------
+DSV4_API dsv4_status dsv4_model_params_init(dsv4_model_params *params, size_t size) {
+    DSV4_API_BEGIN
+    require(params, "params");
+    if (size < sizeof(dsv4_model_params))
+        fail(DSV4_ERR_INVALID_ARGUMENT, "dsv4_model_params_init: size {} < sizeof(dsv4_model_params) = {}", size,
+             sizeof(dsv4_model_params));
+    dsv4_model_params p{};
+    p.struct_size = sizeof p;
+    p.use_mmap = 1;
+    p.check_tensors = 1;
+    *params = p;
+    DSV4_API_END
+}
+
+DSV4_API dsv4_status dsv4_model_load(const char *dir, const dsv4_model_params *params, dsv4_model **out_model) {
+    if (out_model) *out_model = nullptr;
+    DSV4_API_BEGIN
+    require(dir, "dir");
+    require(out_model, "out_model");
+    dsv4_model_params p = read_params(params, dsv4_model_default_params());
+    dsv4::model::LoadOptions options;
+    options.use_mmap = p.use_mmap != 0;
+    options.check_values = p.check_tensors != 0;
+    ProgressBridge bridge{p.progress_callback, p.progress_user_data};
+    if (p.progress_callback) {
+        options.progress = &ProgressBridge::call;
+        options.progress_user = &bridge;
+    }
+    auto model = std::make_unique<dsv4_model>();
+    model->impl = dsv4::model::Model::load(dir, options);
+    dsv4::core::log(DSV4_LOG_LEVEL_INFO, "loaded {} ({} layers)", dir, model->impl->config().n_layers);
+    *out_model = model.release();
+    DSV4_API_END
+}
+
+DSV4_API void dsv4_model_free(dsv4_model *model) { delete model; }
+
+DSV4_API dsv4_status dsv4_model_get_info(const dsv4_model *model, dsv4_model_info *info) {
+    DSV4_API_BEGIN
+    require(model, "model");
+    require_struct(info, "info");
+    const dsv4::io::ModelConfig &c = model->impl->config();
+    dsv4_model_info out{};
+    out.name = model->impl->name().c_str();
+    out.vocab_size = c.vocab_size;
+    out.dim = c.dim;
+    out.n_layers = c.n_layers;
+    out.n_mtp_layers = c.n_mtp_layers;
+    out.n_heads = c.n_heads;
+    out.head_dim = c.head_dim;
+    out.rope_head_dim = c.rope_head_dim;
+    out.q_lora_rank = c.q_lora_rank;
+    out.o_groups = c.o_groups;
+    out.o_lora_rank = c.o_lora_rank;
+    out.n_routed_experts = c.n_routed_experts;
+    out.n_shared_experts = c.n_shared_experts;
+    out.n_activated_experts = c.n_activated_experts;
+    out.moe_inter_dim = c.moe_inter_dim;
+    out.n_hash_layers = c.n_hash_layers;
+    out.window_size = c.window_size;
+    out.index_n_heads = c.index_n_heads;
+    out.index_head_dim = c.index_head_dim;
+    out.index_topk = c.index_topk;
+    out.hc_mult = c.hc_mult;
+    out.max_position_embeddings = c.max_position_embeddings;
+    for (int il = 0; il < c.n_layers; ++il) {
+        const dsv4_layer_kind k = c.layers[size_t(il)].kind;
+        out.n_window_layers += k == DSV4_LAYER_KIND_WINDOW;
+        out.n_csa_layers += k == DSV4_LAYER_KIND_CSA;
+        out.n_hca_layers += k == DSV4_LAYER_KIND_HCA;
+    }
+    out.expert_dtype = c.expert_format == dsv4::io::ExpertFormat::fp8 ? DSV4_DTYPE_F8_E4M3 : DSV4_DTYPE_FP4_E2M1;
+    for (const auto &shard : model->impl->checkpoint().shards())
+        for (const auto &t : shard->tensors()) {
+            out.n_bytes += t.nbytes;
+            const bool packed_fp4 = t.dtype == dsv4::core::DType::I8 && t.name.find(".experts.") != std::string::npos;
+            out.n_params += uint64_t(t.numel()) * (packed_fp4 ? 2 : 1);
+        }
+    copy_out(info, out);
+    DSV4_API_END
+}
+
+DSV4_API dsv4_status dsv4_model_get_layer_info(const dsv4_model *model, int32_t il, dsv4_layer_info *info) {
+    DSV4_API_BEGIN
+    require(model, "model");
+    require_struct(info, "info");
+    const dsv4::io::ModelConfig &c = model->impl->config();
+    if (il < 0 || size_t(il) >= c.layers.size())
+        fail(DSV4_ERR_INVALID_ARGUMENT, "layer {} outside [0, {})", il, c.layers.size());
+    const dsv4::io::LayerSpec &l = c.layers[size_t(il)];
+    dsv4_layer_info out{};
+    out.kind = l.kind;
+    out.compress_ratio = l.compress_ratio;
+    out.is_hash_routed = l.hash_routed;
+    out.is_mtp = l.mtp;
+    out.rope_theta = l.rope_theta;
+    out.uses_yarn = l.yarn;
+    copy_out(info, out);
+    DSV4_API_END
+}
+
+DSV4_API dsv4_status dsv4_model_param_bytes(const dsv4_model *model, dsv4_dtype dtype, uint64_t *out_bytes) {
+    DSV4_API_BEGIN
+    require(model, "model");
+    require(out_bytes, "out_bytes");
+    if (int(dtype) < 0 || dtype >= DSV4_DTYPE_COUNT) fail(DSV4_ERR_INVALID_ARGUMENT, "dtype {} is not a dsv4_dtype", int(dtype));
+    uint64_t n = 0;
+    for (const auto &shard : model->impl->checkpoint().shards())
+        for (const auto &t : shard->tensors()) {
+            const bool packed_fp4 = t.dtype == dsv4::core::DType::I8 && t.name.find(".experts.") != std::string::npos;
+            const dsv4_dtype as = packed_fp4 ? DSV4_DTYPE_FP4_E2M1 : dsv4::core::to_public(t.dtype);
+            if (as == dtype) n += t.nbytes;
+        }
+    *out_bytes = n;
+    DSV4_API_END
+}
+
+// ---- context ----------------------------------------------------------------------------------------------
+DSV4_API dsv4_status dsv4_context_params_init(dsv4_context_params *params, size_t size) {
+    DSV4_API_BEGIN
+    require(params, "params");
+    if (size < sizeof(dsv4_context_params))
+        fail(DSV4_ERR_INVALID_ARGUMENT, "dsv4_context_params_init: size {} < sizeof(dsv4_context_params) = {}", size,
+             sizeof(dsv4_context_params));
+    dsv4_context_params p{};
+    p.struct_size = sizeof p;
+    p.n_ctx = 4096;
+    p.n_seq_max = 1;
+    p.n_threads = 0;
+    p.n_rewind = 256;
+    *params = p;
+    DSV4_API_END
+}
+
+DSV4_API dsv4_status dsv4_context_create(const dsv4_model *model, const dsv4_context_params *params,
+                                         dsv4_context **out_ctx) {
+    if (out_ctx) *out_ctx = nullptr;
+    DSV4_API_BEGIN
+    require(model, "model");
+    require(out_ctx, "out_ctx");
+    dsv4_context_params p = read_params(params, dsv4_context_default_params());
+    dsv4::runtime::ContextOptions o;
+    o.n_ctx = p.n_ctx;
+    o.n_seq_max = p.n_seq_max;
+    o.n_threads = p.n_threads;
+    o.n_rewind = p.n_rewind;
+    o.abort_callback = p.abort_callback;
+    o.abort_user_data = p.abort_user_data;
+    if (p.eval_callback) {
+        dsv4_eval_callback cb = p.eval_callback;
+        void *user = p.eval_user_data;
+        auto active = std::make_shared<bool>(true);
+        o.observer = [cb, user, active](const std::string &name, int layer, dsv4_dtype dtype, int64_t rows, int64_t cols,
+                                        const void *data) {
+            if (!*active) return;
+            std::string full = "L" + std::to_string(layer) + "." + name;
+            if (dtype == DSV4_DTYPE_BF16) dtype = DSV4_DTYPE_F32;  // values are delivered as fp32 holding bf16 values
+            if (!cb(full.c_str(), layer, dtype, rows, cols, data, user)) *active = false;
+        };
+    }
+    auto ctx = std::make_unique<dsv4_context>();
+    ctx->impl = std::make_unique<dsv4::runtime::Context>(*model->impl, o);
+    *out_ctx = ctx.release();
+    DSV4_API_END
+}
+
+DSV4_API void dsv4_context_free(dsv4_context *ctx) { delete ctx; }
+
+DSV4_API dsv4_status dsv4_decode(dsv4_context *ctx, const dsv4_batch *batch) {
+    DSV4_API_BEGIN
+    require(ctx, "ctx");
+    require_struct(batch, "batch");
+    if (batch->struct_size < offsetof(dsv4_batch, want_output) + sizeof(batch->want_output))
+        fail(DSV4_ERR_INVALID_ARGUMENT, "batch->struct_size = {} is too small", batch->struct_size);
+    const int32_t seq = batch->struct_size >= offsetof(dsv4_batch, seq) + sizeof(int32_t) ? batch->seq : 0;
+    ctx->impl->decode(batch->tokens, batch->pos, batch->seq_id, seq, batch->want_output, batch->n_tokens);
+    DSV4_API_END
+}
+
+DSV4_API dsv4_status dsv4_get_logits(const dsv4_context *ctx, int32_t i_output, const float **out_logits,
+                                     int32_t *out_n_vocab) {
+    DSV4_API_BEGIN
+    require(ctx, "ctx");
+    require(out_logits, "out_logits");
+    *out_logits = ctx->impl->logits(i_output);
+    if (out_n_vocab) *out_n_vocab = ctx->impl->model().config().vocab_size;
+    DSV4_API_END
+}
+
+DSV4_API int32_t dsv4_n_outputs(const dsv4_context *ctx) { return ctx ? ctx->impl->n_outputs() : 0; }
+
+DSV4_API dsv4_status dsv4_mtp_logits(dsv4_context *ctx, const int32_t *next_tokens, int32_t n, float *out, size_t cap) {
+    DSV4_API_BEGIN
+    require(ctx, "ctx");
+    require(next_tokens, "next_tokens");
+    require(out, "out");
+    ctx->impl->mtp_logits(next_tokens, n, out, cap);
+    DSV4_API_END
+}
+
+DSV4_API dsv4_status dsv4_seq_length(const dsv4_context *ctx, int32_t seq, int32_t *out_length) {
+    DSV4_API_BEGIN
+    require(ctx, "ctx");
+    require(out_length, "out_length");
+    *out_length = int32_t(ctx->impl->seq_length(seq));
+    DSV4_API_END
+}
+
+DSV4_API dsv4_status dsv4_seq_truncate(dsv4_context *ctx, int32_t seq, int32_t n) {
+    DSV4_API_BEGIN
+    require(ctx, "ctx");
+    ctx->impl->seq_truncate(seq, n);
+    DSV4_API_END
+}
+
+DSV4_API dsv4_status dsv4_seq_fork(dsv4_context *ctx, int32_t src, int32_t dst) {
+    DSV4_API_BEGIN
+    require(ctx, "ctx");
+    ctx->impl->seq_fork(src, dst);
+    DSV4_API_END
+}
+
+DSV4_API dsv4_status dsv4_get_memory_stats(const dsv4_context *ctx, dsv4_memory_stats *stats) {
+    DSV4_API_BEGIN
+    require(ctx, "ctx");
+    require_struct(stats, "stats");
+    copy_out(stats, ctx->impl->memory_stats());
+    DSV4_API_END
+}
+
+// ---- state --------------------------------------------------------------------------------------------------
+DSV4_API dsv4_status dsv4_state_size(const dsv4_context *ctx, int32_t seq, size_t *out_size) {
+    DSV4_API_BEGIN
+    require(ctx, "ctx");
+    require(out_size, "out_size");
+    *out_size = ctx->impl->save_state(seq).size();
+    DSV4_API_END
+}
+
+DSV4_API dsv4_status dsv4_state_save(const dsv4_context *ctx, int32_t seq, void *buf, size_t cap, size_t *out_written) {
+    DSV4_API_BEGIN
+    require(ctx, "ctx");
+    require(out_written, "out_written");
+    std::vector<uint8_t> blob = ctx->impl->save_state(seq);
+    *out_written = blob.size();
+    if (!buf || cap < blob.size())
+        fail(DSV4_ERR_BUFFER_TOO_SMALL, "state of sequence {} needs {} bytes, buffer has {}", seq, blob.size(), cap);
+    std::memcpy(buf, blob.data(), blob.size());
+    DSV4_API_END
+}
+
+DSV4_API dsv4_status dsv4_state_load(dsv4_context *ctx, int32_t seq, const void *buf, size_t size) {
+    DSV4_API_BEGIN
+    require(ctx, "ctx");
+    require(buf, "buf");
+    ctx->impl->load_state(seq, static_cast<const uint8_t *>(buf), size);
+    DSV4_API_END
+}
+
+DSV4_API dsv4_status dsv4_state_save_file(const dsv4_context *ctx, int32_t seq, const char *path) {
+    DSV4_API_BEGIN
+    require(ctx, "ctx");
+    require(path, "path");
+    std::vector<uint8_t> blob = ctx->impl->save_state(seq);
+    std::unique_ptr<FILE, int (*)(FILE *)> f(std::fopen(path, "wb"), &std::fclose);
+    if (!f) fail(DSV4_ERR_IO_WRITE, "{}: cannot open for writing", path);
+    if (std::fwrite(blob.data(), 1, blob.size(), f.get()) != blob.size() || std::fflush(f.get()) != 0)
+        fail(DSV4_ERR_IO_WRITE, "{}: write failed", path);
+    DSV4_API_END
+}
+
+DSV4_API dsv4_status dsv4_state_load_file(dsv4_context *ctx, int32_t seq, const char *path) {
+    DSV4_API_BEGIN
+    require(ctx, "ctx");
+    require(path, "path");
+    dsv4::io::MappedFile f(path, false);
+    ctx->impl->load_state(seq, f.data(), f.size());
+    DSV4_API_END
+}
+
+}  // extern "C"

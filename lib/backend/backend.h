@@ -1,0 +1,50 @@
+// The backend interface: every heavy operation of the forward pass goes through it, so that optimised CPU
+// and GPU backends plug in without touching the model code. Activations are fp32 arrays whose values are
+// already rounded to the dtype the reference holds them in (bf16 unless stated); each operation rounds its
+// output exactly where the reference does (spec §16).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/matrix.h"
+
+namespace dsv4::backend {
+
+constexpr int kBackendApiVersion = 1;
+
+struct AttentionProblem {
+    const float *q = nullptr;        // bf16 values [n_heads, head_dim]
+    const float *kv = nullptr;       // bf16 values [n_rows, head_dim]: K = V (one shared KV head)
+    const uint8_t *valid = nullptr;  // [n_rows]: 0 = empty slot (index -1), contributes nothing
+    int64_t n_rows = 0;
+    int n_heads = 0, head_dim = 0;
+    const float *sink = nullptr;     // fp32 [n_heads] logit added to the denominator only
+    float scale = 0;                 // softmax scale (head_dim^-0.5)
+    float *out = nullptr;            // bf16 values [n_heads, head_dim]
+};
+
+class Backend {
+public:
+    virtual ~Backend() = default;
+    virtual int api_version() const { return kBackendApiVersion; }
+    virtual std::string name() const = 0;
+
+    // y[n, w.rows] = bf16(fp8_gemm(act_quant_128(x[n, w.cols]), w)) (spec §10.3).
+    virtual void linear_fp8(const float *x, int64_t n, const core::Fp8Matrix &w, float *y) = 0;
+    // Routed-expert GEMM in the checkpoint's expert format (FP4 per-32 scales, or FP8 128x128).
+    virtual void linear_expert(const float *x, int64_t n, const core::ExpertMatrix &w, float *y) = 0;
+    // y = bf16(x · wᵀ) with bf16 inputs, fp32 accumulation and one rounding (wo_a, indexer weights_proj).
+    virtual void linear_bf16(const float *x, int64_t n, const core::Bf16Matrix &w, float *y) = 0;
+    // y = x · wᵀ in fp32 with bf16-stored weights (compressor, router gate, LM head).
+    virtual void linear_f32(const float *x, int64_t n, const core::Bf16Matrix &w, float *y) = 0;
+    // y = x · wᵀ in fp32 with fp32 weights [rows, cols] (mHC mixes).
+    virtual void linear_f32w(const float *x, int64_t n, const float *w, int64_t rows, int64_t cols, float *y) = 0;
+    // Sparse attention with sink over an explicit row list, online softmax in chunks of 64 rows (spec §4.5).
+    virtual void attention(const AttentionProblem &p) = 0;
+};
+
+// The portable reference backend (exact reference numerics, OpenMP across output rows).
+std::unique_ptr<Backend> make_cpu_reference_backend(int n_threads);
+
+}  // namespace dsv4::backend

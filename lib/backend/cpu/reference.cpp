@@ -1,0 +1,168 @@
+// The CPU reference backend: straightforward loops with the reference's precision at every step. Each
+// output element is computed by one thread in a fixed order, so results do not depend on the thread count.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "backend/backend.h"
+#include "core/numeric.h"
+
+namespace dsv4::backend {
+namespace {
+using namespace dsv4::core;
+
+constexpr int64_t kActBlock = 128;
+
+// Per-row FP8 activation quantisation in blocks of 128: codes decoded to fp32 plus one scale per block.
+struct QuantizedRows {
+    std::vector<float> values;  // decoded FP8 codes (unscaled) [n, k]
+    std::vector<float> scales;  // [n, ceil(k/128)]
+    int64_t k = 0, blocks = 0;
+    QuantizedRows(const float *x, int64_t n, int64_t k_) : k(k_), blocks((k_ + kActBlock - 1) / kActBlock) {
+        values.resize(size_t(n * k));
+        scales.resize(size_t(n * blocks));
+        std::vector<uint8_t> codes(static_cast<size_t>(k));
+        std::vector<int8_t> exps(static_cast<size_t>(blocks));
+        for (int64_t i = 0; i < n; ++i) {
+            quantize_blocks(BlockFormat::fp8_e4m3, x + i * k, size_t(k), kActBlock, codes.data(), exps.data());
+            for (int64_t j = 0; j < k; ++j) values[size_t(i * k + j)] = fp8_e4m3_to_f32(codes[size_t(j)]);
+            for (int64_t b = 0; b < blocks; ++b) scales[size_t(i * blocks + b)] = exp2i(exps[size_t(b)]);
+        }
+    }
+};
+
+class CpuReferenceBackend final : public Backend {
+public:
+    explicit CpuReferenceBackend(int n_threads) : n_threads_(n_threads) {}
+    std::string name() const override { return "cpu-reference"; }
+
+    void linear_fp8(const float *x, int64_t n, const Fp8Matrix &w, float *y) override {
+        QuantizedRows a(x, n, w.cols);
+        const int64_t sc = w.scale_cols();
+#pragma omp parallel for num_threads(threads()) schedule(static)
+        for (int64_t r = 0; r < w.rows; ++r) {
+            std::vector<float> wrow(static_cast<size_t>(w.cols));
+            for (int64_t c = 0; c < w.cols; ++c) wrow[size_t(c)] = fp8_e4m3_to_f32(w.w[r * w.cols + c]);
+            for (int64_t i = 0; i < n; ++i) {
+                const float *av = &a.values[size_t(i * w.cols)];
+                float acc = 0.0f;
+                for (int64_t b = 0; b < a.blocks; ++b) {
+                    float partial = 0.0f;
+                    for (int64_t c = b * kActBlock; c < std::min(w.cols, (b + 1) * kActBlock); ++c)
+                        partial += av[c] * wrow[size_t(c)];
+                    acc += partial * a.scales[size_t(i * a.blocks + b)] * e8m0_to_f32(w.scale[(r / 128) * sc + b]);
+                }
+                y[i * w.rows + r] = round_bf16(acc);
+            }
+        }
+    }
+
+    void linear_expert(const float *x, int64_t n, const ExpertMatrix &w, float *y) override {
+        if (w.format == ExpertFormat::fp8) return linear_fp8(x, n, w.fp8, y);
+        const Fp4Matrix &m = w.fp4;
+        QuantizedRows a(x, n, m.cols);
+        const int64_t groups = m.cols / 32;
+#pragma omp parallel for num_threads(threads()) schedule(static)
+        for (int64_t r = 0; r < m.rows; ++r) {
+            std::vector<float> wrow(static_cast<size_t>(m.cols));
+            const uint8_t *packed = m.w + r * (m.cols / 2);
+            for (int64_t c = 0; c < m.cols; ++c) wrow[size_t(c)] = fp4_e2m1_to_f32(fp4_unpack(packed, size_t(c)));
+            for (int64_t i = 0; i < n; ++i) {
+                const float *av = &a.values[size_t(i * m.cols)];
+                float acc = 0.0f;
+                for (int64_t g = 0; g < groups; ++g) {
+                    float partial = 0.0f;
+                    for (int64_t c = g * 32; c < (g + 1) * 32; ++c) partial += av[c] * wrow[size_t(c)];
+                    acc += partial * a.scales[size_t(i * a.blocks + g / 4)] * e8m0_to_f32(m.scale[r * groups + g]);
+                }
+                y[i * m.rows + r] = round_bf16(acc);
+            }
+        }
+    }
+
+    void linear_bf16(const float *x, int64_t n, const Bf16Matrix &w, float *y) override {
+        linear_bf16_weights(x, n, w, y, true);
+    }
+    void linear_f32(const float *x, int64_t n, const Bf16Matrix &w, float *y) override {
+        linear_bf16_weights(x, n, w, y, false);
+    }
+
+    void linear_f32w(const float *x, int64_t n, const float *w, int64_t rows, int64_t cols, float *y) override {
+#pragma omp parallel for num_threads(threads()) schedule(static)
+        for (int64_t r = 0; r < rows; ++r)
+            for (int64_t i = 0; i < n; ++i) {
+                float acc = 0.0f;
+                for (int64_t c = 0; c < cols; ++c) acc += x[i * cols + c] * w[r * cols + c];
+                y[i * rows + r] = acc;
+            }
+    }
+
+    void attention(const AttentionProblem &p) override {
+        constexpr int64_t kChunk = 64;
+        const int d = p.head_dim;
+#pragma omp parallel for num_threads(threads()) schedule(static)
+        for (int h = 0; h < p.n_heads; ++h) {
+            const float *q = p.q + int64_t(h) * d;
+            std::vector<float> acc(size_t(d), 0.0f), scores(kChunk);
+            float m = -INFINITY, l = 0.0f;
+            for (int64_t c0 = 0; c0 < p.n_rows; c0 += kChunk) {
+                const int64_t c1 = std::min(p.n_rows, c0 + kChunk);
+                float chunk_max = -INFINITY;
+                for (int64_t j = c0; j < c1; ++j) {
+                    float s = -INFINITY;
+                    if (p.valid[j]) {
+                        float dot = 0.0f;
+                        const float *k = p.kv + j * d;
+                        for (int t = 0; t < d; ++t) dot += q[t] * k[t];
+                        s = dot * p.scale;
+                    }
+                    scores[size_t(j - c0)] = s;
+                    chunk_max = std::max(chunk_max, s);
+                }
+                const float m_new = std::max(m, chunk_max);
+                if (m_new == -INFINITY) continue;  // nothing valid yet
+                const float alpha = m == -INFINITY ? 0.0f : std::exp(m - m_new);
+                l *= alpha;
+                for (float &v : acc) v *= alpha;
+                for (int64_t j = c0; j < c1; ++j) {
+                    if (!p.valid[j]) continue;
+                    const float prob = std::exp(scores[size_t(j - c0)] - m_new);
+                    l += prob;
+                    const float prob_bf16 = round_bf16(prob);  // P is bf16 in the P·V product
+                    const float *v = p.kv + j * d;
+                    for (int t = 0; t < d; ++t) acc[size_t(t)] += prob_bf16 * v[t];
+                }
+                m = m_new;
+            }
+            l += std::exp(p.sink[h] - m);
+            float *o = p.out + int64_t(h) * d;
+            for (int t = 0; t < d; ++t) o[t] = round_bf16(acc[size_t(t)] / l);
+        }
+    }
+
+private:
+    int threads() const { return n_threads_ > 0 ? n_threads_ : 1; }
+
+    void linear_bf16_weights(const float *x, int64_t n, const Bf16Matrix &w, float *y, bool round_out) {
+#pragma omp parallel for num_threads(threads()) schedule(static)
+        for (int64_t r = 0; r < w.rows; ++r) {
+            std::vector<float> wrow(static_cast<size_t>(w.cols));
+            for (int64_t c = 0; c < w.cols; ++c) wrow[size_t(c)] = load_bf16(w.w, size_t(r * w.cols + c));
+            for (int64_t i = 0; i < n; ++i) {
+                float acc = 0.0f;
+                for (int64_t c = 0; c < w.cols; ++c) acc += x[i * w.cols + c] * wrow[size_t(c)];
+                y[i * w.rows + r] = round_out ? round_bf16(acc) : acc;
+            }
+        }
+    }
+
+    int n_threads_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_reference_backend(int n_threads) {
+    return std::make_unique<CpuReferenceBackend>(n_threads);
+}
+
+}  // namespace dsv4::backend

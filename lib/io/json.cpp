@@ -1,0 +1,51 @@
+#include "io/json.h"
+
+#include <unordered_set>
+
+#include "core/error.h"
+
+namespace dsv4::io {
+namespace {
+// Depth of [ and { outside strings; the parser itself recurses, so the bound protects the stack.
+int max_nesting(std::string_view text, int limit) {
+    int depth = 0, deepest = 0;
+    bool in_string = false, escaped = false;
+    for (char c : text) {
+        if (in_string) {
+            if (escaped) escaped = false;
+            else if (c == '\\') escaped = true;
+            else if (c == '"') in_string = false;
+            continue;
+        }
+        if (c == '"') in_string = true;
+        else if (c == '[' || c == '{') {
+            deepest = std::max(deepest, ++depth);
+            if (deepest > limit) return deepest;
+        } else if (c == ']' || c == '}') --depth;
+    }
+    return deepest;
+}
+}  // namespace
+
+nlohmann::json parse_json(std::string_view text, const std::string &what, bool allow_duplicate_keys,
+                          int max_depth) {
+    if (max_nesting(text, max_depth) > max_depth)
+        fail(DSV4_ERR_FORMAT_NESTING, "{}: JSON nests deeper than {} levels", what, max_depth);
+    std::unordered_set<std::string> top_keys;
+    std::string duplicate;
+    auto callback = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json &value) {
+        if (!allow_duplicate_keys && depth == 1 && event == nlohmann::json::parse_event_t::key &&
+            !top_keys.insert(value.get<std::string>()).second && duplicate.empty())
+            duplicate = value.get<std::string>();
+        return true;
+    };
+    try {
+        nlohmann::json j = nlohmann::json::parse(text.begin(), text.end(), callback);
+        if (!duplicate.empty()) fail(DSV4_ERR_FORMAT_DUPLICATE, "{}: key '{}' appears twice", what, duplicate);
+        return j;
+    } catch (const nlohmann::json::exception &e) {
+        fail(DSV4_ERR_FORMAT_JSON, "{}: invalid JSON: {}", what, e.what());
+    }
+}
+
+}  // namespace dsv4::io

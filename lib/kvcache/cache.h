@@ -1,0 +1,113 @@
+// The KV-cache manager's storage: everything one sequence keeps per layer (spec §11), in a lossless
+// production layout, with transactions so that a failed evaluation leaves the cache exactly as it was.
+//
+// Per layer and sequence:
+//   window ring      bf16 [W + R, head_dim]        positions len-(W+R) .. len-1 (R = rewind capacity)
+//   compressed KV    paged entries, FP8 nope dims + e8m0 per 64 + bf16 rope dims (values were FP8-simulated)
+//   indexer keys     paged entries, FP4 + e8m0 per 32 (CSA only; values were FP4-simulated)
+//   compressor rows  fp32 (a, score+ape) of the last κm + R positions, for the attention and indexer
+//                    compressors: the carried state of spec §5.3, kept per position so truncation works.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace dsv4::kvcache {
+
+struct LayerGeometry {
+    int ratio = 0;           // 0, 4 or 128
+    int head_dim = 0;        // 512
+    int rope_dim = 0;        // 64
+    int index_head_dim = 0;  // 128 (CSA only)
+    int window = 0;          // W
+    int rewind = 0;          // R
+
+    bool overlap() const { return ratio == 4; }
+    int kappa() const { return overlap() ? 2 : 1; }
+    int nope_dim() const { return head_dim - rope_dim; }
+    size_t kv_entry_bytes() const { return size_t(nope_dim()) + size_t(nope_dim() / 64) + 2 * size_t(rope_dim); }
+    size_t index_entry_bytes() const { return size_t(index_head_dim / 2 + index_head_dim / 32); }
+};
+
+// Rows of fixed length addressed by position modulo the capacity, with an undo log per transaction.
+template <typename T>
+class PositionRing {
+public:
+    PositionRing() = default;
+    PositionRing(int capacity, int row_len) : capacity_(capacity), row_len_(row_len) {}
+    int capacity() const { return capacity_; }
+    int row_len() const { return row_len_; }
+    const T *row(int64_t pos) const { return data_.data() + slot(pos) * size_t(row_len_); }
+    T *write_row(int64_t pos);  // saves the slot's old content for rollback once per transaction
+    void begin() { undo_.clear(); }
+    void rollback();
+    size_t bytes() const { return data_.size() * sizeof(T); }
+    std::vector<T> &storage() { return data_; }
+    const std::vector<T> &storage() const { return data_; }
+
+private:
+    size_t slot(int64_t pos) const { return size_t(pos % capacity_); }
+    int capacity_ = 0, row_len_ = 0;
+    std::vector<T> data_;  // grows to capacity rows on first use, never up front for unused layers
+    std::vector<std::pair<size_t, std::vector<T>>> undo_;
+};
+
+// Append-only entries in refcounted pages of kPageEntries; fork shares pages, writes copy a shared page.
+class PagedEntries {
+public:
+    static constexpr size_t kPageEntries = 64;
+    PagedEntries() = default;
+    explicit PagedEntries(size_t entry_bytes) : entry_bytes_(entry_bytes) {}
+    size_t size() const { return count_; }
+    size_t entry_bytes() const { return entry_bytes_; }
+    const uint8_t *entry(size_t j) const { return pages_[j / kPageEntries]->data() + (j % kPageEntries) * entry_bytes_; }
+    uint8_t *append();
+    void truncate(size_t n);
+    void begin();
+    void rollback();
+    // Bytes of pages allocated; pages shared with another sequence are counted by each holder.
+    size_t allocated_bytes() const { return pages_.size() * kPageEntries * entry_bytes_; }
+    const std::vector<std::shared_ptr<std::vector<uint8_t>>> &pages() const { return pages_; }
+
+private:
+    size_t entry_bytes_ = 0, count_ = 0;
+    std::vector<std::shared_ptr<std::vector<uint8_t>>> pages_;
+    // transaction snapshot: count, page count and the last page as they were
+    size_t saved_count_ = 0, saved_pages_ = 0;
+    std::shared_ptr<std::vector<uint8_t>> saved_last_;
+};
+
+struct LayerCache {
+    LayerGeometry geo;
+    PositionRing<uint16_t> window;   // bf16
+    PositionRing<float> comp_rows;   // [κm + R, 2·κ·head_dim]: a then score+ape
+    PositionRing<float> index_rows;  // [8 + R, 2·2·index_head_dim] (CSA)
+    PagedEntries kv;                 // compressed entries
+    PagedEntries index_keys;         // CSA indexer keys
+
+    explicit LayerCache(const LayerGeometry &g);
+    void begin();
+    void rollback();
+    size_t allocated_bytes() const;
+};
+
+class SequenceCache {
+public:
+    explicit SequenceCache(const std::vector<LayerGeometry> &layers);
+    int64_t length = 0;  // positions held
+    std::vector<LayerCache> layers;
+
+    void begin();
+    void rollback();
+    // Truncates to n positions; the caller has checked the rewind capacity.
+    void truncate(int64_t n);
+    void clear();
+    size_t allocated_bytes() const;
+    // Bit-exact serialisation of everything the sequence holds.
+    void serialize(std::vector<uint8_t> &out) const;
+    // Throws dsv4::Error(DSV4_ERR_FORMAT) on damaged input; *this is only modified on success.
+    void deserialize(const uint8_t *data, size_t size);
+};
+
+}  // namespace dsv4::kvcache

@@ -1,0 +1,140 @@
+// The dsv4 command-line tool: checkpoint summary, greedy generation from token ids, golden checks.
+#include <dsv4/dsv4.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <vector>
+
+#include "core/error.h"
+#include "golden.h"
+
+namespace {
+
+int report(dsv4_status st) {
+    std::fprintf(stderr, "dsv4: %s: %s\n", dsv4_status_name(st), dsv4_last_error_message());
+    return 1;
+}
+
+int progress(uint64_t done, uint64_t total, void *) {
+    std::fprintf(stderr, "\rloading %3d%%", total ? int(100 * done / total) : 100);
+    if (done >= total) std::fprintf(stderr, "\n");
+    return 1;
+}
+
+int cmd_info(const std::string &dir) {
+    dsv4_model_params mp = dsv4_model_default_params();
+    mp.progress_callback = progress;
+    dsv4_model *model = nullptr;
+    if (dsv4_status st = dsv4_model_load(dir.c_str(), &mp, &model)) return report(st);
+    dsv4_model_info info{};
+    info.struct_size = sizeof info;
+    (void)dsv4_model_get_info(model, &info);
+    fmt::print("model            {}\n", info.name);
+    fmt::print("dim              {}  (heads {} x {}, rope {}, q_lora {}, o_groups {} x {})\n", info.dim, info.n_heads,
+               info.head_dim, info.rope_head_dim, info.q_lora_rank, info.o_groups, info.o_lora_rank);
+    fmt::print("layers           {} + {} MTP  (window {}, CSA {}, HCA {}; hash-routed {})\n", info.n_layers,
+               info.n_mtp_layers, info.n_window_layers, info.n_csa_layers, info.n_hca_layers, info.n_hash_layers);
+    fmt::print("experts          {} routed ({} active, inter {}, {}), {} shared\n", info.n_routed_experts,
+               info.n_activated_experts, info.moe_inter_dim, dsv4_dtype_name(info.expert_dtype), info.n_shared_experts);
+    fmt::print("attention        window {}, indexer {} heads x {}, top-k {}, hc streams {}\n", info.window_size,
+               info.index_n_heads, info.index_head_dim, info.index_topk, info.hc_mult);
+    fmt::print("vocab            {}, max context {}\n", info.vocab_size, info.max_position_embeddings);
+    std::string schedule;
+    for (int il = 0; il < info.n_layers + info.n_mtp_layers; ++il) {
+        dsv4_layer_info li{};
+        li.struct_size = sizeof li;
+        (void)dsv4_model_get_layer_info(model, il, &li);
+        schedule += fmt::format("{}{}{}", il ? " " : "", li.is_mtp ? "mtp:" : "", li.compress_ratio);
+    }
+    fmt::print("compress ratios  [{}]\n", schedule);
+    fmt::print("parameters       {} ({:.2f} MiB of tensor data)\n", info.n_params, double(info.n_bytes) / 1048576.0);
+    for (dsv4_dtype t : {DSV4_DTYPE_F32, DSV4_DTYPE_BF16, DSV4_DTYPE_F8_E4M3, DSV4_DTYPE_F8_E8M0, DSV4_DTYPE_FP4_E2M1,
+                         DSV4_DTYPE_I8, DSV4_DTYPE_I64}) {
+        uint64_t bytes = 0;
+        (void)dsv4_model_param_bytes(model, t, &bytes);
+        if (bytes) fmt::print("  {:10} {:>14} bytes\n", dsv4_dtype_name(t), bytes);
+    }
+    dsv4_model_free(model);
+    return 0;
+}
+
+int cmd_run(const std::string &dir, const std::vector<int32_t> &prompt, int n_predict, int threads) {
+    dsv4_model *model = nullptr;
+    if (dsv4_status st = dsv4_model_load(dir.c_str(), nullptr, &model)) return report(st);
+    dsv4_context_params cp = dsv4_context_default_params();
+    cp.n_threads = threads;
+    dsv4_context *ctx = nullptr;
+    if (dsv4_status st = dsv4_context_create(model, &cp, &ctx)) {
+        dsv4_model_free(model);
+        return report(st);
+    }
+    std::vector<int32_t> out;
+    int rc = 0;
+    auto t0 = std::chrono::steady_clock::now();
+    dsv4_batch batch = dsv4_batch_for_sequence(prompt.data(), int32_t(prompt.size()), 0);
+    double prefill_s = 0;
+    for (int i = 0; i < n_predict; ++i) {
+        if (dsv4_status st = dsv4_decode(ctx, &batch)) {
+            rc = report(st);
+            break;
+        }
+        if (i == 0) prefill_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        const float *logits;
+        int32_t n_vocab;
+        (void)dsv4_get_logits(ctx, -1, &logits, &n_vocab);
+        int32_t best = 0;
+        for (int32_t v = 1; v < n_vocab; ++v)
+            if (logits[v] > logits[best]) best = v;
+        out.push_back(best);
+        batch = dsv4_batch_for_sequence(&out.back(), 1, 0);
+    }
+    const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    fmt::print("prompt ids  [{}]\ngreedy ids  [{}]\n", fmt::join(prompt, ", "), fmt::join(out, ", "));
+    fmt::print("prefill {} tokens in {:.3f} s; {} decode steps in {:.3f} s\n", prompt.size(), prefill_s,
+               out.size() > 0 ? out.size() - 1 : 0, total_s - prefill_s);
+    dsv4_context_free(ctx);
+    dsv4_model_free(model);
+    return rc;
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+    CLI::App app{"dsv4: DeepSeek-V4 inference"};
+    app.require_subcommand(1);
+    app.set_version_flag("--version", dsv4_version_string());
+
+    std::string dir;
+    auto *info = app.add_subcommand("info", "load a checkpoint directory and print its summary");
+    info->add_option("model", dir, "checkpoint directory (config.json + safetensors)")->required();
+
+    std::vector<int32_t> prompt{0};
+    int n_predict = 16, threads = 0;
+    auto *run = app.add_subcommand("run", "greedy generation from token ids");
+    run->add_option("-m,--model", dir, "checkpoint directory")->required();
+    run->add_option("-p,--prompt-ids", prompt, "prompt token ids")->delimiter(',');
+    run->add_option("-n,--n-predict", n_predict, "tokens to generate")->check(CLI::Range(1, 1 << 20));
+    run->add_option("-t,--threads", threads, "compute threads (0 = all cores)");
+
+    dsv4::tools::GoldenOptions gopt;
+    auto *golden = app.add_subcommand("eval-golden", "check logits and layer replay against a golden fixture folder");
+    golden->add_option("dir", dir, "fixture folder with golden.json")->required();
+    golden->add_flag("-v,--verbose", gopt.verbose, "print every row and quantity");
+    golden->add_flag("--logits-only", gopt.logits_only, "skip the layer replay");
+    golden->add_flag("--layers-only", gopt.layers_only, "skip the logits");
+    golden->add_option("-t,--threads", gopt.n_threads, "compute threads (0 = all cores)");
+
+    CLI11_PARSE(app, argc, argv);
+    try {
+        if (*info) return cmd_info(dir);
+        if (*run) return cmd_run(dir, prompt, n_predict, threads);
+        if (*golden) return dsv4::tools::eval_golden(dir, gopt) ? 0 : 1;
+    } catch (const dsv4::Error &e) {
+        std::fprintf(stderr, "dsv4: %s: %s\n", dsv4_status_name(e.status()), e.what());
+        return 2;
+    }
+    return 1;
+}
