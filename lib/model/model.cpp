@@ -65,6 +65,7 @@ void Model::attention_sublayer(backend::Backend &be, int layer, const float *h, 
     observe(obs, "hc_attn_pre", layer, DSV4_DTYPE_F32, N, hc, mix.pre.data());
     observe(obs, "hc_attn_post", layer, DSV4_DTYPE_F32, N, hc, mix.post.data());
     observe(obs, "hc_attn_comb", layer, DSV4_DTYPE_F32, N, hc * hc, mix.comb.data());
+    observe(obs, "attn_in", layer, DSV4_DTYPE_BF16, N, D, x.data());
     for (int64_t i = 0; i < N; ++i) core::rms_norm(&x[size_t(i * D)], size_t(D), w.attn_norm.data(), c.norm_eps, &xn[size_t(i * D)]);
     attention::LayerContext ctx{c, c.layers[size_t(layer)], w, ropes_[size_t(layer)], be, obs, layer};
     attention::attention_forward(ctx, xn.data(), N, spans, y.data());
@@ -83,6 +84,7 @@ void Model::ffn_sublayer(backend::Backend &be, int layer, const float *h, const 
     observe(obs, "hc_ffn_pre", layer, DSV4_DTYPE_F32, N, hc, mix.pre.data());
     observe(obs, "hc_ffn_post", layer, DSV4_DTYPE_F32, N, hc, mix.post.data());
     observe(obs, "hc_ffn_comb", layer, DSV4_DTYPE_F32, N, hc * hc, mix.comb.data());
+    observe(obs, "ffn_in", layer, DSV4_DTYPE_BF16, N, D, x.data());
     for (int64_t i = 0; i < N; ++i) core::rms_norm(&x[size_t(i * D)], size_t(D), w.ffn_norm.data(), c.norm_eps, &xn[size_t(i * D)]);
     moe::MoeContext ctx{c, c.layers[size_t(layer)], w, be, obs, layer};
     moe::moe_forward(ctx, xn.data(), tokens, N, y.data());
