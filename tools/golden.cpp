@@ -36,7 +36,7 @@ public:
     }
     std::vector<float> floats(const std::string &name) const {
         const io::TensorView &t = view(name);
-        std::vector<float> out(size_t(t.numel()));
+        std::vector<float> out(static_cast<size_t>(t.numel()));
         for (size_t i = 0; i < out.size(); ++i) {
             if (t.dtype == core::DType::F32) std::memcpy(&out[i], t.data + 4 * i, 4);
             else if (t.dtype == core::DType::BF16) out[i] = core::load_bf16(t.data, i);
@@ -46,7 +46,7 @@ public:
     }
     std::vector<int64_t> ints(const std::string &name) const {
         const io::TensorView &t = view(name);
-        std::vector<int64_t> out(size_t(t.numel()));
+        std::vector<int64_t> out(static_cast<size_t>(t.numel()));
         for (size_t i = 0; i < out.size(); ++i) {
             if (t.dtype == core::DType::I64) std::memcpy(&out[i], t.data + 8 * i, 8);
             else if (t.dtype == core::DType::I32) {

@@ -60,13 +60,14 @@ void Model::attention_sublayer(backend::Backend &be, int layer, const float *h, 
     const io::ModelConfig &c = config_;
     const LayerWeights &w = weights_.layers[size_t(layer)];
     const int hc = c.hc_mult, D = c.dim;
-    std::vector<float> x(static_cast<size_t>(N * D)), xn(static_cast<size_t>(N * D)), y(size_t(N * D));
+    std::vector<float> x(static_cast<size_t>(N * D)), xn(static_cast<size_t>(N * D)), y(static_cast<size_t>(N * D));
     HcMix mix = hc_pre(be, w.hc_attn, h, N, hc, D, c.norm_eps, c.hc_eps, c.hc_sinkhorn_iters, x.data());
     observe(obs, "hc_attn_pre", layer, DSV4_DTYPE_F32, N, hc, mix.pre.data());
     observe(obs, "hc_attn_post", layer, DSV4_DTYPE_F32, N, hc, mix.post.data());
     observe(obs, "hc_attn_comb", layer, DSV4_DTYPE_F32, N, hc * hc, mix.comb.data());
     observe(obs, "attn_in", layer, DSV4_DTYPE_BF16, N, D, x.data());
     for (int64_t i = 0; i < N; ++i) core::rms_norm(&x[size_t(i * D)], size_t(D), w.attn_norm.data(), c.norm_eps, &xn[size_t(i * D)]);
+    observe(obs, "attn_norm", layer, DSV4_DTYPE_BF16, N, D, xn.data());
     attention::LayerContext ctx{c, c.layers[size_t(layer)], w, ropes_[size_t(layer)], be, obs, layer};
     attention::attention_forward(ctx, xn.data(), N, spans, y.data());
     observe(obs, "attn_out", layer, DSV4_DTYPE_BF16, N, D, y.data());
@@ -79,7 +80,7 @@ void Model::ffn_sublayer(backend::Backend &be, int layer, const float *h, const 
     const io::ModelConfig &c = config_;
     const LayerWeights &w = weights_.layers[size_t(layer)];
     const int hc = c.hc_mult, D = c.dim;
-    std::vector<float> x(static_cast<size_t>(N * D)), xn(static_cast<size_t>(N * D)), y(size_t(N * D));
+    std::vector<float> x(static_cast<size_t>(N * D)), xn(static_cast<size_t>(N * D)), y(static_cast<size_t>(N * D));
     HcMix mix = hc_pre(be, w.hc_ffn, h, N, hc, D, c.norm_eps, c.hc_eps, c.hc_sinkhorn_iters, x.data());
     observe(obs, "hc_ffn_pre", layer, DSV4_DTYPE_F32, N, hc, mix.pre.data());
     observe(obs, "hc_ffn_post", layer, DSV4_DTYPE_F32, N, hc, mix.post.data());
@@ -117,7 +118,7 @@ void Model::logits(backend::Backend &be, const float *streams, const std::vector
     const io::ModelConfig &c = config_;
     const int hc = c.hc_mult, D = c.dim;
     const int64_t n = int64_t(rows.size());
-    std::vector<float> sel(size_t(n) * hc * D), x(static_cast<size_t>(n * D)), xn(size_t(n * D));
+    std::vector<float> sel(size_t(n) * hc * D), x(static_cast<size_t>(n * D)), xn(static_cast<size_t>(n * D));
     for (int64_t r = 0; r < n; ++r) std::copy_n(streams + rows[size_t(r)] * hc * D, hc * D, &sel[size_t(r * hc * D)]);
     hc_head(be, weights_.hc_head, sel.data(), n, hc, D, c.norm_eps, c.hc_eps, x.data());
     for (int64_t r = 0; r < n; ++r) core::rms_norm(&x[size_t(r * D)], size_t(D), weights_.norm.data(), c.norm_eps, &xn[size_t(r * D)]);
@@ -132,7 +133,7 @@ void Model::mtp_logits(backend::Backend &be, const float *streams, const int32_t
     const LayerWeights &w = weights_.layers[size_t(layer)];
     const int hc = c.hc_mult, D = c.dim;
     // x = e_proj(enorm(embed(next))) broadcast to the streams + h_proj(hnorm(h)) per stream (spec §9.3).
-    std::vector<float> e(static_cast<size_t>(n * D)), en(static_cast<size_t>(n * D)), ep(size_t(n * D));
+    std::vector<float> e(static_cast<size_t>(n * D)), en(static_cast<size_t>(n * D)), ep(static_cast<size_t>(n * D));
     for (int64_t i = 0; i < n; ++i)
         for (int j = 0; j < D; ++j) e[size_t(i * D + j)] = core::load_bf16(weights_.embed.w, size_t(next_tokens[i]) * D + j);
     for (int64_t i = 0; i < n; ++i) core::rms_norm(&e[size_t(i * D)], size_t(D), w.enorm.data(), c.norm_eps, &en[size_t(i * D)]);

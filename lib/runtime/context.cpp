@@ -143,24 +143,37 @@ void Context::mtp_logits(const int32_t *next_tokens, int32_t n, float *out, size
         fail(DSV4_ERR_BUFFER_TOO_SMALL, "mtp: output buffer holds {} floats, need {}", cap, size_t(n) * size_t(c.vocab_size));
     const size_t row = size_t(c.hc_mult) * size_t(c.dim);
     const kvcache::LayerGeometry g = model_.cache_geometry(options_.n_rewind)[size_t(c.n_layers)];
+    // Validate first: each output must continue its sequence's MTP positions.
+    std::vector<int64_t> next_pos = mtp_length_;
     for (int32_t k = 0; k < n; ++k) {
         if (next_tokens[k] < 0 || next_tokens[k] >= c.vocab_size)
             fail(DSV4_ERR_INVALID_TOKEN, "mtp: token {} outside the vocabulary", next_tokens[k]);
         const int32_t s = output_seq_[size_t(k)];
-        auto &cache = mtp_caches_[size_t(s)];
-        if (!cache) cache = std::make_unique<kvcache::LayerCache>(g);
-        if (output_pos_[size_t(k)] != mtp_length_[size_t(s)])
-            fail(DSV4_ERR_INVALID_ARGUMENT_POSITION, "mtp: sequence {} is at MTP position {}, output is at {}", s,
-                 mtp_length_[size_t(s)], output_pos_[size_t(k)]);
+        if (output_pos_[size_t(k)] != next_pos[size_t(s)]++)
+            fail(DSV4_ERR_INVALID_ARGUMENT_POSITION, "mtp: sequence {} is at MTP position {}, output {} is at {}", s,
+                 next_pos[size_t(s)] - 1, k, output_pos_[size_t(k)]);
     }
+    std::vector<int32_t> touched;
     for (int32_t k = 0; k < n; ++k) {
         const int32_t s = output_seq_[size_t(k)];
-        kvcache::LayerCache &cache = *mtp_caches_[size_t(s)];
-        cache.begin();
-        model_.mtp_logits(*backend_, &last_streams_[size_t(k) * row], &next_tokens[k], 1, mtp_length_[size_t(s)], cache,
-                          out + size_t(k) * size_t(c.vocab_size));
-        ++mtp_length_[size_t(s)];
+        auto &cache = mtp_caches_[size_t(s)];
+        if (!cache) cache = std::make_unique<kvcache::LayerCache>(g);
+        if (std::find(touched.begin(), touched.end(), s) == touched.end()) {
+            cache->begin();
+            touched.push_back(s);
+        }
     }
+    try {
+        for (int32_t k = 0; k < n; ++k) {
+            const int32_t s = output_seq_[size_t(k)];
+            model_.mtp_logits(*backend_, &last_streams_[size_t(k) * row], &next_tokens[k], 1,
+                              output_pos_[size_t(k)], *mtp_caches_[size_t(s)], out + size_t(k) * size_t(c.vocab_size));
+        }
+    } catch (...) {
+        for (int32_t s : touched) mtp_caches_[size_t(s)]->rollback();
+        throw;
+    }
+    mtp_length_ = next_pos;
 }
 
 void Context::seq_truncate(int32_t seq, int64_t n) {

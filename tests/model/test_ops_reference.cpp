@@ -1,0 +1,428 @@
+// Every operator against an independent float64 reference written from the spec, at random shapes and seeds:
+// FP8 / FP4 block-scaled GEMMs, sparse attention with sink, mHC (hc_pre with Sinkhorn, hc_post), the router,
+// a SwiGLU expert with the clamp, and the compressors and indexer of the tiny model (observed in a real run).
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <random>
+
+#include "attention/attention.h"
+#include "backend/backend.h"
+#include "core/numeric.h"
+#include "model/mhc.h"
+#include "moe/moe.h"
+#include "runtime/context.h"
+#include "support/fixtures.h"
+
+using namespace dsv4;
+
+namespace {
+
+std::mt19937 &rng() {
+    static std::mt19937 r(1234);
+    return r;
+}
+float randn(float scale = 1.0f) { return std::normal_distribution<float>(0.0f, scale)(rng()); }
+int randint(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng()); }
+
+std::vector<float> bf16_vector(size_t n, float scale) {
+    std::vector<float> v(n);
+    for (float &x : v) x = core::round_bf16(randn(scale));
+    return v;
+}
+
+// bf16 results may differ from the float64 value rounded once by one bf16 ulp (fp32 summation order).
+void require_bf16_close(float got, double ref, double abs_floor) {
+    int e;
+    std::frexp(ref, &e);
+    const double ulp = std::ldexp(1.0, e - 8);
+    INFO("got " << got << " reference " << ref);
+    REQUIRE(std::fabs(double(got) - ref) <= 1.01 * ulp + abs_floor);
+}
+
+// float64 act-quant: per-row blocks of 128, scale 2^ceil(log2(amax/448)), values decoded from the nearest code.
+double quantize_value_ref(double v, double s, bool fp4) {
+    const double q = std::clamp(v / s, fp4 ? -6.0 : -448.0, fp4 ? 6.0 : 448.0);
+    return (fp4 ? core::fp4_e2m1_to_f32(core::f32_to_fp4_e2m1(float(q))) : core::fp8_e4m3_to_f32(core::f32_to_fp8_e4m3(float(q)))) * s;
+}
+std::vector<double> act_quant_ref(const float *x, int64_t k) {
+    std::vector<double> out(static_cast<size_t>(k));
+    for (int64_t b = 0; b < k; b += 128) {
+        double amax = 1e-4;
+        for (int64_t i = b; i < std::min(k, b + 128); ++i) amax = std::max(amax, std::fabs(double(x[i])));
+        const double s = std::ldexp(1.0, int(std::ceil(std::log2(double(float(amax) * (1.0f / 448.0f))))));
+        for (int64_t i = b; i < std::min(k, b + 128); ++i) out[size_t(i)] = quantize_value_ref(x[i], s, false);
+    }
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("FP8 block-scaled GEMM equals the float64 reference", "[ops]") {
+    auto be = backend::make_cpu_reference_backend(2);
+    for (int trial = 0; trial < 6; ++trial) {
+        const int64_t n = randint(1, 5), rows = 64 * randint(1, 5) + randint(0, 63), cols = 128 * randint(1, 3);
+        std::vector<uint8_t> w(static_cast<size_t>(rows * cols)), s(static_cast<size_t>((rows + 127) / 128 * (cols / 128)));
+        for (auto &c : w) c = uint8_t(randint(0, 255) & 0xf7 ? randint(0, 0x7e) | (randint(0, 1) << 7) : 0);
+        for (auto &c : s) c = uint8_t(randint(120, 130));
+        core::Fp8Matrix m{w.data(), s.data(), rows, cols};
+        const auto x = bf16_vector(size_t(n * cols), 2.0f);
+        std::vector<float> y(static_cast<size_t>(n * rows));
+        be->linear_fp8(x.data(), n, m, y.data());
+        for (int64_t i = 0; i < n; ++i) {
+            const auto a = act_quant_ref(&x[size_t(i * cols)], cols);
+            for (int64_t r = 0; r < rows; ++r) {
+                double ref = 0;
+                for (int64_t c = 0; c < cols; ++c)
+                    ref += a[size_t(c)] * core::fp8_e4m3_to_f32(w[size_t(r * cols + c)]) * core::e8m0_to_f32(s[size_t((r / 128) * (cols / 128) + c / 128)]);
+                require_bf16_close(y[size_t(i * rows + r)], ref, 1e-6);
+            }
+        }
+    }
+}
+
+TEST_CASE("FP4 expert GEMM (per-32 scales, checkpoint nibble order) equals the float64 reference", "[ops]") {
+    auto be = backend::make_cpu_reference_backend(2);
+    for (int trial = 0; trial < 6; ++trial) {
+        const int64_t n = randint(1, 4), rows = randint(1, 200), cols = 128 * randint(1, 3);
+        std::vector<uint8_t> w(static_cast<size_t>(rows * cols / 2)), s(static_cast<size_t>(rows * cols / 32));
+        for (auto &c : w) c = uint8_t(randint(0, 255));
+        for (auto &c : s) c = uint8_t(randint(118, 128));
+        core::ExpertMatrix m;
+        m.format = core::ExpertFormat::fp4;
+        m.fp4 = {w.data(), s.data(), rows, cols};
+        const auto x = bf16_vector(size_t(n * cols), 1.0f);
+        std::vector<float> y(static_cast<size_t>(n * rows));
+        be->linear_expert(x.data(), n, m, y.data());
+        for (int64_t i = 0; i < n; ++i) {
+            const auto a = act_quant_ref(&x[size_t(i * cols)], cols);
+            for (int64_t r = 0; r < rows; ++r) {
+                double ref = 0;
+                for (int64_t c = 0; c < cols; ++c) {
+                    const uint8_t byte = w[size_t((r * cols + c) / 2)];
+                    const uint8_t code = (c % 2) ? byte >> 4 : byte & 15;
+                    ref += a[size_t(c)] * core::fp4_e2m1_to_f32(code) * core::e8m0_to_f32(s[size_t(r * (cols / 32) + c / 32)]);
+                }
+                require_bf16_close(y[size_t(i * rows + r)], ref, 1e-6);
+            }
+        }
+    }
+}
+
+TEST_CASE("sparse attention with sink equals the float64 softmax", "[ops]") {
+    auto be = backend::make_cpu_reference_backend(2);
+    for (int trial = 0; trial < 8; ++trial) {
+        const int H = randint(1, 4), d = 64 * randint(1, 2);
+        const int64_t rows = randint(1, 300);
+        const auto q = bf16_vector(size_t(H * d), 1.0f), kv = bf16_vector(size_t(rows * d), 1.0f);
+        std::vector<uint8_t> valid(static_cast<size_t>(rows));
+        for (auto &v : valid) v = randint(0, 4) != 0;
+        valid[0] = 1;
+        std::vector<float> sink(static_cast<size_t>(H));
+        for (float &s : sink) s = randn(2.0f);
+        std::vector<float> out(static_cast<size_t>(H * d));
+        backend::AttentionProblem p;
+        p.q = q.data();
+        p.kv = kv.data();
+        p.valid = valid.data();
+        p.n_rows = rows;
+        p.n_heads = H;
+        p.head_dim = d;
+        p.sink = sink.data();
+        p.scale = 1.0f / std::sqrt(float(d));
+        p.out = out.data();
+        be->attention(p);
+        for (int h = 0; h < H; ++h) {
+            std::vector<double> sc;
+            double mx = -INFINITY;
+            for (int64_t j = 0; j < rows; ++j) {
+                double dot = 0;
+                for (int t = 0; t < d; ++t) dot += double(q[size_t(h * d + t)]) * kv[size_t(j * d + t)];
+                sc.push_back(valid[size_t(j)] ? dot / std::sqrt(double(d)) : -INFINITY);
+                mx = std::max(mx, sc.back());
+            }
+            double denom = std::exp(double(sink[size_t(h)]) - mx);
+            for (double s : sc) denom += std::exp(s - mx);
+            for (int t = 0; t < d; ++t) {
+                double o = 0;
+                for (int64_t j = 0; j < rows; ++j) o += std::exp(sc[size_t(j)] - mx) / denom * kv[size_t(j * d + t)];
+                // P is rounded to bf16 before P·V in the reference kernel: allow that relative error.
+                REQUIRE(std::fabs(double(out[size_t(h * d + t)]) - o) <= 8e-3 * std::max(1.0, std::fabs(o)));
+            }
+        }
+    }
+}
+
+TEST_CASE("mHC: hc_pre with Sinkhorn and hc_post equal the float64 reference", "[ops]") {
+    auto be = backend::make_cpu_reference_backend(2);
+    const int hc = 4, D = 64 * randint(1, 3), mix = (2 + hc) * hc;
+    const int64_t N = 5;
+    model::HcWeights w;
+    w.fn.resize(size_t(mix * hc * D));
+    for (float &v : w.fn) v = randn(0.05f);
+    for (int i = 0; i < mix; ++i) w.base.push_back(randn(0.5f));
+    w.scale = {randn(1.0f), randn(1.0f), randn(1.0f)};
+    const auto h = bf16_vector(size_t(N * hc * D), 1.0f);
+    std::vector<float> x(static_cast<size_t>(N * D));
+    const model::HcMix m = model::hc_pre(*be, w, h.data(), N, hc, D, 1e-6f, 1e-6f, 20, x.data());
+    for (int64_t i = 0; i < N; ++i) {
+        const float *hi = &h[size_t(i * hc * D)];
+        double ss = 0;
+        for (int c = 0; c < hc * D; ++c) ss += double(hi[c]) * hi[c];
+        const double rho = 1.0 / std::sqrt(ss / (hc * D) + 1e-6);
+        std::vector<double> mu(static_cast<size_t>(mix));
+        for (int k = 0; k < mix; ++k) {
+            double acc = 0;
+            for (int c = 0; c < hc * D; ++c) acc += double(w.fn[size_t(k * hc * D + c)]) * hi[c];
+            mu[size_t(k)] = acc * rho;
+        }
+        auto sig = [](double z) { return 1.0 / (1.0 + std::exp(-z)); };
+        double C[4][4];
+        for (int j = 0; j < hc; ++j) {
+            REQUIRE(m.pre[size_t(i * hc + j)] == Approx(sig(w.scale[0] * mu[size_t(j)] + w.base[size_t(j)]) + 1e-6).epsilon(1e-5));
+            REQUIRE(m.post[size_t(i * hc + j)] == Approx(2 * sig(w.scale[1] * mu[size_t(hc + j)] + w.base[size_t(hc + j)])).epsilon(1e-5));
+            for (int k = 0; k < hc; ++k) C[j][k] = w.scale[2] * mu[size_t(2 * hc + j * hc + k)] + w.base[size_t(2 * hc + j * hc + k)];
+        }
+        for (int j = 0; j < hc; ++j) {
+            double mx = -INFINITY, s = 0;
+            for (int k = 0; k < hc; ++k) mx = std::max(mx, C[j][k]);
+            for (int k = 0; k < hc; ++k) s += std::exp(C[j][k] - mx);
+            for (int k = 0; k < hc; ++k) C[j][k] = std::exp(C[j][k] - mx) / s + 1e-6;
+        }
+        for (int it = 0; it < 20; ++it) {
+            if (it > 0)
+                for (int j = 0; j < hc; ++j) {
+                    double s = 0;
+                    for (int k = 0; k < hc; ++k) s += C[j][k];
+                    for (int k = 0; k < hc; ++k) C[j][k] /= s + 1e-6;
+                }
+            for (int k = 0; k < hc; ++k) {
+                double s = 0;
+                for (int j = 0; j < hc; ++j) s += C[j][k];
+                for (int j = 0; j < hc; ++j) C[j][k] /= s + 1e-6;
+            }
+        }
+        for (int j = 0; j < hc; ++j)
+            for (int k = 0; k < hc; ++k) REQUIRE(m.comb[size_t(i * hc * hc + j * hc + k)] == Approx(C[j][k]).epsilon(1e-5));
+        for (int c = 0; c < D; ++c) {
+            double ref = 0;
+            for (int j = 0; j < hc; ++j) ref += double(m.pre[size_t(i * hc + j)]) * hi[j * D + c];
+            require_bf16_close(x[size_t(i * D + c)], ref, 0);
+        }
+    }
+    const auto y = bf16_vector(size_t(N * D), 1.0f);
+    std::vector<float> out(h.size());
+    model::hc_post(m, y.data(), h.data(), N, hc, D, out.data());
+    for (int64_t i = 0; i < N; ++i)
+        for (int k = 0; k < hc; ++k)
+            for (int c = 0; c < D; ++c) {
+                double ref = double(m.post[size_t(i * hc + k)]) * y[size_t(i * D + c)];
+                for (int j = 0; j < hc; ++j) ref += double(m.comb[size_t(i * hc * hc + j * hc + k)]) * h[size_t((i * hc + j) * D + c)];
+                require_bf16_close(out[size_t((i * hc + k) * D + c)], ref, 1e-30);
+            }
+}
+
+TEST_CASE("router and a clamped SwiGLU expert equal the float64 reference", "[ops]") {
+    const model::Model &m = test::tiny_flash();
+    const io::ModelConfig &cfg = m.config();
+    auto be = backend::make_cpu_reference_backend(2);
+    const int64_t N = 7;
+    const auto x = bf16_vector(size_t(N * cfg.dim), 1.0f);
+    std::vector<int32_t> tokens = {0, 5, 77, 1000, 2047, 3, 9};
+    for (int layer : {1, 2}) {  // a hash layer and a score layer
+        moe::MoeContext ctx{cfg, cfg.layers[size_t(layer)], m.weights().layers[size_t(layer)], *be, nullptr, layer};
+        const int E = cfg.n_routed_experts, k = cfg.n_activated_experts;
+        std::vector<float> scores(static_cast<size_t>(N * E)), wts(static_cast<size_t>(N * k));
+        std::vector<int32_t> ids(static_cast<size_t>(N * k));
+        moe::route(ctx, x.data(), tokens.data(), N, scores.data(), ids.data(), wts.data());
+        const auto &lw = m.weights().layers[size_t(layer)];
+        for (int64_t i = 0; i < N; ++i) {
+            std::vector<double> s(static_cast<size_t>(E));
+            for (int e = 0; e < E; ++e) {
+                double u = 0;
+                for (int c = 0; c < cfg.dim; ++c) u += double(x[size_t(i * cfg.dim + c)]) * core::load_bf16(lw.gate.w, size_t(e * cfg.dim + c));
+                s[size_t(e)] = std::sqrt(std::log1p(std::exp(u)));
+                REQUIRE(scores[size_t(i * E + e)] == Approx(s[size_t(e)]).epsilon(1e-5));
+            }
+            std::vector<int> sel(static_cast<size_t>(k));
+            if (cfg.layers[size_t(layer)].hash_routed) {
+                for (int j = 0; j < k; ++j) sel[size_t(j)] = lw.tid2eid[size_t(tokens[size_t(i)] * k + j)];
+            } else {
+                std::vector<int> order(static_cast<size_t>(E));
+                std::iota(order.begin(), order.end(), 0);
+                std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+                    return s[size_t(a)] + lw.gate_bias[size_t(a)] > s[size_t(b)] + lw.gate_bias[size_t(b)];
+                });
+                sel.assign(order.begin(), order.begin() + k);
+            }
+            double sum = 0;
+            for (int e : sel) sum += s[size_t(e)];
+            for (int j = 0; j < k; ++j) {
+                REQUIRE(ids[size_t(i * k + j)] == sel[size_t(j)]);
+                REQUIRE(wts[size_t(i * k + j)] == Approx(s[size_t(sel[size_t(j)])] / sum * cfg.route_scale).epsilon(1e-5));
+            }
+        }
+    }
+    // One routed expert, end to end, against float64 (weights and activations decoded independently).
+    const auto &ew = m.weights().layers[2].experts[3];
+    const int I = cfg.moe_inter_dim, D = cfg.dim;
+    auto w_at = [](const core::Fp4Matrix &mm, int64_t r, int64_t c) {
+        const uint8_t byte = mm.w[(r * mm.cols + c) / 2];
+        return double(core::fp4_e2m1_to_f32((c % 2) ? byte >> 4 : byte & 15)) * core::e8m0_to_f32(mm.scale[r * (mm.cols / 32) + c / 32]);
+    };
+    std::vector<float> g(static_cast<size_t>(I)), u(static_cast<size_t>(I)), a(static_cast<size_t>(I)), out(static_cast<size_t>(D));
+    be->linear_expert(x.data(), 1, ew.w1, g.data());
+    be->linear_expert(x.data(), 1, ew.w3, u.data());
+    const auto xa = act_quant_ref(x.data(), D);
+    const double L = cfg.swiglu_limit, route_w = 0.7;
+    for (int r = 0; r < I; ++r) {
+        double gr = 0, ur = 0;
+        for (int c = 0; c < D; ++c) {
+            gr += xa[size_t(c)] * w_at(ew.w1.fp4, r, c);
+            ur += xa[size_t(c)] * w_at(ew.w3.fp4, r, c);
+        }
+        require_bf16_close(g[size_t(r)], gr, 1e-6);
+        require_bf16_close(u[size_t(r)], ur, 1e-6);
+        const double gc = std::min(double(g[size_t(r)]), L), uc = std::clamp(double(u[size_t(r)]), -L, L);
+        a[size_t(r)] = core::round_bf16(float(route_w * gc / (1 + std::exp(-gc)) * uc));
+    }
+    be->linear_expert(a.data(), 1, ew.w2, out.data());
+    const auto aa = act_quant_ref(a.data(), I);
+    for (int r = 0; r < D; ++r) {
+        double o = 0;
+        for (int c = 0; c < I; ++c) o += aa[size_t(c)] * w_at(ew.w2.fp4, r, c);
+        require_bf16_close(out[size_t(r)], o, 1e-6);
+    }
+}
+
+TEST_CASE("compressors (ratio 4 overlapping, ratio 128) and the indexer equal the float64 reference", "[ops]") {
+    const model::Model &m = test::tiny_flash();
+    const io::ModelConfig &cfg = m.config();
+    std::map<std::string, std::vector<float>> seen;
+    std::map<std::string, int64_t> cols;
+    runtime::ContextOptions o;
+    o.observer = [&](const std::string &name, int layer, dsv4_dtype, int64_t rows, int64_t c, const void *data) {
+        const std::string key = "L" + std::to_string(layer) + "." + name;
+        if (name == "index_topk") {
+            const int32_t *p = static_cast<const int32_t *>(data);
+            for (int64_t i = 0; i < rows * c; ++i) seen[key].push_back(float(p[i]));
+        } else {
+            const float *p = static_cast<const float *>(data);
+            seen[key].insert(seen[key].end(), p, p + rows * c);
+        }
+        cols[key] = c;
+    };
+    runtime::Context ctx(m, o);
+    std::vector<int32_t> tokens(260);
+    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = int32_t((i * 37 + 11) % 2048);
+    ctx.decode(tokens.data(), nullptr, nullptr, 0, nullptr, int32_t(tokens.size()));
+    const int T = int(tokens.size()), D = cfg.dim;
+
+    // YaRN frequencies of compressed layers, from the spec's formula, in float64.
+    std::vector<double> theta(32);
+    for (int i = 0; i < 32; ++i) {
+        const double base = cfg.compress_rope_theta, t = std::pow(base, -2.0 * i / 64);
+        const double low = std::max(0.0, std::floor(64 * std::log(65536.0 / (32 * 2 * M_PI)) / (2 * std::log(base))));
+        const double high = std::min(63.0, std::ceil(64 * std::log(65536.0 / (1 * 2 * M_PI)) / (2 * std::log(base))));
+        const double ramp = std::clamp((i - low) / (high - low), 0.0, 1.0);
+        theta[size_t(i)] = t / 16 * ramp + t * (1 - ramp);
+    }
+    for (int layer : {2, 3}) {
+        const int ratio = cfg.layers[size_t(layer)].compress_ratio;
+        const auto &lw = m.weights().layers[size_t(layer)];
+        const std::vector<float> &x = seen["L" + std::to_string(layer) + ".attn_norm"];
+        REQUIRE(x.size() == size_t(T * D));
+        for (bool indexer : {false, true}) {
+            if (indexer && ratio != 4) continue;
+            const model::CompressorWeights &cw = indexer ? lw.index_compressor : lw.compressor;
+            const int c = indexer ? cfg.index_head_dim : cfg.head_dim, kappa = ratio == 4 ? 2 : 1, width = kappa * c;
+            const std::vector<float> &got = seen["L" + std::to_string(layer) + (indexer ? ".index_kv_comp" : ".kv_comp")];
+            REQUIRE(got.size() == size_t(T / ratio * c));
+            std::vector<double> a(static_cast<size_t>(T * width)), z(static_cast<size_t>(T * width));
+            for (int t = 0; t < T; ++t)
+                for (int r = 0; r < width; ++r) {
+                    double av = 0, zv = 0;
+                    for (int k = 0; k < D; ++k) {
+                        av += double(x[size_t(t * D + k)]) * core::load_bf16(cw.wkv.w, size_t(r * D + k));
+                        zv += double(x[size_t(t * D + k)]) * core::load_bf16(cw.wgate.w, size_t(r * D + k));
+                    }
+                    a[size_t(t * width + r)] = av;
+                    z[size_t(t * width + r)] = zv + cw.ape[size_t((t % ratio) * width + r)];
+                }
+            for (int j = 0; j < T / ratio; ++j) {
+                std::vector<double> pooled(static_cast<size_t>(c));
+                for (int ch = 0; ch < c; ++ch) {
+                    std::vector<std::pair<double, double>> slots;  // (score, value)
+                    if (ratio == 4 && j > 0)
+                        for (int t = (j - 1) * 4; t < j * 4; ++t) slots.push_back({z[size_t(t * width + ch)], a[size_t(t * width + ch)]});
+                    const int off = ratio == 4 ? c : 0;
+                    for (int t = j * ratio; t < (j + 1) * ratio; ++t)
+                        slots.push_back({z[size_t(t * width + off + ch)], a[size_t(t * width + off + ch)]});
+                    double mx = -INFINITY, s = 0, v = 0;
+                    for (auto &p : slots) mx = std::max(mx, p.first);
+                    for (auto &p : slots) s += std::exp(p.first - mx);
+                    for (auto &p : slots) v += std::exp(p.first - mx) / s * p.second;
+                    pooled[size_t(ch)] = core::round_bf16(float(v));
+                }
+                double ss = 0;
+                for (double v : pooled) ss += v * v;
+                const double r = 1 / std::sqrt(ss / c + 1e-6);
+                std::vector<double> e(static_cast<size_t>(c));
+                for (int ch = 0; ch < c; ++ch) e[size_t(ch)] = core::round_bf16(float(pooled[size_t(ch)] * r * cw.norm[size_t(ch)]));
+                for (int i = 0; i < 32; ++i) {
+                    const double ang = double(j * ratio) * theta[size_t(i)];
+                    const double x0 = e[size_t(c - 64 + 2 * i)], x1 = e[size_t(c - 64 + 2 * i + 1)];
+                    e[size_t(c - 64 + 2 * i)] = core::round_bf16(float(x0 * std::cos(ang) - x1 * std::sin(ang)));
+                    e[size_t(c - 64 + 2 * i + 1)] = core::round_bf16(float(x0 * std::sin(ang) + x1 * std::cos(ang)));
+                }
+                // The final FP8/FP4 simulation turns one-ulp differences into one quantisation step: compare
+                // against the pre-quantisation value with a step-sized tolerance (amax/q_max per block).
+                if (indexer) {
+                    std::vector<double> hd(static_cast<size_t>(c));
+                    for (int i = 0; i < c; ++i) {
+                        double acc = 0;
+                        for (int k = 0; k < c; ++k) acc += ((__builtin_popcount(unsigned(i & k)) & 1) ? -1.0 : 1.0) * e[size_t(k)];
+                        hd[size_t(i)] = acc / std::sqrt(double(c));
+                    }
+                    e = hd;
+                }
+                const int block = indexer ? 32 : 64, limit = indexer ? c : c - 64;
+                const double qmax = indexer ? 6.0 : 448.0;
+                for (int b0 = 0; b0 < c; b0 += block) {
+                    double amax = 0;
+                    for (int i = b0; i < b0 + block; ++i) amax = std::max(amax, std::fabs(e[size_t(i)]));
+                    const double step = b0 < limit ? std::ldexp(1.0, int(std::ceil(std::log2(amax / qmax)))) * (indexer ? 1.0 : 32.0) : 0;
+                    for (int i = b0; i < b0 + block; ++i) {
+                        INFO("layer " << layer << (indexer ? " indexer" : " kv") << " entry " << j << " dim " << i);
+                        REQUIRE(std::fabs(double(got[size_t(j * c + i)]) - e[size_t(i)]) <= step + 0.02 * std::fabs(e[size_t(i)]) + 1e-6);
+                    }
+                }
+            }
+        }
+    }
+    // Indexer selection: with the observed (already simulated) queries, weights and keys, the float64 score of
+    // every selected entry is at least that of every unselected available entry (up to bf16 rounding).
+    const auto &scores = seen["L2.index_scores"];
+    const auto &topk = seen["L2.index_topk"];
+    const int64_t n_entries = cols["L2.index_scores"], K = cols["L2.index_topk"];
+    REQUIRE(K == std::min<int64_t>(cfg.index_topk, T / 4));
+    for (int t = 0; t < T; ++t) {
+        const int avail = (t + 1) / 4;
+        std::vector<bool> chosen(size_t(n_entries), false);
+        int n_chosen = 0;
+        double min_chosen = INFINITY;
+        for (int64_t k = 0; k < K; ++k) {
+            const int id = int(topk[size_t(t * K + k)]);
+            if (id < 0) continue;
+            REQUIRE(id < avail);
+            chosen[size_t(id)] = true;
+            ++n_chosen;
+            min_chosen = std::min(min_chosen, double(scores[size_t(t * n_entries + id)]));
+        }
+        REQUIRE(n_chosen == std::min(avail, cfg.index_topk));
+        for (int j = 0; j < n_entries; ++j) {
+            const double sc = scores[size_t(t * n_entries + j)];
+            if (j >= avail) REQUIRE(std::isinf(sc));
+            else if (!chosen[size_t(j)]) REQUIRE(sc <= min_chosen);
+        }
+    }
+}
