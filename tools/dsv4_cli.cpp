@@ -10,6 +10,9 @@
 
 #include "core/error.h"
 #include "golden.h"
+#include "io/config.h"
+#include "io/mapped_file.h"
+#include "kvcache/cache.h"
 
 namespace {
 
@@ -100,6 +103,26 @@ int cmd_run(const std::string &dir, const std::vector<int32_t> &prompt, int n_pr
     return rc;
 }
 
+// Cache memory of one sequence for a config.json alone (no weights needed).
+int cmd_memory(const std::string &config_path, int64_t tokens, int rewind) {
+    const dsv4::io::ModelConfig c = dsv4::io::parse_config(dsv4::io::read_text_file(config_path), config_path);
+    auto geo = dsv4::kvcache::cache_geometry(c, rewind);
+    geo.resize(size_t(c.n_layers));
+    const dsv4::kvcache::MemoryPlan p = dsv4::kvcache::plan_memory(geo);
+    const double gib = 1024.0 * 1024.0 * 1024.0;
+    fmt::print("{}: {} CSA + {} HCA layers (of {})\n", config_path, p.n_csa, p.n_hca, c.n_layers);
+    fmt::print("per CSA layer    {} B per 4 tokens ({:.2f} B/token: FP8 entry + FP4 indexer key)\n",
+               p.bytes_per_4_tokens_csa, p.bytes_per_4_tokens_csa / 4.0);
+    fmt::print("per HCA layer    {} B per 128 tokens ({:.3f} B/token)\n", p.bytes_per_128_tokens_hca,
+               p.bytes_per_128_tokens_hca / 128.0);
+    fmt::print("all layers       {:.2f} B/token\n", p.bytes_per_1024_tokens / 1024.0);
+    fmt::print("constant         {:.2f} MiB per sequence (window rings + compressor rows, rewind {})\n",
+               p.constant_bytes / 1048576.0, rewind);
+    fmt::print("{} tokens  {:.3f} GiB per sequence ({:.3f} GiB growing part)\n", tokens, p.sequence_bytes(tokens) / gib,
+               (p.sequence_bytes(tokens) - p.constant_bytes) / gib);
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -127,11 +150,19 @@ int main(int argc, char **argv) {
     golden->add_flag("--layers-only", gopt.layers_only, "skip the logits");
     golden->add_option("-t,--threads", gopt.n_threads, "compute threads (0 = all cores)");
 
+    int64_t tokens = 1 << 20;
+    int rewind = 32;
+    auto *memory = app.add_subcommand("memory", "KV-cache memory of one sequence, from a config.json alone");
+    memory->add_option("config", dir, "config.json")->required();
+    memory->add_option("--tokens", tokens, "sequence length")->check(CLI::Range(int64_t(1), int64_t(1) << 31));
+    memory->add_option("--rewind", rewind, "n_rewind of the context")->check(CLI::Range(0, 65536));
+
     CLI11_PARSE(app, argc, argv);
     try {
         if (*info) return cmd_info(dir);
         if (*run) return cmd_run(dir, prompt, n_predict, threads);
         if (*golden) return dsv4::tools::eval_golden(dir, gopt) ? 0 : 1;
+        if (*memory) return cmd_memory(dir, tokens, rewind);
     } catch (const dsv4::Error &e) {
         std::fprintf(stderr, "dsv4: %s: %s\n", dsv4_status_name(e.status()), e.what());
         return 2;

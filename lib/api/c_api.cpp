@@ -83,7 +83,7 @@ DSV4_API const char *dsv4_build_info(void) {
 }
 
 DSV4_API const char *dsv4_status_name(dsv4_status s) {
-    switch (s) {
+    switch (int(s)) {  // callers may pass any int: no enum-typed switch on unchecked input
 #define DSV4_NAME(x) \
     case x: return #x;
         DSV4_NAME(DSV4_OK)
@@ -135,7 +135,7 @@ DSV4_API void dsv4_log_set(dsv4_log_callback callback, void *user_data) {
 DSV4_API void dsv4_log_set_level(dsv4_log_level level) { dsv4::core::set_log_level(level); }
 
 DSV4_API const char *dsv4_dtype_name(dsv4_dtype dtype) {
-    switch (dtype) {
+    switch (int(dtype)) {
         case DSV4_DTYPE_F32: return "F32";
         case DSV4_DTYPE_BF16: return "BF16";
         case DSV4_DTYPE_F16: return "F16";
@@ -279,7 +279,7 @@ DSV4_API dsv4_status dsv4_context_params_init(dsv4_context_params *params, size_
     p.n_ctx = 4096;
     p.n_seq_max = 1;
     p.n_threads = 0;
-    p.n_rewind = 256;
+    p.n_rewind = 32;
     *params = p;
     DSV4_API_END
 }

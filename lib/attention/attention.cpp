@@ -240,7 +240,7 @@ void attention_forward(const LayerContext &ctx, const float *x, int64_t N, const
             const int64_t n_avail = m ? (pos + 1) / m : 0;
             std::vector<int32_t> selected;
             if (m == 4) {
-                float *score = &span_scores[size_t(t * n_entries)];
+                float *score = span_scores.data() + t * n_entries;
                 const float *qi = &qI[size_t(i * nI * dI)];
                 const float *om = &omega[size_t(i * nI)];
                 for (int64_t j = 0; j < n_avail; ++j) {
@@ -254,7 +254,7 @@ void attention_forward(const LayerContext &ctx, const float *x, int64_t N, const
                     score[j] = round_bf16(total);
                 }
                 selected = topk_desc(score, n_avail, cfg.index_topk);
-                std::copy(selected.begin(), selected.end(), &span_topk[size_t(t * topk_width)]);
+                std::copy(selected.begin(), selected.end(), span_topk.data() + t * topk_width);
             } else if (m) {
                 selected.resize(size_t(n_avail));
                 std::iota(selected.begin(), selected.end(), 0);

@@ -66,6 +66,9 @@ inline void head_rms_scale_bf16(float *x, size_t n, float eps) {
 // reference's fp32 mHC gates go through it, and matching it bit for bit keeps the bf16 branch inputs
 // (rounded right after) identical to the reference's.
 inline float exp_sleef_u10(float d) {
+    if (d < -104.0f) return 0.0f;
+    if (d > 100.0f) return INFINITY;
+    if (std::isnan(d)) return d;
     const int q = int(std::nearbyint(d * 1.442695040888963407359924681001892137426645954152985934135449406931f));
     const float qf = float(q);
     float s = std::fma(qf, -0.693145751953125f, d);
@@ -77,10 +80,7 @@ inline float exp_sleef_u10(float d) {
     u = std::fma(u, s, 0.166666671633720397949219f);
     u = std::fma(u, s, 0.5f);
     u = 1.0f + std::fma(s * s, u, s);
-    u = std::ldexp(u, q);
-    if (d < -104.0f) u = 0.0f;
-    if (d > 100.0f) u = INFINITY;
-    return u;
+    return std::ldexp(u, q);
 }
 
 // PyTorch's vectorised sigmoid: reciprocal(1 + exp(-x)).

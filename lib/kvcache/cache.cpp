@@ -7,6 +7,48 @@
 
 namespace dsv4::kvcache {
 
+std::vector<LayerGeometry> cache_geometry(const io::ModelConfig &c, int rewind) {
+    std::vector<LayerGeometry> out;
+    for (const io::LayerSpec &l : c.layers) {
+        LayerGeometry g;
+        g.ratio = l.compress_ratio;
+        g.head_dim = c.head_dim;
+        g.rope_dim = c.rope_head_dim;
+        g.index_head_dim = l.compress_ratio == 4 ? c.index_head_dim : 0;
+        g.window = c.window_size;
+        g.rewind = rewind;
+        out.push_back(g);
+    }
+    return out;
+}
+
+MemoryPlan plan_memory(const std::vector<LayerGeometry> &layers) {
+    MemoryPlan p;
+    for (const LayerGeometry &g : layers) {
+        p.constant_bytes += uint64_t(g.window + g.rewind) * uint64_t(g.head_dim) * 2;
+        if (g.ratio)
+            p.constant_bytes += uint64_t(g.kappa() * g.ratio + g.rewind) * uint64_t(2 * g.kappa() * g.head_dim) * 4;
+        if (g.ratio == 4) {
+            p.constant_bytes += uint64_t(8 + g.rewind) * uint64_t(4 * g.index_head_dim) * 4;
+            p.bytes_per_4_tokens_csa = g.kv_entry_bytes() + g.index_entry_bytes();
+            p.bytes_per_1024_tokens += 256 * p.bytes_per_4_tokens_csa;
+            ++p.n_csa;
+        } else if (g.ratio == 128) {
+            p.bytes_per_128_tokens_hca = g.kv_entry_bytes();
+            p.bytes_per_1024_tokens += 8 * p.bytes_per_128_tokens_hca;
+            ++p.n_hca;
+        }
+    }
+    return p;
+}
+
+uint64_t MemoryPlan::sequence_bytes(int64_t n) const {
+    if (n <= 0) return 0;
+    auto pages = [](int64_t entries) { return uint64_t((entries + int64_t(PagedEntries::kPageEntries) - 1) / int64_t(PagedEntries::kPageEntries)) * PagedEntries::kPageEntries; };
+    return constant_bytes + uint64_t(n_csa) * pages(n / 4) * bytes_per_4_tokens_csa +
+           uint64_t(n_hca) * pages(n / 128) * bytes_per_128_tokens_hca;
+}
+
 template <typename T>
 T *PositionRing<T>::write_row(int64_t pos) {
     if (data_.empty()) data_.resize(size_t(capacity_) * size_t(row_len_));

@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "io/config.h"
+
 namespace dsv4::kvcache {
 
 struct LayerGeometry {
@@ -29,6 +31,21 @@ struct LayerGeometry {
     size_t kv_entry_bytes() const { return size_t(nope_dim()) + size_t(nope_dim() / 64) + 2 * size_t(rope_dim); }
     size_t index_entry_bytes() const { return size_t(index_head_dim / 2 + index_head_dim / 32); }
 };
+
+// Geometry of every layer of a config (main layers, then MTP blocks) for a rewind capacity.
+std::vector<LayerGeometry> cache_geometry(const io::ModelConfig &config, int rewind);
+
+// Exact memory plan of one sequence of the main layers (FP8/FP4 production layout).
+struct MemoryPlan {
+    uint64_t constant_bytes = 0;         // window rings and compressor rows, allocated at the first token
+    uint64_t bytes_per_4_tokens_csa = 0;  // one compressed entry + one indexer key per CSA layer
+    uint64_t bytes_per_128_tokens_hca = 0;
+    uint64_t bytes_per_1024_tokens = 0;   // all layers
+    int n_csa = 0, n_hca = 0;
+    // Bytes one sequence of n positions holds, counting whole pages as allocated.
+    uint64_t sequence_bytes(int64_t n_tokens) const;
+};
+MemoryPlan plan_memory(const std::vector<LayerGeometry> &main_layers);
 
 // Rows of fixed length addressed by position modulo the capacity, with an undo log per transaction.
 template <typename T>

@@ -41,18 +41,7 @@ std::unique_ptr<Model> Model::load(const std::string &dir, const LoadOptions &op
 }
 
 std::vector<kvcache::LayerGeometry> Model::cache_geometry(int rewind) const {
-    std::vector<kvcache::LayerGeometry> out;
-    for (const io::LayerSpec &l : config_.layers) {
-        kvcache::LayerGeometry g;
-        g.ratio = l.compress_ratio;
-        g.head_dim = config_.head_dim;
-        g.rope_dim = config_.rope_head_dim;
-        g.index_head_dim = l.compress_ratio == 4 ? config_.index_head_dim : 0;
-        g.window = config_.window_size;
-        g.rewind = rewind;
-        out.push_back(g);
-    }
-    return out;
+    return kvcache::cache_geometry(config_, rewind);
 }
 
 void Model::attention_sublayer(backend::Backend &be, int layer, const float *h, int64_t N,

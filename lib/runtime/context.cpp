@@ -220,19 +220,11 @@ dsv4_memory_stats Context::memory_stats() const {
         }
     }
     st.cache_bytes = bytes;
-    for (const kvcache::LayerGeometry &g : geometry_) {
-        st.constant_bytes_per_sequence += uint64_t(g.window + g.rewind) * uint64_t(g.head_dim) * 2;
-        if (g.ratio)
-            st.constant_bytes_per_sequence += uint64_t(g.kappa() * g.ratio + g.rewind) * uint64_t(2 * g.kappa() * g.head_dim) * 4;
-        if (g.ratio == 4) {
-            st.constant_bytes_per_sequence += uint64_t(8 + g.rewind) * uint64_t(4 * g.index_head_dim) * 4;
-            st.bytes_per_4_tokens_csa = g.kv_entry_bytes() + g.index_entry_bytes();
-            st.bytes_per_1024_tokens += 256 * (g.kv_entry_bytes() + g.index_entry_bytes());
-        } else if (g.ratio == 128) {
-            st.bytes_per_128_tokens_hca = g.kv_entry_bytes();
-            st.bytes_per_1024_tokens += 8 * g.kv_entry_bytes();
-        }
-    }
+    const kvcache::MemoryPlan plan = kvcache::plan_memory(geometry_);
+    st.constant_bytes_per_sequence = plan.constant_bytes;
+    st.bytes_per_4_tokens_csa = plan.bytes_per_4_tokens_csa;
+    st.bytes_per_128_tokens_hca = plan.bytes_per_128_tokens_hca;
+    st.bytes_per_1024_tokens = plan.bytes_per_1024_tokens;
     return st;
 }
 

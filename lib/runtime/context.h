@@ -13,7 +13,7 @@
 namespace dsv4::runtime {
 
 struct ContextOptions {
-    int n_ctx = 4096, n_seq_max = 1, n_threads = 0, n_rewind = 256;
+    int n_ctx = 4096, n_seq_max = 1, n_threads = 0, n_rewind = 32;
     dsv4_abort_callback abort_callback = nullptr;
     void *abort_user_data = nullptr;
     model::Observer observer;  // empty = none

@@ -57,7 +57,7 @@ TEST_CASE("params init fills defaults and checks the size", "[api]") {
     dsv4_context_params cp = dsv4_context_default_params();
     CHECK(cp.n_ctx == 4096);
     CHECK(cp.n_seq_max == 1);
-    CHECK(cp.n_rewind == 256);
+    CHECK(cp.n_rewind == 32);
 }
 
 TEST_CASE("the last error is per thread and names the culprit", "[api]") {

@@ -1,5 +1,6 @@
 #include "support/forge.h"
 
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -10,11 +11,11 @@
 namespace dsv4::test {
 
 std::vector<uint8_t> raw_image(const std::string &header, const std::vector<uint8_t> &data, uint64_t len_override) {
-    std::vector<uint8_t> out(8);
+    std::vector<uint8_t> out(8 + header.size() + data.size());
     const uint64_t len = len_override ? len_override : header.size();
     for (int i = 0; i < 8; ++i) out[size_t(i)] = uint8_t(len >> (8 * i));
-    out.insert(out.end(), header.begin(), header.end());
-    out.insert(out.end(), data.begin(), data.end());
+    std::memcpy(out.data() + 8, header.data(), header.size());
+    if (!data.empty()) std::memcpy(out.data() + 8 + header.size(), data.data(), data.size());
     return out;
 }
 

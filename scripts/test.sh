@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite: set up, then
+#   1. a release build (gcc) with every test: unit, golden (eval-golden on every fixture in tests/data),
+#      the pure-C example, the exported-symbol list and the find_package consumer;
+#   2. a sanitizer build (clang, ASan + UBSan) running the same suite plus the libFuzzer targets for a
+#      bounded time (DSV4_FUZZ_SECONDS, default 20 s each).
+# Set DSV4_SKIP_SANITIZERS=1 to run only the first part.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+jobs=$(nproc)
+start=$SECONDS
+
+"$root/scripts/setup.sh"
+
+echo "== release build =="
+cmake -S "$root" -B "$root/build/test" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSV4_BUILD_TESTS=ON -DDSV4_WERROR=ON >/dev/null
+cmake --build "$root/build/test" -j "$jobs"
+ctest --test-dir "$root/build/test" --output-on-failure -j "$jobs"
+
+if [[ "${DSV4_SKIP_SANITIZERS:-0}" != "1" ]]; then
+  echo "== ASan + UBSan build (clang) with fuzzing =="
+  CC=clang CXX=clang++ cmake -S "$root" -B "$root/build/sanitize" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DDSV4_BUILD_TESTS=ON -DDSV4_SANITIZE_ADDRESS=ON -DDSV4_SANITIZE_UNDEFINED=ON -DDSV4_OPENMP=OFF \
+        -DDSV4_FUZZ=ON -DDSV4_FUZZ_SECONDS="${DSV4_FUZZ_SECONDS:-20}" >/dev/null
+  cmake --build "$root/build/sanitize" -j "$jobs"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+    ctest --test-dir "$root/build/sanitize" --output-on-failure -j "$jobs"
+fi
+echo "dsv4 tests: all passed in $((SECONDS - start)) s"
