@@ -140,7 +140,7 @@ int main(int argc, char **argv) {
     run->add_option("-m,--model", dir, "checkpoint directory")->required();
     run->add_option("-p,--prompt-ids", prompt, "prompt token ids")->delimiter(',');
     run->add_option("-n,--n-predict", n_predict, "tokens to generate")->check(CLI::Range(1, 1 << 20));
-    run->add_option("-t,--threads", threads, "compute threads (0 = all cores)");
+    run->add_option("-t,--threads", threads, "compute threads (0 = OMP_NUM_THREADS, else all cores)");
 
     dsv4::tools::GoldenOptions gopt;
     auto *golden = app.add_subcommand("eval-golden", "check logits and layer replay against a golden fixture folder");
@@ -148,7 +148,7 @@ int main(int argc, char **argv) {
     golden->add_flag("-v,--verbose", gopt.verbose, "print every row and quantity");
     golden->add_flag("--logits-only", gopt.logits_only, "skip the layer replay");
     golden->add_flag("--layers-only", gopt.layers_only, "skip the logits");
-    golden->add_option("-t,--threads", gopt.n_threads, "compute threads (0 = all cores)");
+    golden->add_option("-t,--threads", gopt.n_threads, "compute threads (0 = OMP_NUM_THREADS, else all cores)");
 
     int64_t tokens = 1 << 20;
     int rewind = 32;

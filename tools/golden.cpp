@@ -186,7 +186,7 @@ bool replay_layers(const model::Model &model, const json &lr, const TensorFile &
     const json &tol = lr.at("tolerance");
     const json &floors = tol.at("floors").at("margin_rel_to_kth_score");
     const double f_index = floors.at("index").get<double>(), f_gate = floors.at("gate").get<double>();
-    const auto be = backend::make_cpu_reference_backend(opt.n_threads > 0 ? opt.n_threads : 2);
+    const auto be = backend::make_cpu_reference_backend(opt.n_threads);
     const std::vector<kvcache::LayerGeometry> geo = model.cache_geometry(0);
     bool ok = true;
 

@@ -303,7 +303,7 @@ typedef struct dsv4_context_params {
     size_t struct_size;              /* sizeof(dsv4_context_params); set by _init */
     int32_t n_ctx;                   /* max positions per sequence; default 4096; 0 = the model's maximum */
     int32_t n_seq_max;               /* max live sequences, ids 0..n_seq_max-1; default 1 */
-    int32_t n_threads;               /* compute threads; 0 (default) = all cores */
+    int32_t n_threads;               /* compute threads; 0 (default) = OMP_NUM_THREADS if set, else all cores */
     int32_t n_rewind;                /* positions dsv4_seq_truncate can go back; default 32, >= 0; each costs one window row and
                                       * one compressor row per layer and sequence (constant_bytes_per_sequence) */
     dsv4_abort_callback abort_callback; /* polled between layers; NULL = none */

@@ -58,6 +58,16 @@ T read_params(const T *p, T defaults) {
     return defaults;
 }
 
+// The integer behind an enum argument a C caller may have set to any value; read without an enum-typed load,
+// which would be undefined for values outside the enumerators.
+template <typename Enum>
+int enum_value(const Enum &e) {
+    static_assert(sizeof(Enum) == sizeof(int));
+    int v;
+    std::memcpy(&v, &e, sizeof v);
+    return v;
+}
+
 struct ProgressBridge {
     dsv4_progress_callback callback;
     void *user;
@@ -83,7 +93,7 @@ DSV4_API const char *dsv4_build_info(void) {
 }
 
 DSV4_API const char *dsv4_status_name(dsv4_status s) {
-    switch (int(s)) {  // callers may pass any int: no enum-typed switch on unchecked input
+    switch (enum_value(s)) {
 #define DSV4_NAME(x) \
     case x: return #x;
         DSV4_NAME(DSV4_OK)
@@ -132,10 +142,13 @@ DSV4_API const char *dsv4_status_name(dsv4_status s) {
 DSV4_API void dsv4_log_set(dsv4_log_callback callback, void *user_data) {
     dsv4::core::set_log_callback(callback, user_data);
 }
-DSV4_API void dsv4_log_set_level(dsv4_log_level level) { dsv4::core::set_log_level(level); }
+DSV4_API void dsv4_log_set_level(dsv4_log_level level) {
+    const int v = enum_value(level);
+    dsv4::core::set_log_level(dsv4_log_level(v < DSV4_LOG_LEVEL_ERROR ? DSV4_LOG_LEVEL_ERROR : v > DSV4_LOG_LEVEL_DEBUG ? DSV4_LOG_LEVEL_DEBUG : v));
+}
 
 DSV4_API const char *dsv4_dtype_name(dsv4_dtype dtype) {
-    switch (int(dtype)) {
+    switch (enum_value(dtype)) {
         case DSV4_DTYPE_F32: return "F32";
         case DSV4_DTYPE_BF16: return "BF16";
         case DSV4_DTYPE_F16: return "F16";
@@ -255,7 +268,8 @@ DSV4_API dsv4_status dsv4_model_param_bytes(const dsv4_model *model, dsv4_dtype 
     DSV4_API_BEGIN
     require(model, "model");
     require(out_bytes, "out_bytes");
-    if (int(dtype) < 0 || dtype >= DSV4_DTYPE_COUNT) fail(DSV4_ERR_INVALID_ARGUMENT, "dtype {} is not a dsv4_dtype", int(dtype));
+    if (enum_value(dtype) < 0 || enum_value(dtype) >= DSV4_DTYPE_COUNT)
+        fail(DSV4_ERR_INVALID_ARGUMENT, "dtype {} is not a dsv4_dtype", enum_value(dtype));
     uint64_t n = 0;
     for (const auto &shard : model->impl->checkpoint().shards())
         for (const auto &t : shard->tensors()) {

@@ -173,6 +173,10 @@ void attention_forward(const LayerContext &ctx, const float *x, int64_t N, const
         }
     }
     model::observe(ctx.observer, "kv", layer, DSV4_DTYPE_BF16, N, d, kv.data());
+    if (m == 4) {
+        model::observe(ctx.observer, "index_q", layer, DSV4_DTYPE_BF16, N, int64_t(nI) * dI, qI.data());
+        model::observe(ctx.observer, "index_weights", layer, DSV4_DTYPE_BF16, N, nI, omega.data());
+    }
 
     std::vector<float> o(size_t(N) * H * d);
     for (const Span &s : spans) {
@@ -288,6 +292,7 @@ void attention_forward(const LayerContext &ctx, const float *x, int64_t N, const
         }
     }
 
+    model::observe(ctx.observer, "attn_heads", layer, DSV4_DTYPE_BF16, N, int64_t(H) * d, o.data());
     // Grouped low-rank output projection (spec §4.6): group g of H/G heads through rows g·R_o.. of wo_a.
     const int G = cfg.o_groups, Ro = cfg.o_lora_rank;
     const int64_t group_in = int64_t(H / G) * d;

@@ -44,7 +44,7 @@ public:
     virtual void attention(const AttentionProblem &p) = 0;
 };
 
-// The portable reference backend (exact reference numerics, OpenMP across output rows).
+// The portable reference backend (exact reference numerics, OpenMP across output rows); n_threads 0 = default.
 std::unique_ptr<Backend> make_cpu_reference_backend(int n_threads);
 
 }  // namespace dsv4::backend

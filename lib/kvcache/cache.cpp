@@ -209,6 +209,7 @@ void read_entries(Reader &r, PagedEntries &e, size_t expected) {
 void SequenceCache::serialize(std::vector<uint8_t> &out) const {
     Writer w{out};
     w.u64(uint64_t(length));
+    w.u64(uint64_t(high_water));
     w.u64(layers.size());
     for (const LayerCache &l : layers) {
         write_ring(w, l.window, length);
@@ -223,12 +224,14 @@ void SequenceCache::serialize(std::vector<uint8_t> &out) const {
 
 void SequenceCache::deserialize(const uint8_t *data, size_t size) {
     Reader r{data, size};
-    const uint64_t len = r.u64();
+    const uint64_t len = r.u64(), high = r.u64();
     if (r.u64() != layers.size()) fail(DSV4_ERR_FORMAT, "state blob: layer count does not match the model");
-    if (len > (uint64_t(1) << 31)) fail(DSV4_ERR_FORMAT, "state blob: length {} out of range", len);
+    if (len > (uint64_t(1) << 31) || high < len || high - len > (uint64_t(1) << 31))
+        fail(DSV4_ERR_FORMAT, "state blob: length {} / high-water mark {} out of range", len, high);
     SequenceCache fresh = *this;
     fresh.clear();
     fresh.length = int64_t(len);
+    fresh.high_water = int64_t(high);
     for (LayerCache &l : fresh.layers) {
         read_ring(r, l.window, fresh.length);
         if (!l.geo.ratio) continue;

@@ -112,12 +112,16 @@ struct LayerCache {
 class SequenceCache {
 public:
     explicit SequenceCache(const std::vector<LayerGeometry> &layers);
-    int64_t length = 0;  // positions held
+    int64_t length = 0;      // positions held
+    int64_t high_water = 0;  // most positions held since the last clear: rings are valid back to high_water - capacity
     std::vector<LayerCache> layers;
 
     void begin();
     void rollback();
-    // Truncates to n positions; the caller has checked the rewind capacity.
+    // Whether truncating to n keeps every ring row the continuation needs (spec §5.3, §7): going back at most
+    // `rewind` positions from the furthest position ever written.
+    bool can_truncate_to(int64_t n, int rewind) const { return n == 0 || high_water - n <= rewind; }
+    // Truncates to n positions; the caller has checked can_truncate_to.
     void truncate(int64_t n);
     void clear();
     size_t allocated_bytes() const;

@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include "core/error.h"
+#include "core/log.h"
 
 namespace dsv4::model {
 namespace {
@@ -138,7 +139,10 @@ io::ExpertFormat detect_expert_format(const io::ModelConfig &c, const io::Checkp
     if (c.expert_format) return *c.expert_format;
     // Older root configs omit expert_dtype (spec §15.3): the stored dtype decides.
     const io::TensorView *t = ckpt.find("layers.0.ffn.experts.0.w1.weight");
-    return t && t->dtype == DType::F8_E4M3 ? io::ExpertFormat::fp8 : io::ExpertFormat::fp4;
+    const io::ExpertFormat f = t && t->dtype == DType::F8_E4M3 ? io::ExpertFormat::fp8 : io::ExpertFormat::fp4;
+    core::log(DSV4_LOG_LEVEL_INFO, "config.json has no expert_dtype: routed experts read as {} from the stored dtype",
+              f == io::ExpertFormat::fp8 ? "FP8" : "FP4");
+    return f;
 }
 
 }  // namespace

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstring>
 #include <set>
-#include <thread>
 
 #include "core/error.h"
 
@@ -20,8 +19,7 @@ Context::Context(const model::Model &model, const ContextOptions &options) : mod
     if (options_.n_rewind < 0 || options_.n_rewind > 65536)
         fail(DSV4_ERR_INVALID_ARGUMENT, "n_rewind = {} outside [0, 65536]", options_.n_rewind);
     if (options_.n_threads < 0) fail(DSV4_ERR_INVALID_ARGUMENT, "n_threads = {} is negative", options_.n_threads);
-    int threads = options_.n_threads ? options_.n_threads : int(std::max(1u, std::thread::hardware_concurrency()));
-    backend_ = backend::make_cpu_reference_backend(threads);
+    backend_ = backend::make_cpu_reference_backend(options_.n_threads);
     std::vector<kvcache::LayerGeometry> all = model.cache_geometry(options_.n_rewind);
     geometry_.assign(all.begin(), all.begin() + c.n_layers);
     seqs_.resize(size_t(options_.n_seq_max));
@@ -116,7 +114,10 @@ void Context::decode(const int32_t *tokens, const int32_t *positions, const int3
         for (size_t k = 0; k < out_rows.size(); ++k)
             std::copy_n(&streams[size_t(out_rows[k]) * row], row, &kept[k * row]);
         // Commit: nothing below can fail.
-        for (const auto &sp : spans) sp.cache->length += sp.n;
+        for (const auto &sp : spans) {
+            sp.cache->length += sp.n;
+            sp.cache->high_water = std::max(sp.cache->high_water, sp.cache->length);
+        }
         logits_ = std::move(logits);
         last_streams_ = std::move(kept);
         output_rows_ = std::move(out_rows);
@@ -184,9 +185,10 @@ void Context::seq_truncate(int32_t seq, int64_t n) {
     if (n == 0) {
         if (seqs_[size_t(seq)]) seqs_[size_t(seq)]->clear();
     } else {
-        if (len - n > options_.n_rewind)
-            fail(DSV4_ERR_UNSUPPORTED_REWIND, "truncate: sequence {} would go back {} positions but the context keeps "
-                 "n_rewind = {}", seq, len - n, options_.n_rewind);
+        const kvcache::SequenceCache &c = *seqs_[size_t(seq)];
+        if (!c.can_truncate_to(n, options_.n_rewind))
+            fail(DSV4_ERR_UNSUPPORTED_REWIND, "truncate: sequence {} has held {} positions; going back to {} exceeds "
+                 "n_rewind = {}", seq, c.high_water, n, options_.n_rewind);
         seqs_[size_t(seq)]->truncate(n);
     }
     if (mtp_caches_[size_t(seq)] && mtp_length_[size_t(seq)] > n) {

@@ -4,6 +4,7 @@
 #include <dsv4/dsv4.h>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "support/fixtures.h"
 
@@ -93,4 +94,26 @@ TEST_CASE("an older, smaller info struct is filled only up to its size", "[api]"
     CHECK(li.compress_ratio == 4);
     CHECK(dsv4_model_get_layer_info(m, 5, &li) == DSV4_ERR_INVALID_ARGUMENT);
     dsv4_model_free(m);
+}
+
+TEST_CASE("the log callback receives messages at or above the level", "[api]") {
+    struct Log {
+        std::vector<std::pair<dsv4_log_level, std::string>> lines;
+    } log;
+    dsv4_log_set([](dsv4_log_level level, const char *message, void *u) {
+        static_cast<Log *>(u)->lines.emplace_back(level, message);
+    }, &log);
+    dsv4_log_set_level(DSV4_LOG_LEVEL_WARN);
+    dsv4_model *m = nullptr;
+    REQUIRE(dsv4_model_load(dsv4::test::tiny_flash_dir().c_str(), nullptr, &m) == DSV4_OK);
+    dsv4_model_free(m);
+    CHECK(log.lines.empty());  // loading logs at INFO only
+    dsv4_log_set_level(DSV4_LOG_LEVEL_INFO);
+    REQUIRE(dsv4_model_load(dsv4::test::tiny_flash_dir().c_str(), nullptr, &m) == DSV4_OK);
+    dsv4_model_free(m);
+    REQUIRE(!log.lines.empty());
+    CHECK(log.lines.back().first == DSV4_LOG_LEVEL_INFO);
+    CHECK_THAT(log.lines.back().second, Catch::Contains("loaded"));
+    dsv4_log_set(nullptr, nullptr);
+    dsv4_log_set_level(DSV4_LOG_LEVEL_WARN);
 }

@@ -426,3 +426,69 @@ TEST_CASE("compressors (ratio 4 overlapping, ratio 128) and the indexer equal th
         }
     }
 }
+
+TEST_CASE("indexer scores and the grouped output projection equal the float64 reference", "[ops]") {
+    const model::Model &m = test::tiny_flash();
+    const io::ModelConfig &cfg = m.config();
+    std::map<std::string, std::vector<float>> seen;
+    std::map<std::string, int64_t> cols;
+    runtime::ContextOptions o;
+    o.observer = [&](const std::string &name, int layer, dsv4_dtype dtype, int64_t rows, int64_t c, const void *data) {
+        if (dtype == DSV4_DTYPE_I32) return;
+        const std::string key = "L" + std::to_string(layer) + "." + name;
+        const float *p = static_cast<const float *>(data);
+        seen[key].insert(seen[key].end(), p, p + rows * c);
+        cols[key] = c;
+    };
+    runtime::Context ctx(m, o);
+    std::vector<int32_t> tokens(140);
+    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = int32_t((i * 101 + 7) % 2048);
+    ctx.decode(tokens.data(), nullptr, nullptr, 0, nullptr, int32_t(tokens.size()));
+    const int T = int(tokens.size()), nI = cfg.index_n_heads, dI = cfg.index_head_dim;
+
+    // Indexer: I(t, j) = Σ_h ω_h · ReLU(q_h · k_j), from the observed (simulated) queries, weights and keys.
+    const auto &q = seen["L2.index_q"], &w = seen["L2.index_weights"], &k = seen["L2.index_kv_comp"];
+    const auto &scores = seen["L2.index_scores"];
+    const int64_t n_entries = cols["L2.index_scores"];
+    REQUIRE(n_entries == T / 4);
+    for (int t = 0; t < T; ++t)
+        for (int j = 0; j < (t + 1) / 4; ++j) {
+            double ref = 0, mag = 0;
+            for (int h = 0; h < nI; ++h) {
+                double dot = 0;
+                for (int c = 0; c < dI; ++c) dot += double(q[size_t((t * nI + h) * dI + c)]) * k[size_t(j * dI + c)];
+                ref += w[size_t(t * nI + h)] * std::max(dot, 0.0);
+                mag += std::fabs(w[size_t(t * nI + h)] * std::max(dot, 0.0));
+            }
+            // bf16 rounding of each product, each term and the sum: a few bf16 ulps of the magnitude
+            REQUIRE(std::fabs(scores[size_t(t * n_entries + j)] - ref) <= 0.02 * mag + 1e-6);
+        }
+
+    // Grouped output projection: attn_out = wo_b(act_quant([wo_a[g] · o_g]_g)), float64 with bf16 roundings.
+    for (int layer = 0; layer < cfg.n_layers; ++layer) {
+        const auto &lw = m.weights().layers[size_t(layer)];
+        const auto &heads = seen["L" + std::to_string(layer) + ".attn_heads"];
+        const auto &out = seen["L" + std::to_string(layer) + ".attn_out"];
+        const int H = cfg.n_heads, d = cfg.head_dim, G = cfg.o_groups, Ro = cfg.o_lora_rank, D = cfg.dim;
+        const int64_t gin = int64_t(H / G) * d;
+        for (int t : {0, 63, 139}) {
+            std::vector<float> z(size_t(G * Ro));
+            for (int g = 0; g < G; ++g)
+                for (int r = 0; r < Ro; ++r) {
+                    double acc = 0;
+                    for (int64_t c = 0; c < gin; ++c)
+                        acc += double(heads[size_t(t * H * d + g * gin + c)]) * core::bf16_to_f32(lw.wo_a[size_t((g * Ro + r) * gin + c)]);
+                    z[size_t(g * Ro + r)] = core::round_bf16(float(acc));
+                }
+            const auto za = act_quant_ref(z.data(), G * Ro);
+            for (int r = 0; r < D; ++r) {
+                double acc = 0;
+                for (int c = 0; c < G * Ro; ++c)
+                    acc += za[size_t(c)] * core::fp8_e4m3_to_f32(lw.wo_b.w[r * G * Ro + c]) *
+                           core::e8m0_to_f32(lw.wo_b.scale[(r / 128) * lw.wo_b.scale_cols() + c / 128]);
+                // z may differ by one bf16 ulp (summation order), which can move one FP8 code of the activation
+                REQUIRE(std::fabs(out[size_t(t * D + r)] - acc) <= 0.02 * std::fabs(acc) + 0.02);
+            }
+        }
+    }
+}

@@ -240,6 +240,15 @@ TEST_CASE("truncate then replay equals the original", "[invariants]") {
     // going back further than n_rewind is refused and changes nothing; 0 clears
     CHECK(dsv4_seq_truncate(e.ctx, 0, 50) == DSV4_ERR_UNSUPPORTED_REWIND);
     CHECK(e.length() == 300);
+    // the limit counts from the furthest position ever held, not from the current length: rows of positions
+    // 100.. were overwritten by positions up to 299
+    REQUIRE(dsv4_seq_truncate(e.ctx, 0, 150) == DSV4_OK);
+    CHECK(dsv4_seq_truncate(e.ctx, 0, 99) == DSV4_ERR_UNSUPPORTED_REWIND);
+    REQUIRE(dsv4_seq_truncate(e.ctx, 0, 100) == DSV4_OK);
+    {
+        const auto got = e.feed(std::vector<int32_t>(tokens.begin() + 100, tokens.end()));
+        for (size_t i = 0; i < got.size(); ++i) REQUIRE(got[i] == expected[100 + i]);
+    }
     CHECK(dsv4_seq_truncate(e.ctx, 0, 301) == DSV4_ERR_INVALID_ARGUMENT_POSITION);
     REQUIRE(dsv4_seq_truncate(e.ctx, 0, 0) == DSV4_OK);
     CHECK(e.length() == 0);

@@ -5,6 +5,9 @@
 #include <vector>
 
 #include "backend/backend.h"
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 #include "core/numeric.h"
 
 namespace dsv4::backend {
@@ -141,7 +144,14 @@ public:
     }
 
 private:
-    int threads() const { return n_threads_ > 0 ? n_threads_ : 1; }
+    // 0 = OpenMP's default (OMP_NUM_THREADS, else every core).
+    int threads() const {
+#if defined(_OPENMP)
+        return n_threads_ > 0 ? n_threads_ : omp_get_max_threads();
+#else
+        return 1;
+#endif
+    }
 
     void linear_bf16_weights(const float *x, int64_t n, const Bf16Matrix &w, float *y, bool round_out) {
 #pragma omp parallel for num_threads(threads()) schedule(static)
