@@ -5,7 +5,8 @@ set -euo pipefail
 
 packages=(
   cmake ninja-build g++ pkg-config          # build
-  libfmt-dev nlohmann-json3-dev libcli11-dev # library and tool dependencies
+  libfmt-dev nlohmann-json3-dev libpcre2-dev # library dependencies
+  libcli11-dev                               # the dsv4 tool
   catch2                                     # tests
   clang libclang-rt-14-dev                   # sanitizer build and libFuzzer targets
   binutils                                   # nm, for the exported-symbol check

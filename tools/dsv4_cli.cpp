@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "eval_tokenizer.h"
 #include "golden.h"
 #include "io/config.h"
 #include "io/mapped_file.h"
@@ -157,12 +158,20 @@ int main(int argc, char **argv) {
     memory->add_option("--tokens", tokens, "sequence length")->check(CLI::Range(int64_t(1), int64_t(1) << 31));
     memory->add_option("--rewind", rewind, "n_rewind of the context")->check(CLI::Range(0, 65536));
 
+    std::string vectors;
+    bool tok_verbose = false;
+    auto *evtok = app.add_subcommand("eval-tokenizer", "check tokenizer vectors (ids, tokens, decodes) of a JSONL file");
+    evtok->add_option("tokenizer", dir, "tokenizer.json")->required();
+    evtok->add_option("vectors", vectors, "vectors .jsonl")->required();
+    evtok->add_flag("-v,--verbose", tok_verbose, "print every mismatch");
+
     CLI11_PARSE(app, argc, argv);
     try {
         if (*info) return cmd_info(dir);
         if (*run) return cmd_run(dir, prompt, n_predict, threads);
         if (*golden) return dsv4::tools::eval_golden(dir, gopt) ? 0 : 1;
         if (*memory) return cmd_memory(dir, tokens, rewind);
+        if (*evtok) return dsv4::tools::eval_tokenizer(dir, vectors, tok_verbose) ? 0 : 1;
     } catch (const dsv4::Error &e) {
         std::fprintf(stderr, "dsv4: %s: %s\n", dsv4_status_name(e.status()), e.what());
         return 2;

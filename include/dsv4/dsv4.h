@@ -67,7 +67,7 @@ extern "C" {
 #define DSV4_VERSION_STRING "0.1.0"
 #define DSV4_VERSION_NUMBER (DSV4_VERSION_MAJOR * 1000000 + DSV4_VERSION_MINOR * 1000 + DSV4_VERSION_PATCH)
 /* Bumped on every ABI-visible addition (function, enum value, struct field). */
-#define DSV4_API_VERSION 1
+#define DSV4_API_VERSION 2
 
 /* Returns DSV4_VERSION_NUMBER of the linked library. Thread-safety: any thread. */
 DSV4_API int32_t dsv4_version_number(void);
@@ -198,7 +198,6 @@ typedef int (*dsv4_progress_callback)(uint64_t done, uint64_t total, void *user_
 
 typedef struct dsv4_model_params {
     size_t struct_size;                         /* sizeof(dsv4_model_params); set by _init */
-    int32_t n_threads;                          /* threads for load-time work; 0 = all cores */
     dsv4_progress_callback progress_callback;   /* NULL = none */
     void *progress_user_data;                   /* passed to progress_callback */
     uint8_t use_mmap;                           /* 1 (default): map shards read-only, zero-copy */
@@ -282,6 +281,48 @@ DSV4_API dsv4_status dsv4_model_get_layer_info(const dsv4_model *model, int32_t 
 /* Bytes of checkpoint tensor data of one dtype (DSV4_DTYPE_FP4_E2M1 for packed expert weights).
  * Returns DSV4_OK or DSV4_ERR_INVALID_ARGUMENT. Thread-safety: any thread, concurrent calls allowed. */
 DSV4_API dsv4_status dsv4_model_param_bytes(const dsv4_model *model, dsv4_dtype dtype, uint64_t *out_bytes);
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Tokenizer: the byte-level BPE of a Hugging Face tokenizer.json (DeepSeek-V4's). Immutable; any thread.
+ * ------------------------------------------------------------------------------------------------------ */
+typedef struct dsv4_tokenizer dsv4_tokenizer;
+
+/* Loads a tokenizer.json. On success *out_tok owns it: free it with dsv4_tokenizer_free().
+ * Returns DSV4_OK, DSV4_ERR_INVALID_ARGUMENT, DSV4_ERR_IO_*, DSV4_ERR_FORMAT_JSON, DSV4_ERR_UNSUPPORTED (a
+ * pre-tokenizer, normalizer or model option this library does not implement, named in the message).
+ * Thread-safety: any thread. */
+DSV4_API DSV4_NODISCARD dsv4_status dsv4_tokenizer_load(const char *path, dsv4_tokenizer **out_tok);
+/* Frees a tokenizer loaded with dsv4_tokenizer_load; NULL is a harmless no-op. Never pass the borrowed
+ * tokenizer of a model. Thread-safety: not concurrently with other uses of this tokenizer. */
+DSV4_API void dsv4_tokenizer_free(dsv4_tokenizer *tok);
+/* The tokenizer of a model whose directory has a tokenizer.json, else NULL. Borrowed: lives as long as the
+ * model. Thread-safety: any thread. */
+DSV4_API const dsv4_tokenizer *dsv4_model_tokenizer(const dsv4_model *model);
+/* Number of token ids (model vocabulary plus added tokens). Thread-safety: any thread. */
+DSV4_API int32_t dsv4_tokenizer_vocab_size(const dsv4_tokenizer *tok);
+/* 1 if token is an added token marked special (skipped by DSV4_DETOKENIZE_SKIP_SPECIAL), else 0.
+ * Thread-safety: any thread. */
+DSV4_API int32_t dsv4_token_is_special(const dsv4_tokenizer *tok, int32_t token);
+
+/* Encodes len bytes of UTF-8 text (no BOS/EOS added; special-token text is recognised as Hugging Face does)
+ * into tokens (cap entries); *out_n receives the number of tokens. If cap is too small: DSV4_ERR_BUFFER_TOO_SMALL,
+ * *out_n set, nothing written. Invalid UTF-8: DSV4_ERR_INVALID_ARGUMENT naming the byte offset.
+ * Thread-safety: any thread, concurrent calls allowed. */
+DSV4_API dsv4_status dsv4_tokenize(const dsv4_tokenizer *tok, const char *text, size_t len, int32_t *tokens,
+                                   size_t cap, size_t *out_n);
+
+#define DSV4_DETOKENIZE_SKIP_SPECIAL 1u
+/* Decodes n tokens to UTF-8 in buf (cap bytes); *out_len receives the length without the terminating NUL,
+ * which is written too (so cap must exceed the length). Invalid UTF-8 from byte tokens becomes U+FFFD per
+ * maximal invalid subpart. Too small: DSV4_ERR_BUFFER_TOO_SMALL, *out_len set, nothing written.
+ * Ids outside the vocabulary: DSV4_ERR_INVALID_TOKEN. Thread-safety: any thread, concurrent calls allowed. */
+DSV4_API dsv4_status dsv4_detokenize(const dsv4_tokenizer *tok, const int32_t *tokens, size_t n, uint32_t flags,
+                                     char *buf, size_t cap, size_t *out_len);
+/* The raw bytes token contributes to a decode, possibly part of a UTF-8 sequence (for streaming: hold back an
+ * incomplete tail until the next piece completes it). Buffer rule as dsv4_detokenize, no NUL written.
+ * Thread-safety: any thread, concurrent calls allowed. */
+DSV4_API dsv4_status dsv4_token_to_piece(const dsv4_tokenizer *tok, int32_t token, char *buf, size_t cap,
+                                         size_t *out_len);
 
 /* ---------------------------------------------------------------------------------------------------------
  * Context: the KV cache of up to n_seq_max sequences and the scratch space of evaluation.

@@ -15,9 +15,15 @@
 #include "io/mapped_file.h"
 #include "model/model.h"
 #include "runtime/context.h"
+#include "tokenizer/tokenizer.h"
+#include <sys/stat.h>
 
+struct dsv4_tokenizer {
+    std::unique_ptr<dsv4::tokenizer::Tokenizer> impl;
+};
 struct dsv4_model {
     std::unique_ptr<dsv4::model::Model> impl;
+    std::unique_ptr<dsv4_tokenizer> tokenizer;  // from the checkpoint directory's tokenizer.json, if any
 };
 struct dsv4_context {
     std::unique_ptr<dsv4::runtime::Context> impl;
@@ -193,6 +199,12 @@ DSV4_API dsv4_status dsv4_model_load(const char *dir, const dsv4_model_params *p
     }
     auto model = std::make_unique<dsv4_model>();
     model->impl = dsv4::model::Model::load(dir, options);
+    const std::string tokenizer_path = std::string(dir) + "/tokenizer.json";
+    struct stat st {};
+    if (::stat(tokenizer_path.c_str(), &st) == 0) {
+        model->tokenizer = std::make_unique<dsv4_tokenizer>();
+        model->tokenizer->impl = dsv4::tokenizer::Tokenizer::load(tokenizer_path);
+    }
     dsv4::core::log(DSV4_LOG_LEVEL_INFO, "loaded {} ({} layers)", dir, model->impl->config().n_layers);
     *out_model = model.release();
     DSV4_API_END
@@ -278,6 +290,71 @@ DSV4_API dsv4_status dsv4_model_param_bytes(const dsv4_model *model, dsv4_dtype 
             if (as == dtype) n += t.nbytes;
         }
     *out_bytes = n;
+    DSV4_API_END
+}
+
+// ---- tokenizer ----------------------------------------------------------------------------------------------
+DSV4_API dsv4_status dsv4_tokenizer_load(const char *path, dsv4_tokenizer **out_tok) {
+    if (out_tok) *out_tok = nullptr;
+    DSV4_API_BEGIN
+    require(path, "path");
+    require(out_tok, "out_tok");
+    auto tok = std::make_unique<dsv4_tokenizer>();
+    tok->impl = dsv4::tokenizer::Tokenizer::load(path);
+    *out_tok = tok.release();
+    DSV4_API_END
+}
+
+DSV4_API void dsv4_tokenizer_free(dsv4_tokenizer *tok) { delete tok; }
+
+DSV4_API const dsv4_tokenizer *dsv4_model_tokenizer(const dsv4_model *model) {
+    return model ? model->tokenizer.get() : nullptr;
+}
+
+DSV4_API int32_t dsv4_tokenizer_vocab_size(const dsv4_tokenizer *tok) { return tok ? tok->impl->vocab_size() : 0; }
+
+DSV4_API int32_t dsv4_token_is_special(const dsv4_tokenizer *tok, int32_t token) {
+    return tok && tok->impl->is_special(token) ? 1 : 0;
+}
+
+DSV4_API dsv4_status dsv4_tokenize(const dsv4_tokenizer *tok, const char *text, size_t len, int32_t *tokens, size_t cap,
+                                   size_t *out_n) {
+    DSV4_API_BEGIN
+    require(tok, "tok");
+    require(out_n, "out_n");
+    if (!text && len) fail(DSV4_ERR_INVALID_ARGUMENT, "text is NULL");
+    const std::vector<int32_t> ids = tok->impl->encode(std::string_view(text ? text : "", len));
+    *out_n = ids.size();
+    if (ids.size() > cap || (!tokens && !ids.empty()))
+        fail(DSV4_ERR_BUFFER_TOO_SMALL, "tokenize: {} tokens, buffer holds {}", ids.size(), cap);
+    std::copy(ids.begin(), ids.end(), tokens);
+    DSV4_API_END
+}
+
+DSV4_API dsv4_status dsv4_detokenize(const dsv4_tokenizer *tok, const int32_t *tokens, size_t n, uint32_t flags,
+                                     char *buf, size_t cap, size_t *out_len) {
+    DSV4_API_BEGIN
+    require(tok, "tok");
+    require(out_len, "out_len");
+    if (!tokens && n) fail(DSV4_ERR_INVALID_ARGUMENT, "tokens is NULL");
+    const std::string text = tok->impl->decode(tokens, n, (flags & DSV4_DETOKENIZE_SKIP_SPECIAL) != 0);
+    *out_len = text.size();
+    if (!buf || cap <= text.size())
+        fail(DSV4_ERR_BUFFER_TOO_SMALL, "detokenize: {} bytes plus NUL, buffer holds {}", text.size(), cap);
+    std::memcpy(buf, text.c_str(), text.size() + 1);
+    DSV4_API_END
+}
+
+DSV4_API dsv4_status dsv4_token_to_piece(const dsv4_tokenizer *tok, int32_t token, char *buf, size_t cap,
+                                         size_t *out_len) {
+    DSV4_API_BEGIN
+    require(tok, "tok");
+    require(out_len, "out_len");
+    const std::string bytes = tok->impl->token_bytes(token);
+    *out_len = bytes.size();
+    if (!buf || cap < bytes.size())
+        fail(DSV4_ERR_BUFFER_TOO_SMALL, "token_to_piece: {} bytes, buffer holds {}", bytes.size(), cap);
+    std::memcpy(buf, bytes.data(), bytes.size());
     DSV4_API_END
 }
 

@@ -10,7 +10,7 @@ namespace dsv4::io {
 constexpr int kMaxJsonDepth = 64;
 
 // Throws DSV4_ERR_FORMAT_NESTING if brackets nest deeper than max_depth, DSV4_ERR_FORMAT_JSON if the text is
-// not JSON. If duplicate_top_level_keys is false, a repeated top-level key is DSV4_ERR_FORMAT_DUPLICATE.
+// not JSON. Unless allow_duplicate_keys, a repeated top-level key is DSV4_ERR_FORMAT_DUPLICATE.
 nlohmann::json parse_json(std::string_view text, const std::string &what, bool allow_duplicate_keys = true,
                           int max_depth = kMaxJsonDepth);
 

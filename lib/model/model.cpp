@@ -136,8 +136,7 @@ void Model::mtp_logits(backend::Backend &be, const float *streams, const int32_t
                 h[size_t((i * hc + k) * D + j)] = core::round_bf16(ep[size_t(i * D + j)] + hp[size_t((i * hc + k) * D + j)]);
     std::vector<attention::Span> spans{{0, n, start_pos, &cache}};
     attention_sublayer(be, layer, h.data(), n, spans, mid.data(), nullptr);
-    std::vector<int32_t> tokens(next_tokens, next_tokens + n);
-    ffn_sublayer(be, layer, mid.data(), tokens.data(), n, h.data(), nullptr);
+    ffn_sublayer(be, layer, mid.data(), next_tokens, n, h.data(), nullptr);
     std::vector<float> x(static_cast<size_t>(n * D)), xn(static_cast<size_t>(n * D));
     hc_head(be, w.hc_head, h.data(), n, hc, D, c.norm_eps, c.hc_eps, x.data());
     for (int64_t i = 0; i < n; ++i) core::rms_norm(&x[size_t(i * D)], size_t(D), w.norm.data(), c.norm_eps, &xn[size_t(i * D)]);

@@ -12,7 +12,7 @@ extern "C" int dsv4_test_header_c99(void);
 
 // Struct layouts are ABI: appending is allowed, moving a field is not.
 static_assert(offsetof(dsv4_model_params, struct_size) == 0);
-static_assert(offsetof(dsv4_model_params, n_threads) == 8);
+static_assert(offsetof(dsv4_model_params, progress_callback) == 8);
 static_assert(offsetof(dsv4_context_params, n_ctx) == 8);
 static_assert(offsetof(dsv4_context_params, abort_callback) == 24);
 static_assert(offsetof(dsv4_batch, n_tokens) == 8);
