@@ -169,10 +169,7 @@ std::unique_ptr<Tokenizer> Tokenizer::from_json(std::string_view text, const std
         t->is_special_[size_t(tok.id)] = tok.special;
         t->added_.push_back(std::move(tok));
     }
-    for (const AddedToken &a : t->added_) {
-        (a.normalized ? t->added_normalized_ : t->added_special_)[a.content] = a.id;
-        t->max_added_len_ = std::max(t->max_added_len_, a.content.size());
-    }
+    for (const AddedToken &a : t->added_) (a.normalized ? t->normalized_trie_ : t->special_trie_).insert(a.content, a.id);
 
     const json &merges = field(model, "merges", "model.merges");
     if (!merges.is_array()) fail(DSV4_ERR_FORMAT_JSON, "{}: model.merges is not an array", source);
@@ -238,71 +235,100 @@ std::unique_ptr<Tokenizer> Tokenizer::from_json(std::string_view text, const std
     return t;
 }
 
+void Tokenizer::Trie::insert(std::string_view s, int32_t id) {
+    int32_t node = 0;
+    for (unsigned char c : s) {
+        auto [it, inserted] = next.emplace((uint64_t(uint32_t(node)) << 8) | c, int32_t(token.size()));
+        if (inserted) token.push_back(-1);
+        node = it->second;
+    }
+    token[size_t(node)] = id;
+    first[uint8_t(s[0])] = true;
+}
+
+size_t Tokenizer::Trie::longest(std::string_view s, size_t i, int32_t &id) const {
+    size_t best = 0;
+    int32_t node = 0;
+    for (size_t k = i; k < s.size(); ++k) {
+        auto it = next.find((uint64_t(uint32_t(node)) << 8) | uint8_t(s[k]));
+        if (it == next.end()) break;
+        node = it->second;
+        if (token[size_t(node)] >= 0) {
+            best = k + 1 - i;
+            id = token[size_t(node)];
+        }
+    }
+    return best;
+}
+
 void Tokenizer::split_added(std::string_view text, std::vector<std::pair<std::string_view, int32_t>> &out) const {
     // Leftmost-longest matching, first of the special (non-normalized) tokens, then of the normalized ones in
     // what is left (the normalizer is the identity), as Hugging Face's AddedVocabulary does.
-    auto split_with = [&](std::string_view s, const std::unordered_map<std::string_view, int32_t> &table,
-                          std::vector<std::pair<std::string_view, int32_t>> &dst) {
+    auto split_with = [](std::string_view s, const Trie &trie, std::vector<std::pair<std::string_view, int32_t>> &dst) {
         size_t last = 0;
-        for (size_t i = 0; i < s.size() && !table.empty();) {
-            int32_t found = -1;
-            size_t len = std::min(max_added_len_, s.size() - i);
-            for (; len > 0; --len) {
-                auto it = table.find(s.substr(i, len));
-                if (it != table.end()) {
-                    found = it->second;
-                    break;
-                }
-            }
-            if (found < 0) {
+        for (size_t i = 0; i < s.size();) {
+            int32_t id = -1;
+            const size_t len = trie.first[uint8_t(s[i])] ? trie.longest(s, i, id) : 0;
+            if (!len) {
                 ++i;
                 continue;
             }
             if (i > last) dst.emplace_back(s.substr(last, i - last), -1);
-            dst.emplace_back(s.substr(i, len), found);
+            dst.emplace_back(s.substr(i, len), id);
             i += len;
             last = i;
         }
         if (last < s.size()) dst.emplace_back(s.substr(last), -1);
     };
     std::vector<std::pair<std::string_view, int32_t>> first;
-    split_with(text, added_special_, first);
+    split_with(text, special_trie_, first);
     for (const auto &[piece, id] : first) {
         if (id >= 0) out.emplace_back(piece, id);
-        else split_with(piece, added_normalized_, out);
+        else split_with(piece, normalized_trie_, out);
     }
 }
 
 void Tokenizer::bpe(std::string_view piece, std::vector<int32_t> &out) const {
+    if (piece.size() == 1) {
+        out.push_back(byte_token_[uint8_t(piece[0])]);
+        return;
+    }
+    CacheShard &shard = cache_[std::hash<std::string_view>{}(piece) % kCacheShards];
+    {
+        std::lock_guard<std::mutex> lock(shard.mutex);
+        auto it = shard.map.find(std::string(piece));
+        if (it != shard.map.end()) {
+            out.insert(out.end(), it->second.begin(), it->second.end());
+            return;
+        }
+    }
     std::vector<int32_t> sym;
     sym.reserve(piece.size());
     for (unsigned char c : piece) sym.push_back(byte_token_[c]);
-    // Repeatedly merge the lowest-rank adjacent pair, leftmost first.
-    while (sym.size() > 1) {
-        int32_t best_rank = INT32_MAX, best_id = -1;
-        for (size_t i = 0; i + 1 < sym.size(); ++i) {
-            auto it = merges_.find((uint64_t(uint32_t(sym[i])) << 32) | uint32_t(sym[i + 1]));
-            if (it != merges_.end() && it->second.first < best_rank) {
-                best_rank = it->second.first;
-                best_id = it->second.second;
-            }
-        }
-        if (best_id < 0) break;
-        size_t w = 0;
-        for (size_t i = 0; i < sym.size(); ++i) {
-            if (i + 1 < sym.size()) {
-                auto it = merges_.find((uint64_t(uint32_t(sym[i])) << 32) | uint32_t(sym[i + 1]));
-                if (it != merges_.end() && it->second.first == best_rank) {
-                    sym[w++] = best_id;
-                    ++i;
-                    continue;
-                }
-            }
-            sym[w++] = sym[i];
-        }
-        sym.resize(w);
+    // Merge the lowest-rank adjacent pair, leftmost first, until none is left (the order of the reference's
+    // priority queue). ranks[i] is the rank of (sym[i], sym[i+1]); a merge only changes its two neighbours.
+    auto pair_rank = [&](size_t i, int32_t &merged) {
+        auto it = merges_.find((uint64_t(uint32_t(sym[i])) << 32) | uint32_t(sym[i + 1]));
+        if (it == merges_.end()) return INT32_MAX;
+        merged = it->second.second;
+        return it->second.first;
+    };
+    std::vector<int32_t> ranks(sym.size() - 1), merged_ids(sym.size() - 1, -1);
+    for (size_t i = 0; i + 1 < sym.size(); ++i) ranks[i] = pair_rank(i, merged_ids[i]);
+    while (!ranks.empty()) {
+        const size_t i = size_t(std::min_element(ranks.begin(), ranks.end()) - ranks.begin());
+        if (ranks[i] == INT32_MAX) break;
+        sym[i] = merged_ids[i];
+        sym.erase(sym.begin() + ptrdiff_t(i) + 1);
+        ranks.erase(ranks.begin() + ptrdiff_t(i));
+        merged_ids.erase(merged_ids.begin() + ptrdiff_t(i));
+        if (i < ranks.size()) ranks[i] = pair_rank(i, merged_ids[i]);
+        if (i > 0) ranks[i - 1] = pair_rank(i - 1, merged_ids[i - 1]);
     }
     out.insert(out.end(), sym.begin(), sym.end());
+    std::lock_guard<std::mutex> lock(shard.mutex);
+    if (shard.map.size() >= kCacheShardEntries) shard.map.clear();  // bounded memory
+    shard.map.emplace(std::string(piece), std::move(sym));
 }
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text) const {

@@ -3,8 +3,10 @@
 // regexes (PCRE2 with Unicode properties, JIT), the GPT-2 byte-to-unicode map, and BPE merges by rank.
 // Immutable after load; encode/decode may run concurrently from any number of threads.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -53,8 +55,24 @@ private:
     std::unordered_map<std::string, int32_t> token_to_id_;  // model vocab + added tokens
     std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges_;  // (left id, right id) → (rank, merged id)
     std::vector<AddedToken> added_;
-    std::unordered_map<std::string_view, int32_t> added_special_, added_normalized_;  // content → id
-    size_t max_added_len_ = 0;
+    // Byte tries of the added tokens' contents, special (non-normalized) ones and normalized ones.
+    struct Trie {
+        std::unordered_map<uint64_t, int32_t> next;  // (node << 8 | byte) → node
+        std::vector<int32_t> token;                  // node → token id ending there, or -1
+        std::array<bool, 256> first{};               // bytes that start some token
+        Trie() : token(1, -1) {}
+        void insert(std::string_view s, int32_t id);
+        // Longest token starting at s[i]: its length (0 if none) and id.
+        size_t longest(std::string_view s, size_t i, int32_t &id) const;
+    };
+    Trie special_trie_, normalized_trie_;
+    // Piece → ids cache: most words repeat, and BPE on a word is the expensive step (as in the reference).
+    struct CacheShard {
+        std::mutex mutex;
+        std::unordered_map<std::string, std::vector<int32_t>> map;
+    };
+    static constexpr size_t kCacheShards = 16, kCacheShardEntries = 1 << 14;
+    mutable std::array<CacheShard, kCacheShards> cache_;
     std::vector<std::unique_ptr<Regex>> splits_;  // Split pre-tokenizers, applied in order (Isolated)
     int32_t byte_token_[256];                     // id of each byte's byte-level character
     std::string byte_char_[256];                  // the byte-level character (UTF-8) of each byte
