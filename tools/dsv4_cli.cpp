@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "eval_chat.h"
 #include "eval_tokenizer.h"
 #include "golden.h"
 #include "io/config.h"
@@ -165,12 +166,18 @@ int main(int argc, char **argv) {
     evtok->add_option("vectors", vectors, "vectors .jsonl")->required();
     evtok->add_flag("-v,--verbose", tok_verbose, "print every mismatch");
 
+    bool chat_verbose = false;
+    auto *evchat = app.add_subcommand("eval-chat", "check chat encoding/parsing cases of a JSONL file");
+    evchat->add_option("cases", dir, "cases .jsonl")->required();
+    evchat->add_flag("-v,--verbose", chat_verbose, "print every mismatch");
+
     CLI11_PARSE(app, argc, argv);
     try {
         if (*info) return cmd_info(dir);
         if (*run) return cmd_run(dir, prompt, n_predict, threads);
         if (*golden) return dsv4::tools::eval_golden(dir, gopt) ? 0 : 1;
         if (*memory) return cmd_memory(dir, tokens, rewind);
+        if (*evchat) return dsv4::tools::eval_chat(dir, chat_verbose) ? 0 : 1;
         if (*evtok) return dsv4::tools::eval_tokenizer(dir, vectors, tok_verbose) ? 0 : 1;
     } catch (const dsv4::Error &e) {
         std::fprintf(stderr, "dsv4: %s: %s\n", dsv4_status_name(e.status()), e.what());

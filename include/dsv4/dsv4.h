@@ -67,7 +67,7 @@ extern "C" {
 #define DSV4_VERSION_STRING "0.1.0"
 #define DSV4_VERSION_NUMBER (DSV4_VERSION_MAJOR * 1000000 + DSV4_VERSION_MINOR * 1000 + DSV4_VERSION_PATCH)
 /* Bumped on every ABI-visible addition (function, enum value, struct field). */
-#define DSV4_API_VERSION 2
+#define DSV4_API_VERSION 3
 
 /* Returns DSV4_VERSION_NUMBER of the linked library. Thread-safety: any thread. */
 DSV4_API int32_t dsv4_version_number(void);
@@ -323,6 +323,41 @@ DSV4_API dsv4_status dsv4_detokenize(const dsv4_tokenizer *tok, const int32_t *t
  * Thread-safety: any thread, concurrent calls allowed. */
 DSV4_API dsv4_status dsv4_token_to_piece(const dsv4_tokenizer *tok, int32_t token, char *buf, size_t cap,
                                          size_t *out_len);
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Chat format (the official DeepSeek-V4 encoding): OpenAI-style messages → prompt text; completion → message.
+ * ------------------------------------------------------------------------------------------------------ */
+typedef struct dsv4_chat_params {
+    size_t struct_size;            /* sizeof(dsv4_chat_params); set by _init */
+    const char *reasoning_effort;  /* NULL (default), "high" or "max" (thinking mode: adds the max-effort preamble) */
+    int32_t thinking;              /* 0 (default): chat mode, prompt ends in </think>; 1: thinking mode, ends in <think> */
+    int32_t drop_thinking;         /* 1 (default): drop the reasoning of turns before the last user turn */
+    int32_t add_bos;               /* 1 (default): start with the BOS token text */
+} dsv4_chat_params;
+
+/* Fills *params with defaults. Returns DSV4_OK or DSV4_ERR_INVALID_ARGUMENT. Thread-safety: any thread. */
+DSV4_API dsv4_status dsv4_chat_params_init(dsv4_chat_params *params, size_t size);
+static inline dsv4_chat_params dsv4_chat_default_params(void) {
+    dsv4_chat_params p;
+    (void)dsv4_chat_params_init(&p, sizeof p);
+    return p;
+}
+
+/* Renders messages_json (a NUL-terminated JSON array of message objects with roles system, developer, user,
+ * assistant, tool, latest_reminder and the fields tools, response_format, tool_calls, reasoning_content, task,
+ * wo_eos, tool_call_id) as the prompt text; tokenize it with dsv4_tokenize. params may be NULL.
+ * Buffer rule as dsv4_detokenize (NUL written). Returns DSV4_OK, DSV4_ERR_FORMAT_JSON,
+ * DSV4_ERR_INVALID_ARGUMENT (a conversation the official encoder rejects; the message names the index and
+ * field), DSV4_ERR_BUFFER_TOO_SMALL. Thread-safety: any thread. */
+DSV4_API dsv4_status dsv4_chat_encode(const char *messages_json, const dsv4_chat_params *params, char *buf, size_t cap,
+                                      size_t *out_len);
+/* Parses a completion (the generated text up to and including the EOS token text) into an assistant message,
+ * written as JSON {"role","content","reasoning_content","tool_calls":[{"type","function":{"name","arguments"}}]}
+ * to buf (buffer rule as dsv4_detokenize). thinking: 1 if the prompt opened <think>. Returns DSV4_OK,
+ * DSV4_ERR_INVALID_ARGUMENT (malformed completion, with the reason), DSV4_ERR_BUFFER_TOO_SMALL.
+ * Thread-safety: any thread. */
+DSV4_API dsv4_status dsv4_chat_parse(const char *completion, size_t len, int32_t thinking, char *buf, size_t cap,
+                                     size_t *out_len);
 
 /* ---------------------------------------------------------------------------------------------------------
  * Context: the KV cache of up to n_seq_max sequences and the scratch space of evaluation.

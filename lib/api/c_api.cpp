@@ -15,6 +15,8 @@
 #include "io/mapped_file.h"
 #include "model/model.h"
 #include "runtime/context.h"
+#include "tokenizer/chat.h"
+#include "io/json.h"
 #include "tokenizer/tokenizer.h"
 #include <sys/stat.h>
 
@@ -355,6 +357,58 @@ DSV4_API dsv4_status dsv4_token_to_piece(const dsv4_tokenizer *tok, int32_t toke
     if (!buf || cap < bytes.size())
         fail(DSV4_ERR_BUFFER_TOO_SMALL, "token_to_piece: {} bytes, buffer holds {}", bytes.size(), cap);
     std::memcpy(buf, bytes.data(), bytes.size());
+    DSV4_API_END
+}
+
+// ---- chat format ---------------------------------------------------------------------------------------------
+namespace {
+void copy_text_out(const std::string &text, char *buf, size_t cap, size_t *out_len, const char *what) {
+    *out_len = text.size();
+    if (!buf || cap <= text.size())
+        fail(DSV4_ERR_BUFFER_TOO_SMALL, "{}: {} bytes plus NUL, buffer holds {}", what, text.size(), cap);
+    std::memcpy(buf, text.c_str(), text.size() + 1);
+}
+}  // namespace
+
+DSV4_API dsv4_status dsv4_chat_params_init(dsv4_chat_params *params, size_t size) {
+    DSV4_API_BEGIN
+    require(params, "params");
+    if (size < sizeof(dsv4_chat_params))
+        fail(DSV4_ERR_INVALID_ARGUMENT, "dsv4_chat_params_init: size {} < sizeof(dsv4_chat_params) = {}", size,
+             sizeof(dsv4_chat_params));
+    dsv4_chat_params p{};
+    p.struct_size = sizeof p;
+    p.drop_thinking = 1;
+    p.add_bos = 1;
+    *params = p;
+    DSV4_API_END
+}
+
+DSV4_API dsv4_status dsv4_chat_encode(const char *messages_json, const dsv4_chat_params *params, char *buf, size_t cap,
+                                      size_t *out_len) {
+    DSV4_API_BEGIN
+    require(messages_json, "messages_json");
+    require(out_len, "out_len");
+    const dsv4_chat_params p = read_params(params, dsv4_chat_default_params());
+    dsv4::tokenizer::ChatOptions o;
+    o.mode = p.thinking ? dsv4::tokenizer::ThinkingMode::thinking : dsv4::tokenizer::ThinkingMode::chat;
+    o.drop_thinking = p.drop_thinking != 0;
+    o.add_bos = p.add_bos != 0;
+    if (p.reasoning_effort) o.reasoning_effort = std::string(p.reasoning_effort);
+    const std::string prompt = dsv4::tokenizer::encode_chat(dsv4::io::parse_ordered_json(messages_json, "messages_json"), o);
+    copy_text_out(prompt, buf, cap, out_len, "chat_encode");
+    DSV4_API_END
+}
+
+DSV4_API dsv4_status dsv4_chat_parse(const char *completion, size_t len, int32_t thinking, char *buf, size_t cap,
+                                     size_t *out_len) {
+    DSV4_API_BEGIN
+    require(out_len, "out_len");
+    if (!completion && len) fail(DSV4_ERR_INVALID_ARGUMENT, "completion is NULL");
+    const auto message = dsv4::tokenizer::parse_completion(std::string(completion ? completion : "", len),
+                                                           thinking ? dsv4::tokenizer::ThinkingMode::thinking
+                                                                    : dsv4::tokenizer::ThinkingMode::chat);
+    copy_text_out(dsv4::tokenizer::python_json_dumps(message), buf, cap, out_len, "chat_parse");
     DSV4_API_END
 }
 

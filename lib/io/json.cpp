@@ -25,12 +25,25 @@ int max_nesting(std::string_view text, int limit) {
     }
     return deepest;
 }
+
+void check_nesting(std::string_view text, const std::string &what, int max_depth) {
+    if (max_nesting(text, max_depth) > max_depth)
+        fail(DSV4_ERR_FORMAT_NESTING, "{}: JSON nests deeper than {} levels", what, max_depth);
+}
 }  // namespace
+
+nlohmann::ordered_json parse_ordered_json(std::string_view text, const std::string &what, int max_depth) {
+    check_nesting(text, what, max_depth);
+    try {
+        return nlohmann::ordered_json::parse(text.begin(), text.end());
+    } catch (const nlohmann::json::exception &e) {
+        fail(DSV4_ERR_FORMAT_JSON, "{}: invalid JSON: {}", what, e.what());
+    }
+}
 
 nlohmann::json parse_json(std::string_view text, const std::string &what, bool allow_duplicate_keys,
                           int max_depth) {
-    if (max_nesting(text, max_depth) > max_depth)
-        fail(DSV4_ERR_FORMAT_NESTING, "{}: JSON nests deeper than {} levels", what, max_depth);
+    check_nesting(text, what, max_depth);
     std::unordered_set<std::string> top_keys;
     std::string duplicate;
     auto callback = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json &value) {

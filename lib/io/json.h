@@ -13,5 +13,7 @@ constexpr int kMaxJsonDepth = 64;
 // not JSON. Unless allow_duplicate_keys, a repeated top-level key is DSV4_ERR_FORMAT_DUPLICATE.
 nlohmann::json parse_json(std::string_view text, const std::string &what, bool allow_duplicate_keys = true,
                           int max_depth = kMaxJsonDepth);
+// The same, keeping object keys in document order (for re-serialising user JSON faithfully).
+nlohmann::ordered_json parse_ordered_json(std::string_view text, const std::string &what, int max_depth = kMaxJsonDepth);
 
 }  // namespace dsv4::io
