@@ -11,10 +11,10 @@ struct Fixture {
     dsv4_model *model = nullptr;
     dsv4_context *ctx = nullptr;
     Fixture(dsv4_abort_callback abort = nullptr, void *abort_data = nullptr, dsv4_eval_callback eval = nullptr,
-            void *eval_data = nullptr) {
+            void *eval_data = nullptr, int n_ctx = 64) {
         REQUIRE(dsv4_model_load(dsv4::test::tiny_flash_dir().c_str(), nullptr, &model) == DSV4_OK);
         dsv4_context_params p = dsv4_context_default_params();
-        p.n_ctx = 64;
+        p.n_ctx = n_ctx;
         p.n_seq_max = 2;
         p.abort_callback = abort;
         p.abort_user_data = abort_data;
@@ -152,3 +152,56 @@ TEST_CASE("MTP logits are available on request", "[errors]") {
     // positions must continue: running the same outputs again is refused
     CHECK(dsv4_mtp_logits(f.ctx, next.data(), 4, out.data(), out.size()) == DSV4_ERR_INVALID_ARGUMENT_POSITION);
 }
+
+// AddressSanitizer reserves terabytes of shadow memory, so an address-space cap cannot be used under it.
+#if defined(__SANITIZE_ADDRESS__)
+#define DSV4_TEST_UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define DSV4_TEST_UNDER_ASAN 1
+#endif
+#endif
+#if !defined(DSV4_TEST_UNDER_ASAN)
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+TEST_CASE("out of memory is a status, and the context stays usable", "[errors]") {
+    // In a child process, cap the address space just above what is in use, then ask for a long prefill.
+    const pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        int code = 0;
+        {
+            Fixture f(nullptr, nullptr, nullptr, nullptr, 8192);
+            std::vector<int32_t> warm = {0, 1, 2};
+            dsv4_batch b = dsv4_batch_for_sequence(warm.data(), 3, 0);
+            if (dsv4_decode(f.ctx, &b) != DSV4_OK) _exit(10);
+            std::FILE *statm = std::fopen("/proc/self/statm", "r");
+            long pages = 0;
+            if (!statm || std::fscanf(statm, "%ld", &pages) != 1) _exit(11);
+            std::fclose(statm);
+            rlimit old{};
+            getrlimit(RLIMIT_AS, &old);
+            rlimit lim = old;
+            lim.rlim_cur = rlim_t(pages) * rlim_t(sysconf(_SC_PAGESIZE)) + (rlim_t(8) << 20);
+            setrlimit(RLIMIT_AS, &lim);
+            std::vector<int32_t> many(4000, 7);  // fits n_ctx, but the activations need far more than 8 MiB
+            b = dsv4_batch_for_sequence(many.data(), 4000, 0);
+            const dsv4_status st = dsv4_decode(f.ctx, &b);
+            setrlimit(RLIMIT_AS, &old);
+            if (st != DSV4_ERR_OUT_OF_MEMORY) code = 20 + int(st);
+            int32_t len = -1;
+            if (!code && (dsv4_seq_length(f.ctx, 0, &len) != DSV4_OK || len != 3)) code = 12;
+            int32_t next = 9;
+            b = dsv4_batch_for_sequence(&next, 1, 0);
+            if (!code && dsv4_decode(f.ctx, &b) != DSV4_OK) code = 13;
+        }
+        _exit(code);
+    }
+    int status = 0;
+    REQUIRE(waitpid(pid, &status, 0) == pid);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+}
+#endif

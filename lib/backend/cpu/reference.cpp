@@ -34,6 +34,24 @@ struct QuantizedRows {
     }
 };
 
+// Per-thread scratch rows, allocated before a parallel region: an exception (bad_alloc) must never leave an
+// OpenMP region, where it would terminate the process instead of becoming DSV4_ERR_OUT_OF_MEMORY.
+class Scratch {
+public:
+    Scratch(int threads, int64_t len) : len_(size_t(len)), data_(size_t(threads) * size_t(len)) {}
+    float *row() {
+#if defined(_OPENMP)
+        return data_.data() + size_t(omp_get_thread_num()) * len_;
+#else
+        return data_.data();
+#endif
+    }
+
+private:
+    size_t len_;
+    std::vector<float> data_;
+};
+
 class CpuReferenceBackend final : public Backend {
 public:
     explicit CpuReferenceBackend(int n_threads) : n_threads_(n_threads) {}
@@ -42,17 +60,19 @@ public:
     void linear_fp8(const float *x, int64_t n, const Fp8Matrix &w, float *y) override {
         QuantizedRows a(x, n, w.cols);
         const int64_t sc = w.scale_cols();
-#pragma omp parallel for num_threads(threads()) schedule(static)
+        const int nt = threads();
+        Scratch scratch(nt, w.cols);
+#pragma omp parallel for num_threads(nt) schedule(static)
         for (int64_t r = 0; r < w.rows; ++r) {
-            std::vector<float> wrow(static_cast<size_t>(w.cols));
-            for (int64_t c = 0; c < w.cols; ++c) wrow[size_t(c)] = fp8_e4m3_to_f32(w.w[r * w.cols + c]);
+            float *wrow = scratch.row();
+            for (int64_t c = 0; c < w.cols; ++c) wrow[c] = fp8_e4m3_to_f32(w.w[r * w.cols + c]);
             for (int64_t i = 0; i < n; ++i) {
                 const float *av = &a.values[size_t(i * w.cols)];
                 float acc = 0.0f;
                 for (int64_t b = 0; b < a.blocks; ++b) {
                     float partial = 0.0f;
                     for (int64_t c = b * kActBlock; c < std::min(w.cols, (b + 1) * kActBlock); ++c)
-                        partial += av[c] * wrow[size_t(c)];
+                        partial += av[c] * wrow[c];
                     acc += partial * a.scales[size_t(i * a.blocks + b)] * e8m0_to_f32(w.scale[(r / 128) * sc + b]);
                 }
                 y[i * w.rows + r] = round_bf16(acc);
@@ -65,17 +85,19 @@ public:
         const Fp4Matrix &m = w.fp4;
         QuantizedRows a(x, n, m.cols);
         const int64_t groups = m.cols / 32;
-#pragma omp parallel for num_threads(threads()) schedule(static)
+        const int nt = threads();
+        Scratch scratch(nt, m.cols);
+#pragma omp parallel for num_threads(nt) schedule(static)
         for (int64_t r = 0; r < m.rows; ++r) {
-            std::vector<float> wrow(static_cast<size_t>(m.cols));
+            float *wrow = scratch.row();
             const uint8_t *packed = m.w + r * (m.cols / 2);
-            for (int64_t c = 0; c < m.cols; ++c) wrow[size_t(c)] = fp4_e2m1_to_f32(fp4_unpack(packed, size_t(c)));
+            for (int64_t c = 0; c < m.cols; ++c) wrow[c] = fp4_e2m1_to_f32(fp4_unpack(packed, size_t(c)));
             for (int64_t i = 0; i < n; ++i) {
                 const float *av = &a.values[size_t(i * m.cols)];
                 float acc = 0.0f;
                 for (int64_t g = 0; g < groups; ++g) {
                     float partial = 0.0f;
-                    for (int64_t c = g * 32; c < (g + 1) * 32; ++c) partial += av[c] * wrow[size_t(c)];
+                    for (int64_t c = g * 32; c < (g + 1) * 32; ++c) partial += av[c] * wrow[c];
                     acc += partial * a.scales[size_t(i * a.blocks + g / 4)] * e8m0_to_f32(m.scale[r * groups + g]);
                 }
                 y[i * m.rows + r] = round_bf16(acc);
@@ -102,11 +124,13 @@ public:
 
     void attention(const AttentionProblem &p) override {
         constexpr int64_t kChunk = 64;
-        const int d = p.head_dim;
-#pragma omp parallel for num_threads(threads()) schedule(static)
+        const int d = p.head_dim, nt = threads();
+        Scratch acc_scratch(nt, d), score_scratch(nt, kChunk);
+#pragma omp parallel for num_threads(nt) schedule(static)
         for (int h = 0; h < p.n_heads; ++h) {
             const float *q = p.q + int64_t(h) * d;
-            std::vector<float> acc(size_t(d), 0.0f), scores(kChunk);
+            float *acc = acc_scratch.row(), *scores = score_scratch.row();
+            std::fill_n(acc, d, 0.0f);
             float m = -INFINITY, l = 0.0f;
             for (int64_t c0 = 0; c0 < p.n_rows; c0 += kChunk) {
                 const int64_t c1 = std::min(p.n_rows, c0 + kChunk);
@@ -119,27 +143,27 @@ public:
                         for (int t = 0; t < d; ++t) dot += q[t] * k[t];
                         s = dot * p.scale;
                     }
-                    scores[size_t(j - c0)] = s;
+                    scores[j - c0] = s;
                     chunk_max = std::max(chunk_max, s);
                 }
                 const float m_new = std::max(m, chunk_max);
                 if (m_new == -INFINITY) continue;  // nothing valid yet
                 const float alpha = m == -INFINITY ? 0.0f : std::exp(m - m_new);
                 l *= alpha;
-                for (float &v : acc) v *= alpha;
+                for (int t = 0; t < d; ++t) acc[t] *= alpha;
                 for (int64_t j = c0; j < c1; ++j) {
                     if (!p.valid[j]) continue;
-                    const float prob = std::exp(scores[size_t(j - c0)] - m_new);
+                    const float prob = std::exp(scores[j - c0] - m_new);
                     l += prob;
                     const float prob_bf16 = round_bf16(prob);  // P is bf16 in the P·V product
                     const float *v = p.kv + j * d;
-                    for (int t = 0; t < d; ++t) acc[size_t(t)] += prob_bf16 * v[t];
+                    for (int t = 0; t < d; ++t) acc[t] += prob_bf16 * v[t];
                 }
                 m = m_new;
             }
             l += std::exp(p.sink[h] - m);
             float *o = p.out + int64_t(h) * d;
-            for (int t = 0; t < d; ++t) o[t] = round_bf16(acc[size_t(t)] / l);
+            for (int t = 0; t < d; ++t) o[t] = round_bf16(acc[t] / l);
         }
     }
 
@@ -154,13 +178,15 @@ private:
     }
 
     void linear_bf16_weights(const float *x, int64_t n, const Bf16Matrix &w, float *y, bool round_out) {
-#pragma omp parallel for num_threads(threads()) schedule(static)
+        const int nt = threads();
+        Scratch scratch(nt, w.cols);
+#pragma omp parallel for num_threads(nt) schedule(static)
         for (int64_t r = 0; r < w.rows; ++r) {
-            std::vector<float> wrow(static_cast<size_t>(w.cols));
-            for (int64_t c = 0; c < w.cols; ++c) wrow[size_t(c)] = load_bf16(w.w, size_t(r * w.cols + c));
+            float *wrow = scratch.row();
+            for (int64_t c = 0; c < w.cols; ++c) wrow[c] = load_bf16(w.w, size_t(r * w.cols + c));
             for (int64_t i = 0; i < n; ++i) {
                 float acc = 0.0f;
-                for (int64_t c = 0; c < w.cols; ++c) acc += x[i * w.cols + c] * wrow[size_t(c)];
+                for (int64_t c = 0; c < w.cols; ++c) acc += x[i * w.cols + c] * wrow[c];
                 y[i * w.rows + r] = round_out ? round_bf16(acc) : acc;
             }
         }
