@@ -67,7 +67,7 @@ extern "C" {
 #define DSV4_VERSION_STRING "0.1.0"
 #define DSV4_VERSION_NUMBER (DSV4_VERSION_MAJOR * 1000000 + DSV4_VERSION_MINOR * 1000 + DSV4_VERSION_PATCH)
 /* Bumped on every ABI-visible addition (function, enum value, struct field). */
-#define DSV4_API_VERSION 3
+#define DSV4_API_VERSION 4
 
 /* Returns DSV4_VERSION_NUMBER of the linked library. Thread-safety: any thread. */
 DSV4_API int32_t dsv4_version_number(void);
@@ -486,6 +486,52 @@ typedef struct dsv4_memory_stats {
 
 /* Fills *stats. Returns DSV4_OK or DSV4_ERR_INVALID_ARGUMENT. Thread-safety: one thread at a time per context. */
 DSV4_API dsv4_status dsv4_get_memory_stats(const dsv4_context *ctx, dsv4_memory_stats *stats);
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Sampling: logit bias → repetition/presence/frequency penalties → greedy (temperature 0) or top-k →
+ * softmax(logits / temperature) → top-p → min-p → the reference's exponential race, seeded.
+ * ------------------------------------------------------------------------------------------------------ */
+typedef struct dsv4_sampler dsv4_sampler;
+
+typedef struct dsv4_sampler_params {
+    size_t struct_size;              /* sizeof(dsv4_sampler_params); set by _init */
+    float temperature;               /* default 1.0; 0 = greedy (argmax) */
+    float top_p;                     /* default 1.0 (off); in (0, 1] */
+    float min_p;                     /* default 0 (off); in [0, 1], relative to the top token's probability */
+    float repetition_penalty;        /* default 1.0 (off); > 0; seen tokens: logit / p if positive, * p if not */
+    float presence_penalty;          /* default 0; subtracted once from every seen token's logit */
+    float frequency_penalty;         /* default 0; subtracted per occurrence */
+    int32_t top_k;                   /* default 0 (off) */
+    int32_t penalty_last_n;          /* default 64; accepted tokens the penalties consider; -1 = all */
+    uint64_t seed;                   /* default 0; the same seed and inputs give the same tokens */
+    const int32_t *logit_bias_tokens; /* n_logit_bias token ids (copied at creation), NULL if none */
+    const float *logit_bias_values;   /* added to those tokens' logits */
+    int32_t n_logit_bias;
+} dsv4_sampler_params;
+
+/* Fills *params with defaults. Returns DSV4_OK or DSV4_ERR_INVALID_ARGUMENT. Thread-safety: any thread. */
+DSV4_API dsv4_status dsv4_sampler_params_init(dsv4_sampler_params *params, size_t size);
+static inline dsv4_sampler_params dsv4_sampler_default_params(void) {
+    dsv4_sampler_params p;
+    (void)dsv4_sampler_params_init(&p, sizeof p);
+    return p;
+}
+/* Creates a sampler (params may be NULL); free it with dsv4_sampler_free(). Out-of-range values:
+ * DSV4_ERR_INVALID_ARGUMENT naming the field. Thread-safety: any thread. */
+DSV4_API DSV4_NODISCARD dsv4_status dsv4_sampler_create(const dsv4_sampler_params *params, dsv4_sampler **out_smpl);
+/* NULL is a harmless no-op. Thread-safety: one thread at a time per sampler. */
+DSV4_API void dsv4_sampler_free(dsv4_sampler *smpl);
+/* Samples from n_vocab logits. Thread-safety: one thread at a time per sampler. */
+DSV4_API dsv4_status dsv4_sampler_sample_logits(dsv4_sampler *smpl, const float *logits, int32_t n_vocab,
+                                                int32_t *out_token);
+/* Samples from output i_output of the last dsv4_decode of ctx (-1 = last). Thread-safety: one thread at a time
+ * per sampler and per context. */
+DSV4_API dsv4_status dsv4_sampler_sample(dsv4_sampler *smpl, const dsv4_context *ctx, int32_t i_output,
+                                         int32_t *out_token);
+/* Records a token (prompt or generated) for the penalties. Thread-safety: one thread at a time per sampler. */
+DSV4_API void dsv4_sampler_accept(dsv4_sampler *smpl, int32_t token);
+/* Forgets the history and restarts the random generator from the seed. Thread-safety: as accept. */
+DSV4_API void dsv4_sampler_reset(dsv4_sampler *smpl);
 
 /* ---------------------------------------------------------------------------------------------------------
  * State of one sequence: save and restore. Blobs carry a magic, a version and a model fingerprint.

@@ -15,6 +15,7 @@
 #include "io/mapped_file.h"
 #include "model/model.h"
 #include "runtime/context.h"
+#include "sampling/sampler.h"
 #include "tokenizer/chat.h"
 #include "io/json.h"
 #include "tokenizer/tokenizer.h"
@@ -29,6 +30,9 @@ struct dsv4_model {
 };
 struct dsv4_context {
     std::unique_ptr<dsv4::runtime::Context> impl;
+};
+struct dsv4_sampler {
+    std::unique_ptr<dsv4::sampling::Sampler> impl;
 };
 
 namespace {
@@ -523,6 +527,83 @@ DSV4_API dsv4_status dsv4_get_memory_stats(const dsv4_context *ctx, dsv4_memory_
     require_struct(stats, "stats");
     copy_out(stats, ctx->impl->memory_stats());
     DSV4_API_END
+}
+
+// ---- sampling -----------------------------------------------------------------------------------------------
+DSV4_API dsv4_status dsv4_sampler_params_init(dsv4_sampler_params *params, size_t size) {
+    DSV4_API_BEGIN
+    require(params, "params");
+    if (size < sizeof(dsv4_sampler_params))
+        fail(DSV4_ERR_INVALID_ARGUMENT, "dsv4_sampler_params_init: size {} < sizeof(dsv4_sampler_params) = {}", size,
+             sizeof(dsv4_sampler_params));
+    const dsv4::sampling::SamplerConfig d;
+    dsv4_sampler_params p{};
+    p.struct_size = sizeof p;
+    p.temperature = d.temperature;
+    p.top_p = d.top_p;
+    p.min_p = d.min_p;
+    p.repetition_penalty = d.repetition_penalty;
+    p.presence_penalty = d.presence_penalty;
+    p.frequency_penalty = d.frequency_penalty;
+    p.top_k = d.top_k;
+    p.penalty_last_n = d.penalty_last_n;
+    p.seed = d.seed;
+    *params = p;
+    DSV4_API_END
+}
+
+DSV4_API dsv4_status dsv4_sampler_create(const dsv4_sampler_params *params, dsv4_sampler **out_smpl) {
+    if (out_smpl) *out_smpl = nullptr;
+    DSV4_API_BEGIN
+    require(out_smpl, "out_smpl");
+    const dsv4_sampler_params p = read_params(params, dsv4_sampler_default_params());
+    dsv4::sampling::SamplerConfig c;
+    c.temperature = p.temperature;
+    c.top_k = p.top_k;
+    c.top_p = p.top_p;
+    c.min_p = p.min_p;
+    c.repetition_penalty = p.repetition_penalty;
+    c.presence_penalty = p.presence_penalty;
+    c.frequency_penalty = p.frequency_penalty;
+    c.penalty_last_n = p.penalty_last_n;
+    c.seed = p.seed;
+    if (p.n_logit_bias < 0 || (p.n_logit_bias > 0 && (!p.logit_bias_tokens || !p.logit_bias_values)))
+        fail(DSV4_ERR_INVALID_ARGUMENT, "sampler: n_logit_bias = {} without both arrays", p.n_logit_bias);
+    for (int32_t i = 0; i < p.n_logit_bias; ++i) c.logit_bias.emplace_back(p.logit_bias_tokens[i], p.logit_bias_values[i]);
+    auto s = std::make_unique<dsv4_sampler>();
+    s->impl = std::make_unique<dsv4::sampling::Sampler>(c);
+    *out_smpl = s.release();
+    DSV4_API_END
+}
+
+DSV4_API void dsv4_sampler_free(dsv4_sampler *smpl) { delete smpl; }
+
+DSV4_API dsv4_status dsv4_sampler_sample_logits(dsv4_sampler *smpl, const float *logits, int32_t n_vocab,
+                                                int32_t *out_token) {
+    DSV4_API_BEGIN
+    require(smpl, "smpl");
+    require(logits, "logits");
+    require(out_token, "out_token");
+    *out_token = smpl->impl->sample(logits, n_vocab);
+    DSV4_API_END
+}
+
+DSV4_API dsv4_status dsv4_sampler_sample(dsv4_sampler *smpl, const dsv4_context *ctx, int32_t i_output,
+                                         int32_t *out_token) {
+    DSV4_API_BEGIN
+    require(smpl, "smpl");
+    require(ctx, "ctx");
+    require(out_token, "out_token");
+    *out_token = smpl->impl->sample(ctx->impl->logits(i_output), ctx->impl->model().config().vocab_size);
+    DSV4_API_END
+}
+
+DSV4_API void dsv4_sampler_accept(dsv4_sampler *smpl, int32_t token) {
+    if (smpl) smpl->impl->accept(token);
+}
+
+DSV4_API void dsv4_sampler_reset(dsv4_sampler *smpl) {
+    if (smpl) smpl->impl->reset();
 }
 
 // ---- state --------------------------------------------------------------------------------------------------
