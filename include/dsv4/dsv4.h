@@ -67,7 +67,7 @@ extern "C" {
 #define DSV4_VERSION_STRING "0.1.0"
 #define DSV4_VERSION_NUMBER (DSV4_VERSION_MAJOR * 1000000 + DSV4_VERSION_MINOR * 1000 + DSV4_VERSION_PATCH)
 /* Bumped on every ABI-visible addition (function, enum value, struct field). */
-#define DSV4_API_VERSION 4
+#define DSV4_API_VERSION 5
 
 /* Returns DSV4_VERSION_NUMBER of the linked library. Thread-safety: any thread. */
 DSV4_API int32_t dsv4_version_number(void);
@@ -532,6 +532,67 @@ DSV4_API dsv4_status dsv4_sampler_sample(dsv4_sampler *smpl, const dsv4_context 
 DSV4_API void dsv4_sampler_accept(dsv4_sampler *smpl, int32_t token);
 /* Forgets the history and restarts the random generator from the seed. Thread-safety: as accept. */
 DSV4_API void dsv4_sampler_reset(dsv4_sampler *smpl);
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Generation: prefill a prompt on one sequence, then sample and stream until a stop condition.
+ * ------------------------------------------------------------------------------------------------------ */
+/* Called once per generated token (not for the final EOS or stop token). text: the UTF-8 that became complete
+ * with this token (len may be 0 while a character or a possible stop string is pending; always 0 without a
+ * tokenizer), borrowed for the call. Text still held back when generation ends arrives in one last call with
+ * token -1. Return 0 to stop. */
+typedef int (*dsv4_token_callback)(int32_t token, const char *text, size_t len, void *user_data);
+
+typedef enum dsv4_stop_reason {
+    DSV4_STOP_EOS = 0,
+    DSV4_STOP_TOKEN = 1,
+    DSV4_STOP_STRING = 2,
+    DSV4_STOP_MAX_TOKENS = 3,
+    DSV4_STOP_CALLBACK = 4,
+    DSV4_STOP_CANCELLED = 5
+} dsv4_stop_reason;
+
+typedef struct dsv4_generate_params {
+    size_t struct_size;               /* sizeof(dsv4_generate_params); set by _init */
+    int32_t max_tokens;               /* default 256; generated tokens at most, >= 0 */
+    const int32_t *stop_tokens;       /* n_stop_tokens ids that end generation (besides EOS); borrowed for the call */
+    int32_t n_stop_tokens;
+    const char *const *stop_strings;  /* n_stop_strings texts that end generation (not streamed); need a tokenizer */
+    int32_t n_stop_strings;
+    uint8_t ignore_eos;               /* 0 (default): the model's EOS ends generation */
+} dsv4_generate_params;
+
+typedef struct dsv4_generate_stats {
+    size_t struct_size;               /* sizeof(dsv4_generate_stats); set by the caller */
+    int64_t n_prompt;                 /* prompt tokens evaluated */
+    int64_t n_generated;              /* tokens sampled, including a final EOS / stop token */
+    double prefill_seconds;           /* prompt evaluation */
+    double decode_seconds;            /* everything after the prompt */
+    double time_to_first_token_seconds;
+    double prefill_tokens_per_second;
+    double decode_tokens_per_second;
+    dsv4_stop_reason stop_reason;
+} dsv4_generate_stats;
+
+/* Fills *params with defaults. Thread-safety: any thread. */
+DSV4_API dsv4_status dsv4_generate_params_init(dsv4_generate_params *params, size_t size);
+static inline dsv4_generate_params dsv4_generate_default_params(void) {
+    dsv4_generate_params p;
+    (void)dsv4_generate_params_init(&p, sizeof p);
+    return p;
+}
+/* Evaluates prompt (n_prompt tokens) on sequence seq, then samples with smpl (prompt tokens are accepted into
+ * its history) and streams each token to on_token (may be NULL) until EOS, a stop token or string, max_tokens,
+ * the callback, or dsv4_context_abort. The sequence then holds the prompt and every generated token except the
+ * last one sampled. tok (may be NULL) turns tokens into text for the callback and stop strings.
+ * stats (may be NULL) receives timings. A cancellation is not an error: stats->stop_reason says so.
+ * Returns the statuses of dsv4_decode and DSV4_ERR_INVALID_ARGUMENT. Thread-safety: one thread at a time per
+ * context and sampler; dsv4_context_abort may be called from any thread meanwhile. */
+DSV4_API dsv4_status dsv4_generate(dsv4_context *ctx, dsv4_sampler *smpl, const dsv4_tokenizer *tok, int32_t seq,
+                                   const int32_t *prompt, int32_t n_prompt, const dsv4_generate_params *params,
+                                   dsv4_token_callback on_token, void *user_data, dsv4_generate_stats *stats);
+/* Cancels the evaluation or generation running on ctx, or the next one if none runs. Thread-safety: any thread,
+ * async-signal-safe (sets an atomic flag). */
+DSV4_API void dsv4_context_abort(dsv4_context *ctx);
 
 /* ---------------------------------------------------------------------------------------------------------
  * State of one sequence: save and restore. Blobs carry a magic, a version and a model fingerprint.

@@ -15,6 +15,7 @@
 #include "io/mapped_file.h"
 #include "model/model.h"
 #include "runtime/context.h"
+#include "runtime/generate.h"
 #include "sampling/sampler.h"
 #include "tokenizer/chat.h"
 #include "io/json.h"
@@ -604,6 +605,61 @@ DSV4_API void dsv4_sampler_accept(dsv4_sampler *smpl, int32_t token) {
 
 DSV4_API void dsv4_sampler_reset(dsv4_sampler *smpl) {
     if (smpl) smpl->impl->reset();
+}
+
+// ---- generation ---------------------------------------------------------------------------------------------
+DSV4_API dsv4_status dsv4_generate_params_init(dsv4_generate_params *params, size_t size) {
+    DSV4_API_BEGIN
+    require(params, "params");
+    if (size < sizeof(dsv4_generate_params))
+        fail(DSV4_ERR_INVALID_ARGUMENT, "dsv4_generate_params_init: size {} < sizeof(dsv4_generate_params) = {}", size,
+             sizeof(dsv4_generate_params));
+    dsv4_generate_params p{};
+    p.struct_size = sizeof p;
+    p.max_tokens = 256;
+    *params = p;
+    DSV4_API_END
+}
+
+DSV4_API dsv4_status dsv4_generate(dsv4_context *ctx, dsv4_sampler *smpl, const dsv4_tokenizer *tok, int32_t seq,
+                                   const int32_t *prompt, int32_t n_prompt, const dsv4_generate_params *params,
+                                   dsv4_token_callback on_token, void *user_data, dsv4_generate_stats *stats) {
+    DSV4_API_BEGIN
+    require(ctx, "ctx");
+    require(smpl, "smpl");
+    if (!prompt || n_prompt < 1) fail(DSV4_ERR_INVALID_ARGUMENT, "generate: n_prompt = {} (need >= 1 and a token array)", n_prompt);
+    if (stats) require_struct(stats, "stats");
+    const dsv4_generate_params p = read_params(params, dsv4_generate_default_params());
+    dsv4::runtime::GenerateOptions o;
+    o.max_tokens = p.max_tokens;
+    o.ignore_eos = p.ignore_eos != 0;
+    if (p.n_stop_tokens < 0 || (p.n_stop_tokens && !p.stop_tokens)) fail(DSV4_ERR_INVALID_ARGUMENT, "generate: stop_tokens");
+    if (p.n_stop_strings < 0 || (p.n_stop_strings && !p.stop_strings)) fail(DSV4_ERR_INVALID_ARGUMENT, "generate: stop_strings");
+    o.stop_tokens.assign(p.stop_tokens, p.stop_tokens + p.n_stop_tokens);
+    for (int32_t i = 0; i < p.n_stop_strings; ++i) {
+        if (!p.stop_strings[i]) fail(DSV4_ERR_INVALID_ARGUMENT, "generate: stop_strings[{}] is NULL", i);
+        o.stop_strings.emplace_back(p.stop_strings[i]);
+    }
+    const auto st = dsv4::runtime::generate(
+        *ctx->impl, *smpl->impl, tok ? tok->impl.get() : nullptr, seq, std::vector<int32_t>(prompt, prompt + n_prompt), o,
+        [&](int32_t token, const std::string &text) { return !on_token || on_token(token, text.data(), text.size(), user_data) != 0; });
+    if (stats) {
+        dsv4_generate_stats out{};
+        out.n_prompt = st.n_prompt;
+        out.n_generated = st.n_generated;
+        out.prefill_seconds = st.prefill_s;
+        out.decode_seconds = st.decode_s;
+        out.time_to_first_token_seconds = st.time_to_first_token_s;
+        out.prefill_tokens_per_second = st.prefill_s > 0 ? double(st.n_prompt) / st.prefill_s : 0;
+        out.decode_tokens_per_second = st.decode_s > 0 ? double(std::max<int64_t>(st.n_generated - 1, 0)) / st.decode_s : 0;
+        out.stop_reason = dsv4_stop_reason(int(st.stop));
+        copy_out(stats, out);
+    }
+    DSV4_API_END
+}
+
+DSV4_API void dsv4_context_abort(dsv4_context *ctx) {
+    if (ctx) ctx->impl->request_abort();
 }
 
 // ---- state --------------------------------------------------------------------------------------------------

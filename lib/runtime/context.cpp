@@ -98,12 +98,11 @@ void Context::decode(const int32_t *tokens, const int32_t *positions, const int3
     }
 
     for (const auto &sp : spans) sp.cache->begin();
-    abort_requested_ = false;
     try {
         std::vector<float> streams;
         model::Observer obs = options_.observer;
         auto should_abort = [this] {
-            return abort_requested_ || (options_.abort_callback && options_.abort_callback(options_.abort_user_data));
+            return take_abort() || (options_.abort_callback && options_.abort_callback(options_.abort_user_data));
         };
         if (!model_.forward(*backend_, grouped.data(), n, spans, streams, obs ? &obs : nullptr, should_abort))
             fail(DSV4_ERR_CANCELLED, "decode cancelled by the abort callback");

@@ -3,6 +3,7 @@
 #pragma once
 #include <dsv4/dsv4.h>
 
+#include <atomic>
 #include <memory>
 #include <vector>
 
@@ -36,7 +37,10 @@ public:
     dsv4_memory_stats memory_stats() const;
     std::vector<uint8_t> save_state(int32_t seq) const;
     void load_state(int32_t seq, const uint8_t *data, size_t size);
-    void request_abort() { abort_requested_ = true; }
+    // Any thread: cancels the evaluation in progress, or the next one if none runs.
+    void request_abort() { abort_requested_.store(true); }
+    // Consumes a pending abort request.
+    bool take_abort() { return abort_requested_.exchange(false); }
 
     const model::Model &model() const { return model_; }
     int n_ctx() const { return options_.n_ctx; }
@@ -58,7 +62,7 @@ private:
     std::vector<int32_t> output_seq_;
     std::vector<int64_t> output_pos_;
     std::vector<float> last_streams_;    // final streams of the output rows [n_out, hc, D]
-    volatile bool abort_requested_ = false;
+    std::atomic<bool> abort_requested_{false};
 };
 
 }  // namespace dsv4::runtime

@@ -1,0 +1,38 @@
+// Streaming generation on one sequence: prefill the prompt, then sample, evaluate and stream text until EOS, a
+// stop token, a stop string, max_tokens, the callback, or a cancellation from another thread.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "runtime/context.h"
+#include "sampling/sampler.h"
+#include "tokenizer/tokenizer.h"
+
+namespace dsv4::runtime {
+
+enum class StopReason { eos, stop_token, stop_string, max_tokens, callback, cancelled };
+
+struct GenerateOptions {
+    int32_t max_tokens = 256;
+    std::vector<int32_t> stop_tokens;   // besides the model's EOS
+    std::vector<std::string> stop_strings;
+    bool ignore_eos = false;
+};
+
+struct GenerateStats {
+    int64_t n_prompt = 0, n_generated = 0;
+    double prefill_s = 0, decode_s = 0, time_to_first_token_s = 0;
+    StopReason stop = StopReason::max_tokens;
+};
+
+// on_token(token, text): text is the newly completed UTF-8 (possibly empty while a character or a possible stop
+// string is pending; empty always without a tokenizer); text held back at the end comes with token -1.
+// Return false to stop.
+using TokenSink = std::function<bool(int32_t token, const std::string &text)>;
+
+GenerateStats generate(Context &ctx, sampling::Sampler &sampler, const tokenizer::Tokenizer *tok, int32_t seq,
+                       const std::vector<int32_t> &prompt, const GenerateOptions &options, const TokenSink &on_token);
+
+}  // namespace dsv4::runtime
