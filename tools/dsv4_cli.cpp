@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "eval_chat.h"
 #include "eval_tokenizer.h"
+#include "generate_cli.h"
 #include "golden.h"
 #include "io/config.h"
 #include "io/mapped_file.h"
@@ -66,45 +67,6 @@ int cmd_info(const std::string &dir) {
     return 0;
 }
 
-int cmd_run(const std::string &dir, const std::vector<int32_t> &prompt, int n_predict, int threads) {
-    dsv4_model *model = nullptr;
-    if (dsv4_status st = dsv4_model_load(dir.c_str(), nullptr, &model)) return report(st);
-    dsv4_context_params cp = dsv4_context_default_params();
-    cp.n_threads = threads;
-    dsv4_context *ctx = nullptr;
-    if (dsv4_status st = dsv4_context_create(model, &cp, &ctx)) {
-        dsv4_model_free(model);
-        return report(st);
-    }
-    std::vector<int32_t> out;
-    int rc = 0;
-    auto t0 = std::chrono::steady_clock::now();
-    dsv4_batch batch = dsv4_batch_for_sequence(prompt.data(), int32_t(prompt.size()), 0);
-    double prefill_s = 0;
-    for (int i = 0; i < n_predict; ++i) {
-        if (dsv4_status st = dsv4_decode(ctx, &batch)) {
-            rc = report(st);
-            break;
-        }
-        if (i == 0) prefill_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        const float *logits;
-        int32_t n_vocab;
-        (void)dsv4_get_logits(ctx, -1, &logits, &n_vocab);
-        int32_t best = 0;
-        for (int32_t v = 1; v < n_vocab; ++v)
-            if (logits[v] > logits[best]) best = v;
-        out.push_back(best);
-        batch = dsv4_batch_for_sequence(&out.back(), 1, 0);
-    }
-    const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    fmt::print("prompt ids  [{}]\ngreedy ids  [{}]\n", fmt::join(prompt, ", "), fmt::join(out, ", "));
-    fmt::print("prefill {} tokens in {:.3f} s; {} decode steps in {:.3f} s\n", prompt.size(), prefill_s,
-               out.size() > 0 ? out.size() - 1 : 0, total_s - prefill_s);
-    dsv4_context_free(ctx);
-    dsv4_model_free(model);
-    return rc;
-}
-
 // Cache memory of one sequence for a config.json alone (no weights needed).
 int cmd_memory(const std::string &config_path, int64_t tokens, int rewind) {
     const dsv4::io::ModelConfig c = dsv4::io::parse_config(dsv4::io::read_text_file(config_path), config_path);
@@ -136,13 +98,25 @@ int main(int argc, char **argv) {
     auto *info = app.add_subcommand("info", "load a checkpoint directory and print its summary");
     info->add_option("model", dir, "checkpoint directory (config.json + safetensors)")->required();
 
-    std::vector<int32_t> prompt{0};
-    int n_predict = 16, threads = 0;
-    auto *run = app.add_subcommand("run", "greedy generation from token ids");
-    run->add_option("-m,--model", dir, "checkpoint directory")->required();
-    run->add_option("-p,--prompt-ids", prompt, "prompt token ids")->delimiter(',');
-    run->add_option("-n,--n-predict", n_predict, "tokens to generate")->check(CLI::Range(1, 1 << 20));
-    run->add_option("-t,--threads", threads, "compute threads (0 = OMP_NUM_THREADS, else all cores)");
+    dsv4::tools::RunOptions ro;
+    auto add_generation = [&](CLI::App *cmd) {
+        cmd->add_option("-m,--model", ro.model_dir, "checkpoint directory")->required();
+        cmd->add_option("--tokenizer", ro.tokenizer_path, "tokenizer.json (default: MODEL/tokenizer.json if present)");
+        cmd->add_option("-n,--n-predict", ro.n_predict, "tokens to generate at most")->check(CLI::Range(1, 1 << 20));
+        cmd->add_option("--temp", ro.temperature, "temperature (0 = greedy, the default)")->check(CLI::Range(0.0f, 100.0f));
+        cmd->add_option("--top-p", ro.top_p, "nucleus mass")->check(CLI::Range(1e-6f, 1.0f));
+        cmd->add_option("--top-k", ro.top_k, "top-k (0 = off)")->check(CLI::Range(0, 1 << 30));
+        cmd->add_option("--seed", ro.seed, "sampling seed");
+        cmd->add_option("-t,--threads", ro.threads, "compute threads (0 = OMP_NUM_THREADS, else all cores)");
+        cmd->add_flag("--think", ro.think, "thinking mode of the chat format");
+    };
+    auto *run = app.add_subcommand("run", "generate from a text prompt (or token ids), streamed");
+    add_generation(run);
+    run->add_option("-p,--prompt", ro.prompt, "prompt text");
+    run->add_option("--prompt-ids", ro.prompt_ids, "prompt token ids, comma-separated")->delimiter(',');
+    run->add_flag("--chat", ro.chat, "wrap the prompt as a user turn of the chat format");
+    auto *chat = app.add_subcommand("chat", "interactive chat on stdin (one user turn per line; /clear, /exit)");
+    add_generation(chat);
 
     dsv4::tools::GoldenOptions gopt;
     auto *golden = app.add_subcommand("eval-golden", "check logits and layer replay against a golden fixture folder");
@@ -174,7 +148,8 @@ int main(int argc, char **argv) {
     CLI11_PARSE(app, argc, argv);
     try {
         if (*info) return cmd_info(dir);
-        if (*run) return cmd_run(dir, prompt, n_predict, threads);
+        if (*run) return dsv4::tools::run(ro);
+        if (*chat) return dsv4::tools::chat(ro);
         if (*golden) return dsv4::tools::eval_golden(dir, gopt) ? 0 : 1;
         if (*memory) return cmd_memory(dir, tokens, rewind);
         if (*evchat) return dsv4::tools::eval_chat(dir, chat_verbose) ? 0 : 1;
