@@ -59,6 +59,15 @@ void copy_out(T *dst, T src) {
     std::memcpy(static_cast<void *>(dst), &src, n);
 }
 
+// *_params_init: checks the caller's size and writes the defaults.
+template <typename T>
+void init_params(T *params, size_t size, const char *name, T defaults) {
+    require(params, "params");
+    if (size < sizeof(T)) fail(DSV4_ERR_INVALID_ARGUMENT, "{}: size {} < sizeof = {}", name, size, sizeof(T));
+    defaults.struct_size = sizeof(T);
+    *params = defaults;
+}
+
 // Reads a caller's params struct of any size: fields it lacks keep their defaults.
 template <typename T>
 T read_params(const T *p, T defaults) {
@@ -178,15 +187,10 @@ DSV4_API const char *dsv4_dtype_name(dsv4_dtype dtype) {
 // ---- model ----------------------------------------------------------------------------------------------
 DSV4_API dsv4_status dsv4_model_params_init(dsv4_model_params *params, size_t size) {
     DSV4_API_BEGIN
-    require(params, "params");
-    if (size < sizeof(dsv4_model_params))
-        fail(DSV4_ERR_INVALID_ARGUMENT, "dsv4_model_params_init: size {} < sizeof(dsv4_model_params) = {}", size,
-             sizeof(dsv4_model_params));
     dsv4_model_params p{};
-    p.struct_size = sizeof p;
     p.use_mmap = 1;
     p.check_tensors = 1;
-    *params = p;
+    init_params(params, size, "dsv4_model_params_init", p);
     DSV4_API_END
 }
 
@@ -377,15 +381,10 @@ void copy_text_out(const std::string &text, char *buf, size_t cap, size_t *out_l
 
 DSV4_API dsv4_status dsv4_chat_params_init(dsv4_chat_params *params, size_t size) {
     DSV4_API_BEGIN
-    require(params, "params");
-    if (size < sizeof(dsv4_chat_params))
-        fail(DSV4_ERR_INVALID_ARGUMENT, "dsv4_chat_params_init: size {} < sizeof(dsv4_chat_params) = {}", size,
-             sizeof(dsv4_chat_params));
     dsv4_chat_params p{};
-    p.struct_size = sizeof p;
     p.drop_thinking = 1;
     p.add_bos = 1;
-    *params = p;
+    init_params(params, size, "dsv4_chat_params_init", p);
     DSV4_API_END
 }
 
@@ -420,17 +419,11 @@ DSV4_API dsv4_status dsv4_chat_parse(const char *completion, size_t len, int32_t
 // ---- context ----------------------------------------------------------------------------------------------
 DSV4_API dsv4_status dsv4_context_params_init(dsv4_context_params *params, size_t size) {
     DSV4_API_BEGIN
-    require(params, "params");
-    if (size < sizeof(dsv4_context_params))
-        fail(DSV4_ERR_INVALID_ARGUMENT, "dsv4_context_params_init: size {} < sizeof(dsv4_context_params) = {}", size,
-             sizeof(dsv4_context_params));
     dsv4_context_params p{};
-    p.struct_size = sizeof p;
     p.n_ctx = 4096;
     p.n_seq_max = 1;
-    p.n_threads = 0;
     p.n_rewind = 32;
-    *params = p;
+    init_params(params, size, "dsv4_context_params_init", p);
     DSV4_API_END
 }
 
@@ -533,13 +526,8 @@ DSV4_API dsv4_status dsv4_get_memory_stats(const dsv4_context *ctx, dsv4_memory_
 // ---- sampling -----------------------------------------------------------------------------------------------
 DSV4_API dsv4_status dsv4_sampler_params_init(dsv4_sampler_params *params, size_t size) {
     DSV4_API_BEGIN
-    require(params, "params");
-    if (size < sizeof(dsv4_sampler_params))
-        fail(DSV4_ERR_INVALID_ARGUMENT, "dsv4_sampler_params_init: size {} < sizeof(dsv4_sampler_params) = {}", size,
-             sizeof(dsv4_sampler_params));
     const dsv4::sampling::SamplerConfig d;
     dsv4_sampler_params p{};
-    p.struct_size = sizeof p;
     p.temperature = d.temperature;
     p.top_p = d.top_p;
     p.min_p = d.min_p;
@@ -549,7 +537,7 @@ DSV4_API dsv4_status dsv4_sampler_params_init(dsv4_sampler_params *params, size_
     p.top_k = d.top_k;
     p.penalty_last_n = d.penalty_last_n;
     p.seed = d.seed;
-    *params = p;
+    init_params(params, size, "dsv4_sampler_params_init", p);
     DSV4_API_END
 }
 
@@ -610,14 +598,9 @@ DSV4_API void dsv4_sampler_reset(dsv4_sampler *smpl) {
 // ---- generation ---------------------------------------------------------------------------------------------
 DSV4_API dsv4_status dsv4_generate_params_init(dsv4_generate_params *params, size_t size) {
     DSV4_API_BEGIN
-    require(params, "params");
-    if (size < sizeof(dsv4_generate_params))
-        fail(DSV4_ERR_INVALID_ARGUMENT, "dsv4_generate_params_init: size {} < sizeof(dsv4_generate_params) = {}", size,
-             sizeof(dsv4_generate_params));
     dsv4_generate_params p{};
-    p.struct_size = sizeof p;
     p.max_tokens = 256;
-    *params = p;
+    init_params(params, size, "dsv4_generate_params_init", p);
     DSV4_API_END
 }
 

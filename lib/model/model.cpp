@@ -44,43 +44,42 @@ std::vector<kvcache::LayerGeometry> Model::cache_geometry(int rewind) const {
     return kvcache::cache_geometry(config_, rewind);
 }
 
+// One residual step of a block (spec §2): hc_pre collapses the streams, the norm, the branch, hc_post expands.
+template <typename Branch>
+void Model::residual_step(backend::Backend &be, int layer, const char *tag, const HcWeights &hc_weights,
+                          const std::vector<float> &norm, const float *h, int64_t N, float *out, const char *out_name,
+                          const Observer *obs, Branch &&branch) const {
+    const io::ModelConfig &c = config_;
+    const int hc = c.hc_mult, D = c.dim;
+    const std::string t(tag);
+    std::vector<float> x(static_cast<size_t>(N * D)), xn(static_cast<size_t>(N * D)), y(static_cast<size_t>(N * D));
+    HcMix mix = hc_pre(be, hc_weights, h, N, hc, D, c.norm_eps, c.hc_eps, c.hc_sinkhorn_iters, x.data());
+    observe(obs, "hc_" + t + "_pre", layer, DSV4_DTYPE_F32, N, hc, mix.pre.data());
+    observe(obs, "hc_" + t + "_post", layer, DSV4_DTYPE_F32, N, hc, mix.post.data());
+    observe(obs, "hc_" + t + "_comb", layer, DSV4_DTYPE_F32, N, hc * hc, mix.comb.data());
+    observe(obs, t + "_in", layer, DSV4_DTYPE_BF16, N, D, x.data());
+    for (int64_t i = 0; i < N; ++i) core::rms_norm(&x[size_t(i * D)], size_t(D), norm.data(), c.norm_eps, &xn[size_t(i * D)]);
+    observe(obs, t + "_norm", layer, DSV4_DTYPE_BF16, N, D, xn.data());
+    branch(xn.data(), y.data());
+    observe(obs, t + "_out", layer, DSV4_DTYPE_BF16, N, D, y.data());
+    hc_post(mix, y.data(), h, N, hc, D, out);
+    observe(obs, out_name, layer, DSV4_DTYPE_BF16, N, int64_t(hc) * D, out);
+}
+
 void Model::attention_sublayer(backend::Backend &be, int layer, const float *h, int64_t N,
                                const std::vector<attention::Span> &spans, float *out, const Observer *obs) const {
-    const io::ModelConfig &c = config_;
     const LayerWeights &w = weights_.layers[size_t(layer)];
-    const int hc = c.hc_mult, D = c.dim;
-    std::vector<float> x(static_cast<size_t>(N * D)), xn(static_cast<size_t>(N * D)), y(static_cast<size_t>(N * D));
-    HcMix mix = hc_pre(be, w.hc_attn, h, N, hc, D, c.norm_eps, c.hc_eps, c.hc_sinkhorn_iters, x.data());
-    observe(obs, "hc_attn_pre", layer, DSV4_DTYPE_F32, N, hc, mix.pre.data());
-    observe(obs, "hc_attn_post", layer, DSV4_DTYPE_F32, N, hc, mix.post.data());
-    observe(obs, "hc_attn_comb", layer, DSV4_DTYPE_F32, N, hc * hc, mix.comb.data());
-    observe(obs, "attn_in", layer, DSV4_DTYPE_BF16, N, D, x.data());
-    for (int64_t i = 0; i < N; ++i) core::rms_norm(&x[size_t(i * D)], size_t(D), w.attn_norm.data(), c.norm_eps, &xn[size_t(i * D)]);
-    observe(obs, "attn_norm", layer, DSV4_DTYPE_BF16, N, D, xn.data());
-    attention::LayerContext ctx{c, c.layers[size_t(layer)], w, ropes_[size_t(layer)], be, obs, layer};
-    attention::attention_forward(ctx, xn.data(), N, spans, y.data());
-    observe(obs, "attn_out", layer, DSV4_DTYPE_BF16, N, D, y.data());
-    hc_post(mix, y.data(), h, N, hc, D, out);
-    observe(obs, "h_mid", layer, DSV4_DTYPE_BF16, N, int64_t(hc) * D, out);
+    attention::LayerContext ctx{config_, config_.layers[size_t(layer)], w, ropes_[size_t(layer)], be, obs, layer};
+    residual_step(be, layer, "attn", w.hc_attn, w.attn_norm, h, N, out, "h_mid", obs,
+                  [&](const float *x, float *y) { attention::attention_forward(ctx, x, N, spans, y); });
 }
 
 void Model::ffn_sublayer(backend::Backend &be, int layer, const float *h, const int32_t *tokens, int64_t N, float *out,
                          const Observer *obs) const {
-    const io::ModelConfig &c = config_;
     const LayerWeights &w = weights_.layers[size_t(layer)];
-    const int hc = c.hc_mult, D = c.dim;
-    std::vector<float> x(static_cast<size_t>(N * D)), xn(static_cast<size_t>(N * D)), y(static_cast<size_t>(N * D));
-    HcMix mix = hc_pre(be, w.hc_ffn, h, N, hc, D, c.norm_eps, c.hc_eps, c.hc_sinkhorn_iters, x.data());
-    observe(obs, "hc_ffn_pre", layer, DSV4_DTYPE_F32, N, hc, mix.pre.data());
-    observe(obs, "hc_ffn_post", layer, DSV4_DTYPE_F32, N, hc, mix.post.data());
-    observe(obs, "hc_ffn_comb", layer, DSV4_DTYPE_F32, N, hc * hc, mix.comb.data());
-    observe(obs, "ffn_in", layer, DSV4_DTYPE_BF16, N, D, x.data());
-    for (int64_t i = 0; i < N; ++i) core::rms_norm(&x[size_t(i * D)], size_t(D), w.ffn_norm.data(), c.norm_eps, &xn[size_t(i * D)]);
-    moe::MoeContext ctx{c, c.layers[size_t(layer)], w, be, obs, layer};
-    moe::moe_forward(ctx, xn.data(), tokens, N, y.data());
-    observe(obs, "ffn_out", layer, DSV4_DTYPE_BF16, N, D, y.data());
-    hc_post(mix, y.data(), h, N, hc, D, out);
-    observe(obs, "h_out", layer, DSV4_DTYPE_BF16, N, int64_t(hc) * D, out);
+    moe::MoeContext ctx{config_, config_.layers[size_t(layer)], w, be, obs, layer};
+    residual_step(be, layer, "ffn", w.hc_ffn, w.ffn_norm, h, N, out, "h_out", obs,
+                  [&](const float *x, float *y) { moe::moe_forward(ctx, x, tokens, N, y); });
 }
 
 bool Model::forward(backend::Backend &be, const int32_t *tokens, int64_t N, const std::vector<SequenceSpan> &spans,

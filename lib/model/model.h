@@ -62,6 +62,10 @@ public:
 
 private:
     Model() = default;
+    template <typename Branch>
+    void residual_step(backend::Backend &be, int layer, const char *tag, const HcWeights &hc_weights,
+                       const std::vector<float> &norm, const float *h, int64_t N, float *out, const char *out_name,
+                       const Observer *obs, Branch &&branch) const;
     io::ModelConfig config_;
     std::unique_ptr<io::Checkpoint> checkpoint_;
     ModelWeights weights_;
