@@ -67,7 +67,7 @@ extern "C" {
 #define DSV4_VERSION_STRING "0.1.0"
 #define DSV4_VERSION_NUMBER (DSV4_VERSION_MAJOR * 1000000 + DSV4_VERSION_MINOR * 1000 + DSV4_VERSION_PATCH)
 /* Bumped on every ABI-visible addition (function, enum value, struct field). */
-#define DSV4_API_VERSION 5
+#define DSV4_API_VERSION 6
 
 /* Returns DSV4_VERSION_NUMBER of the linked library. Thread-safety: any thread. */
 DSV4_API int32_t dsv4_version_number(void);
@@ -358,6 +358,32 @@ DSV4_API dsv4_status dsv4_chat_encode(const char *messages_json, const dsv4_chat
  * Thread-safety: any thread. */
 DSV4_API dsv4_status dsv4_chat_parse(const char *completion, size_t len, int32_t thinking, char *buf, size_t cap,
                                      size_t *out_len);
+
+/* Incremental parsing of a completion while it streams. Reasoning and content arrive as deltas (text that might
+ * begin a marker is held back, so no DSML reaches content); a tool call arrives once its invoke is complete, as
+ * JSON {"type":"function","function":{"name","arguments"}}. The events concatenate to dsv4_chat_parse's result. */
+typedef struct dsv4_chat_stream dsv4_chat_stream;
+typedef enum dsv4_chat_event {
+    DSV4_CHAT_EVENT_REASONING = 0,
+    DSV4_CHAT_EVENT_CONTENT = 1,
+    DSV4_CHAT_EVENT_TOOL_CALL = 2
+} dsv4_chat_event;
+/* text: borrowed for the call. */
+typedef void (*dsv4_chat_event_callback)(dsv4_chat_event event, const char *text, size_t len, void *user_data);
+
+/* Creates a stream parser (thinking: 1 if the prompt opened <think>); free it with dsv4_chat_stream_free().
+ * Thread-safety: any thread. */
+DSV4_API DSV4_NODISCARD dsv4_status dsv4_chat_stream_create(int32_t thinking, dsv4_chat_stream **out_stream);
+/* NULL is a harmless no-op. Thread-safety: one thread at a time per stream. */
+DSV4_API void dsv4_chat_stream_free(dsv4_chat_stream *stream);
+/* Feeds the next piece of completion text. Malformed text: DSV4_ERR_INVALID_ARGUMENT with the reason, and every
+ * later call on this stream fails. Thread-safety: one thread at a time per stream. */
+DSV4_API dsv4_status dsv4_chat_stream_push(dsv4_chat_stream *stream, const char *text, size_t len,
+                                           dsv4_chat_event_callback on_event, void *user_data);
+/* Ends the stream: flushes held-back text and checks that the completion ended properly (EOS, closed blocks).
+ * Thread-safety: one thread at a time per stream. */
+DSV4_API dsv4_status dsv4_chat_stream_finish(dsv4_chat_stream *stream, dsv4_chat_event_callback on_event,
+                                             void *user_data);
 
 /* ---------------------------------------------------------------------------------------------------------
  * Context: the KV cache of up to n_seq_max sequences and the scratch space of evaluation.

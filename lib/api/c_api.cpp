@@ -32,6 +32,10 @@ struct dsv4_model {
 struct dsv4_context {
     std::unique_ptr<dsv4::runtime::Context> impl;
 };
+struct dsv4_chat_stream {
+    dsv4::tokenizer::ChatStreamParser impl;
+    bool failed = false;
+};
 struct dsv4_sampler {
     std::unique_ptr<dsv4::sampling::Sampler> impl;
 };
@@ -88,6 +92,23 @@ int enum_value(const Enum &e) {
     int v;
     std::memcpy(&v, &e, sizeof v);
     return v;
+}
+
+dsv4::tokenizer::ChatStreamParser::Sink event_sink(dsv4_chat_event_callback cb, void *user) {
+    return [cb, user](dsv4::tokenizer::ChatStreamParser::Event e, const std::string &text) {
+        if (cb) cb(dsv4_chat_event(int(e)), text.data(), text.size(), user);
+    };
+}
+template <typename F>
+void stream_call(dsv4_chat_stream *s, F &&f) {
+    require(s, "stream");
+    if (s->failed) fail(DSV4_ERR_INVALID_ARGUMENT, "chat stream: an earlier call failed");
+    try {
+        f();
+    } catch (...) {
+        s->failed = true;
+        throw;
+    }
 }
 
 struct ProgressBridge {
@@ -413,6 +434,31 @@ DSV4_API dsv4_status dsv4_chat_parse(const char *completion, size_t len, int32_t
                                                            thinking ? dsv4::tokenizer::ThinkingMode::thinking
                                                                     : dsv4::tokenizer::ThinkingMode::chat);
     copy_text_out(dsv4::tokenizer::python_json_dumps(message), buf, cap, out_len, "chat_parse");
+    DSV4_API_END
+}
+
+DSV4_API dsv4_status dsv4_chat_stream_create(int32_t thinking, dsv4_chat_stream **out_stream) {
+    if (out_stream) *out_stream = nullptr;
+    DSV4_API_BEGIN
+    require(out_stream, "out_stream");
+    *out_stream = new dsv4_chat_stream{dsv4::tokenizer::ChatStreamParser(
+        thinking ? dsv4::tokenizer::ThinkingMode::thinking : dsv4::tokenizer::ThinkingMode::chat)};
+    DSV4_API_END
+}
+
+DSV4_API void dsv4_chat_stream_free(dsv4_chat_stream *stream) { delete stream; }
+
+DSV4_API dsv4_status dsv4_chat_stream_push(dsv4_chat_stream *stream, const char *text, size_t len,
+                                           dsv4_chat_event_callback on_event, void *user_data) {
+    DSV4_API_BEGIN
+    if (!text && len) fail(DSV4_ERR_INVALID_ARGUMENT, "text is NULL");
+    stream_call(stream, [&] { stream->impl.push(std::string(text ? text : "", len), event_sink(on_event, user_data)); });
+    DSV4_API_END
+}
+
+DSV4_API dsv4_status dsv4_chat_stream_finish(dsv4_chat_stream *stream, dsv4_chat_event_callback on_event, void *user_data) {
+    DSV4_API_BEGIN
+    stream_call(stream, [&] { stream->impl.finish(event_sink(on_event, user_data)); });
     DSV4_API_END
 }
 

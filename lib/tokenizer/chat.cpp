@@ -505,3 +505,95 @@ json parse_completion(const std::string &text, ThinkingMode mode) {
 }
 
 }  // namespace dsv4::tokenizer
+
+namespace dsv4::tokenizer {
+namespace {
+// Length of the longest suffix of s that is a proper prefix of one of the markers.
+size_t marker_prefix_suffix(const std::string &s, const std::vector<std::string> &markers) {
+    size_t best = 0;
+    for (const std::string &m : markers)
+        for (size_t n = std::min(m.size() - 1, s.size()); n > best; --n)
+            if (s.compare(s.size() - n, n, m, 0, n) == 0) {
+                best = n;
+                break;
+            }
+    return best;
+}
+
+void check_clean(const std::string &delta) {
+    for (const std::string &sp : {kBos, kEos, kThinkStart, kThinkEnd, kDsml})
+        if (delta.find(sp) != std::string::npos) malformed("special token '" + sp + "' inside the content");
+}
+}  // namespace
+
+ChatStreamParser::ChatStreamParser(ThinkingMode mode)
+    : state_(mode == ThinkingMode::thinking ? State::reasoning : State::content) {}
+
+void ChatStreamParser::push(const std::string &text, const Sink &sink) {
+    pending_ += text;
+    step(sink, false);
+}
+
+void ChatStreamParser::finish(const Sink &sink) {
+    step(sink, true);
+    if (state_ == State::reasoning) malformed("missing </think>");
+    if (state_ == State::content) malformed("missing the end-of-sentence token");
+    if (state_ == State::tools) malformed("unterminated tool-call block");
+    if (state_ == State::after_tools) malformed("missing the end-of-sentence token after the tool calls");
+    if (!pending_.empty()) malformed("unexpected text after the end-of-sentence token");
+}
+
+void ChatStreamParser::step(const Sink &sink, bool final) {
+    const std::string calls_start = "\n\n<" + kDsml + "tool_calls", calls_end = "</" + kDsml + "tool_calls>";
+    const std::string invoke_end = "</" + kDsml + "invoke>";
+    for (bool progress = true; progress;) {
+        progress = false;
+        if (state_ == State::reasoning || state_ == State::content) {
+            const bool reasoning = state_ == State::reasoning;
+            const std::string &end = reasoning ? kThinkEnd : kEos;
+            const Event kind = reasoning ? Event::reasoning : Event::content;
+            const size_t at_end = pending_.find(end), at_calls = pending_.find(calls_start);
+            const size_t at = std::min(at_end, at_calls);
+            if (at != std::string::npos) {
+                if (reasoning && at == at_calls) malformed("missing </think>");
+                const std::string delta = pending_.substr(0, at);
+                check_clean(delta);
+                if (!delta.empty()) sink(kind, delta);
+                pending_.erase(0, at + (at == at_end ? end.size() : calls_start.size()));
+                state_ = reasoning ? State::content : (at == at_end ? State::done : State::tools);
+                progress = true;
+                continue;
+            }
+            const size_t hold = final ? 0 : marker_prefix_suffix(pending_, {end, calls_start});
+            const std::string delta = pending_.substr(0, pending_.size() - hold);
+            check_clean(delta);
+            if (!delta.empty()) sink(kind, delta);
+            pending_.erase(0, pending_.size() - hold);
+        } else if (state_ == State::tools) {
+            // Re-parse the block each time an invoke completes; report the calls not yet reported.
+            const size_t at_close = pending_.find(calls_end);
+            if (at_close == std::string::npos && pending_.find(invoke_end) == std::string::npos) return;
+            std::string block = at_close == std::string::npos ? pending_.substr(0, pending_.rfind(invoke_end) + invoke_end.size()) + "\n" + calls_end
+                                                              : pending_.substr(0, at_close + calls_end.size());
+            size_t pos = 0;
+            const json calls = parse_tool_calls(block, pos);
+            for (; calls_sent_ < calls.size(); ++calls_sent_) sink(Event::tool_call, python_json_dumps(calls[calls_sent_]));
+            if (at_close == std::string::npos) return;
+            pending_.erase(0, at_close + calls_end.size());
+            state_ = State::after_tools;
+            progress = true;
+        } else if (state_ == State::after_tools) {  // only the end-of-sentence token may follow
+            if (pending_.compare(0, kEos.size(), kEos) == 0) {
+                pending_.erase(0, kEos.size());
+                state_ = State::done;
+                progress = true;
+            } else if (final || pending_.size() >= kEos.size() || kEos.compare(0, pending_.size(), pending_) != 0) {
+                malformed("unexpected text after the tool calls");
+            }
+        } else {
+            return;  // done: anything left is reported by finish
+        }
+    }
+}
+
+}  // namespace dsv4::tokenizer

@@ -1,6 +1,7 @@
 // DeepSeek-V4 chat format (spec §12.2, the rules of the official encoding_dsv4.py): OpenAI-style messages →
 // prompt text, and a completion → reasoning, content and DSML tool calls.
 #pragma once
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -26,6 +27,27 @@ std::string encode_chat(const nlohmann::ordered_json &messages, const ChatOption
 // message {"role", "content", "reasoning_content", "tool_calls": [{"type", "function": {"name", "arguments"}}]}.
 // Throws dsv4::Error(DSV4_ERR_INVALID_ARGUMENT) for malformed completions.
 nlohmann::ordered_json parse_completion(const std::string &text, ThinkingMode mode);
+
+// Incremental parsing of a completion while it streams: reasoning and content arrive as deltas (text that might
+// begin a marker is held back, so DSML never leaks into content), each tool call once its invoke is complete.
+// The events concatenate to what parse_completion returns for the whole text; malformed text throws as there.
+class ChatStreamParser {
+public:
+    enum class Event { reasoning, content, tool_call };
+    using Sink = std::function<void(Event, const std::string &)>;  // tool_call: {"type", "function": {...}} JSON
+
+    explicit ChatStreamParser(ThinkingMode mode);
+    void push(const std::string &text, const Sink &sink);
+    // Flushes held-back text; throws if the completion did not end properly (no EOS, unclosed blocks).
+    void finish(const Sink &sink);
+
+private:
+    enum class State { reasoning, content, tools, after_tools, done };
+    void step(const Sink &sink, bool final);
+    State state_;
+    std::string pending_;   // text not yet emitted (reasoning/content) or the tool-call block so far
+    size_t calls_sent_ = 0;
+};
 
 // json.dumps(value, ensure_ascii=False) of Python, byte for byte (separators ", " and ": ").
 std::string python_json_dumps(const nlohmann::ordered_json &value);

@@ -150,3 +150,68 @@ TEST_CASE("malformed completions and conversations are rejected with a reason", 
     p.reasoning_effort = "extreme";
     CHECK(dsv4_chat_encode(R"([{"role": "user", "content": "x"}])", &p, nullptr, 0, &len) == DSV4_ERR_INVALID_ARGUMENT);
 }
+
+namespace {
+struct Events {
+    std::string reasoning, content;
+    std::vector<std::string> calls;
+};
+void on_event(dsv4_chat_event e, const char *text, size_t len, void *user) {
+    auto *ev = static_cast<Events *>(user);
+    const std::string t(text, len);
+    if (e == DSV4_CHAT_EVENT_REASONING) ev->reasoning += t;
+    else if (e == DSV4_CHAT_EVENT_CONTENT) {
+        CHECK(t.find("｜DSML｜") == std::string::npos);  // DSML never leaks into content deltas
+        ev->content += t;
+    } else ev->calls.push_back(t);
+}
+}  // namespace
+
+TEST_CASE("streaming parse: deltas and tool calls add up to the whole-text parse, in any chunking", "[chat]") {
+    std::ifstream in(enc_dir() + "/cases.jsonl");
+    int parsed = 0;
+    for (std::string line; std::getline(in, line);) {
+        const json c = json::parse(line);
+        if (c.at("kind") != "parse" || c.value("error", false)) continue;
+        const std::string text = c.at("completion");
+        const int thinking = c.at("thinking_mode") == "thinking";
+        for (size_t chunk : {size_t(1), size_t(3), size_t(7), size_t(64)}) {
+            INFO(c.at("id").get<std::string>() << " chunk " << chunk);
+            dsv4_chat_stream *s = nullptr;
+            REQUIRE(dsv4_chat_stream_create(thinking, &s) == DSV4_OK);
+            Events ev;
+            for (size_t i = 0; i < text.size();) {
+                size_t n = std::min(chunk, text.size() - i);
+                while (i + n < text.size() && (uint8_t(text[i + n]) & 0xc0) == 0x80) ++n;  // whole characters
+                REQUIRE(dsv4_chat_stream_push(s, text.data() + i, n, on_event, &ev) == DSV4_OK);
+                i += n;
+            }
+            REQUIRE(dsv4_chat_stream_finish(s, on_event, &ev) == DSV4_OK);
+            dsv4_chat_stream_free(s);
+            CHECK(ev.reasoning == c["message"]["reasoning_content"].get<std::string>());
+            CHECK(ev.content == c["message"]["content"].get<std::string>());
+            REQUIRE(ev.calls.size() == c["message"]["tool_calls"].size());
+            for (size_t k = 0; k < ev.calls.size(); ++k) {
+                const auto call = json::parse(ev.calls[k]);
+                CHECK(call["function"]["name"] == c["message"]["tool_calls"][k]["function"]["name"]);
+                CHECK(nlohmann::json::parse(call["function"]["arguments"].get<std::string>()) ==
+                      nlohmann::json::parse(c["message"]["tool_calls"][k]["function"]["arguments"].get<std::string>()));
+            }
+        }
+        ++parsed;
+    }
+    CHECK(parsed >= 15);
+    // a completion without EOS fails at finish; a stray special token fails at once
+    dsv4_chat_stream *s = nullptr;
+    REQUIRE(dsv4_chat_stream_create(0, &s) == DSV4_OK);
+    Events ev;
+    REQUIRE(dsv4_chat_stream_push(s, "Hello", 5, on_event, &ev) == DSV4_OK);
+    CHECK(ev.content == "Hello");
+    CHECK(dsv4_chat_stream_finish(s, on_event, &ev) == DSV4_ERR_INVALID_ARGUMENT);
+    CHECK(dsv4_chat_stream_push(s, "x", 1, on_event, &ev) == DSV4_ERR_INVALID_ARGUMENT);  // failed streams stay failed
+    dsv4_chat_stream_free(s);
+    REQUIRE(dsv4_chat_stream_create(0, &s) == DSV4_OK);
+    const std::string bad = "a <think> b";
+    CHECK(dsv4_chat_stream_push(s, bad.data(), bad.size(), on_event, &ev) == DSV4_ERR_INVALID_ARGUMENT);
+    dsv4_chat_stream_free(s);
+}
