@@ -67,7 +67,7 @@ extern "C" {
 #define DSV4_VERSION_STRING "0.1.0"
 #define DSV4_VERSION_NUMBER (DSV4_VERSION_MAJOR * 1000000 + DSV4_VERSION_MINOR * 1000 + DSV4_VERSION_PATCH)
 /* Bumped on every ABI-visible addition (function, enum value, struct field). */
-#define DSV4_API_VERSION 6
+#define DSV4_API_VERSION 7
 
 /* Returns DSV4_VERSION_NUMBER of the linked library. Thread-safety: any thread. */
 DSV4_API int32_t dsv4_version_number(void);
@@ -616,6 +616,24 @@ static inline dsv4_generate_params dsv4_generate_default_params(void) {
 DSV4_API dsv4_status dsv4_generate(dsv4_context *ctx, dsv4_sampler *smpl, const dsv4_tokenizer *tok, int32_t seq,
                                    const int32_t *prompt, int32_t n_prompt, const dsv4_generate_params *params,
                                    dsv4_token_callback on_token, void *user_data, dsv4_generate_stats *stats);
+typedef struct dsv4_generate_request {
+    size_t struct_size;                  /* sizeof(dsv4_generate_request) */
+    int32_t seq;                         /* the request's sequence; distinct across a batch */
+    const int32_t *prompt;               /* n_prompt tokens, borrowed for the call */
+    int32_t n_prompt;
+    dsv4_sampler *sampler;               /* distinct across a batch */
+    const dsv4_generate_params *params;  /* NULL = defaults */
+    dsv4_token_callback on_token;        /* may be NULL */
+    void *user_data;
+    dsv4_generate_stats *stats;          /* out, may be NULL */
+} dsv4_generate_request;
+
+/* Runs several generations together on one context, each on its own sequence: the prompts are evaluated in one
+ * batch, then every decode step evaluates one token of each request still running in one batch. Each request
+ * behaves as dsv4_generate would alone (same tokens for the same seeds); callbacks run on the calling thread,
+ * interleaved across requests. Returns as dsv4_generate. Thread-safety: as dsv4_generate. */
+DSV4_API dsv4_status dsv4_generate_batch(dsv4_context *ctx, const dsv4_tokenizer *tok, dsv4_generate_request *requests,
+                                         int32_t n_requests);
 /* Cancels the evaluation or generation running on ctx, or the next one if none runs. Thread-safety: any thread,
  * async-signal-safe (sets an atomic flag). */
 DSV4_API void dsv4_context_abort(dsv4_context *ctx);

@@ -650,14 +650,8 @@ DSV4_API dsv4_status dsv4_generate_params_init(dsv4_generate_params *params, siz
     DSV4_API_END
 }
 
-DSV4_API dsv4_status dsv4_generate(dsv4_context *ctx, dsv4_sampler *smpl, const dsv4_tokenizer *tok, int32_t seq,
-                                   const int32_t *prompt, int32_t n_prompt, const dsv4_generate_params *params,
-                                   dsv4_token_callback on_token, void *user_data, dsv4_generate_stats *stats) {
-    DSV4_API_BEGIN
-    require(ctx, "ctx");
-    require(smpl, "smpl");
-    if (!prompt || n_prompt < 1) fail(DSV4_ERR_INVALID_ARGUMENT, "generate: n_prompt = {} (need >= 1 and a token array)", n_prompt);
-    if (stats) require_struct(stats, "stats");
+namespace {
+dsv4::runtime::GenerateOptions generate_options(const dsv4_generate_params *params) {
     const dsv4_generate_params p = read_params(params, dsv4_generate_default_params());
     dsv4::runtime::GenerateOptions o;
     o.max_tokens = p.max_tokens;
@@ -669,21 +663,67 @@ DSV4_API dsv4_status dsv4_generate(dsv4_context *ctx, dsv4_sampler *smpl, const 
         if (!p.stop_strings[i]) fail(DSV4_ERR_INVALID_ARGUMENT, "generate: stop_strings[{}] is NULL", i);
         o.stop_strings.emplace_back(p.stop_strings[i]);
     }
-    const auto st = dsv4::runtime::generate(
-        *ctx->impl, *smpl->impl, tok ? tok->impl.get() : nullptr, seq, std::vector<int32_t>(prompt, prompt + n_prompt), o,
-        [&](int32_t token, const std::string &text) { return !on_token || on_token(token, text.data(), text.size(), user_data) != 0; });
-    if (stats) {
-        dsv4_generate_stats out{};
-        out.n_prompt = st.n_prompt;
-        out.n_generated = st.n_generated;
-        out.prefill_seconds = st.prefill_s;
-        out.decode_seconds = st.decode_s;
-        out.time_to_first_token_seconds = st.time_to_first_token_s;
-        out.prefill_tokens_per_second = st.prefill_s > 0 ? double(st.n_prompt) / st.prefill_s : 0;
-        out.decode_tokens_per_second = st.decode_s > 0 ? double(std::max<int64_t>(st.n_generated - 1, 0)) / st.decode_s : 0;
-        out.stop_reason = dsv4_stop_reason(int(st.stop));
-        copy_out(stats, out);
+    return o;
+}
+
+void stats_out(const dsv4::runtime::GenerateStats &st, dsv4_generate_stats *stats) {
+    if (!stats) return;
+    dsv4_generate_stats out{};
+    out.n_prompt = st.n_prompt;
+    out.n_generated = st.n_generated;
+    out.prefill_seconds = st.prefill_s;
+    out.decode_seconds = st.decode_s;
+    out.time_to_first_token_seconds = st.time_to_first_token_s;
+    out.prefill_tokens_per_second = st.prefill_s > 0 ? double(st.n_prompt) / st.prefill_s : 0;
+    out.decode_tokens_per_second = st.decode_s > 0 ? double(std::max<int64_t>(st.n_generated - 1, 0)) / st.decode_s : 0;
+    out.stop_reason = dsv4_stop_reason(int(st.stop));
+    copy_out(stats, out);
+}
+
+dsv4::runtime::GenerateRequest make_request(dsv4_sampler *smpl, int32_t seq, const int32_t *prompt, int32_t n_prompt,
+                                            const dsv4_generate_params *params, dsv4_token_callback on_token,
+                                            void *user_data, dsv4_generate_stats *stats) {
+    require(smpl, "sampler");
+    if (!prompt || n_prompt < 1) fail(DSV4_ERR_INVALID_ARGUMENT, "generate: n_prompt = {} (need >= 1 and a token array)", n_prompt);
+    if (stats) require_struct(stats, "stats");
+    dsv4::runtime::GenerateRequest r;
+    r.seq = seq;
+    r.prompt.assign(prompt, prompt + n_prompt);
+    r.sampler = smpl->impl.get();
+    r.options = generate_options(params);
+    r.on_token = [on_token, user_data](int32_t token, const std::string &text) {
+        return !on_token || on_token(token, text.data(), text.size(), user_data) != 0;
+    };
+    return r;
+}
+}  // namespace
+
+DSV4_API dsv4_status dsv4_generate(dsv4_context *ctx, dsv4_sampler *smpl, const dsv4_tokenizer *tok, int32_t seq,
+                                   const int32_t *prompt, int32_t n_prompt, const dsv4_generate_params *params,
+                                   dsv4_token_callback on_token, void *user_data, dsv4_generate_stats *stats) {
+    DSV4_API_BEGIN
+    require(ctx, "ctx");
+    std::vector<dsv4::runtime::GenerateRequest> requests;
+    requests.push_back(make_request(smpl, seq, prompt, n_prompt, params, on_token, user_data, stats));
+    dsv4::runtime::generate(*ctx->impl, tok ? tok->impl.get() : nullptr, requests);
+    stats_out(requests[0].stats, stats);
+    DSV4_API_END
+}
+
+DSV4_API dsv4_status dsv4_generate_batch(dsv4_context *ctx, const dsv4_tokenizer *tok, dsv4_generate_request *requests,
+                                         int32_t n_requests) {
+    DSV4_API_BEGIN
+    require(ctx, "ctx");
+    if (n_requests < 1 || !requests) fail(DSV4_ERR_INVALID_ARGUMENT, "generate_batch: {} requests", n_requests);
+    std::vector<dsv4::runtime::GenerateRequest> rs;
+    for (int32_t i = 0; i < n_requests; ++i) {
+        const dsv4_generate_request &q = requests[i];
+        if (q.struct_size < sizeof(dsv4_generate_request))
+            fail(DSV4_ERR_INVALID_ARGUMENT, "generate_batch: requests[{}].struct_size = {} is too small", i, q.struct_size);
+        rs.push_back(make_request(q.sampler, q.seq, q.prompt, q.n_prompt, q.params, q.on_token, q.user_data, q.stats));
     }
+    dsv4::runtime::generate(*ctx->impl, tok ? tok->impl.get() : nullptr, rs);
+    for (int32_t i = 0; i < n_requests; ++i) stats_out(rs[size_t(i)].stats, requests[i].stats);
     DSV4_API_END
 }
 

@@ -1,5 +1,7 @@
-// Streaming generation on one sequence: prefill the prompt, then sample, evaluate and stream text until EOS, a
-// stop token, a stop string, max_tokens, the callback, or a cancellation from another thread.
+// Streaming generation: each request prefills its prompt on its own sequence, then samples, evaluates and
+// streams text until EOS, a stop token, a stop string, max_tokens, its callback, or a cancellation from another
+// thread. Several requests run together: their prompts form one batch, then every decode step evaluates one
+// token of each request still running in one batch.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -32,7 +34,16 @@ struct GenerateStats {
 // Return false to stop.
 using TokenSink = std::function<bool(int32_t token, const std::string &text)>;
 
-GenerateStats generate(Context &ctx, sampling::Sampler &sampler, const tokenizer::Tokenizer *tok, int32_t seq,
-                       const std::vector<int32_t> &prompt, const GenerateOptions &options, const TokenSink &on_token);
+struct GenerateRequest {
+    int32_t seq = 0;
+    std::vector<int32_t> prompt;
+    sampling::Sampler *sampler = nullptr;
+    GenerateOptions options;
+    TokenSink on_token;
+    GenerateStats stats;  // out
+};
+
+// Runs the requests (distinct sequences and samplers) together; fills each request's stats.
+void generate(Context &ctx, const tokenizer::Tokenizer *tok, std::vector<GenerateRequest> &requests);
 
 }  // namespace dsv4::runtime

@@ -176,3 +176,65 @@ TEST_CASE("generation is cancelled from another thread", "[generate]") {
     dsv4_batch b = dsv4_batch_for_sequence(&next, 1, 0);
     CHECK(dsv4_decode(s.ctx, &b) == DSV4_OK);
 }
+
+TEST_CASE("several requests generate together, each exactly as alone", "[generate]") {
+    const std::vector<std::vector<int32_t>> prompts = {{0, 194, 916, 623, 292}, {0, 7}, {0, 1000, 20, 300, 4, 5, 6, 7, 8}};
+    const std::vector<int32_t> max_tokens = {10, 4, 7};
+    // alone
+    std::vector<Collected> alone(3);
+    std::vector<dsv4_generate_stats> alone_stats(3);
+    for (size_t i = 0; i < 3; ++i) {
+        alone_stats[i] = dsv4_generate_stats{};
+        alone_stats[i].struct_size = sizeof alone_stats[i];
+        Setup s;
+        dsv4_sampler_params sp = dsv4_sampler_default_params();
+        sp.temperature = 0.9f;
+        sp.seed = 100 + i;
+        dsv4_sampler *smpl = nullptr;
+        REQUIRE(dsv4_sampler_create(&sp, &smpl) == DSV4_OK);
+        dsv4_generate_params p = dsv4_generate_default_params();
+        p.max_tokens = max_tokens[i];
+        REQUIRE(dsv4_generate(s.ctx, smpl, s.tok, 0, prompts[i].data(), int32_t(prompts[i].size()), &p, collect, &alone[i],
+                              &alone_stats[i]) == DSV4_OK);
+        dsv4_sampler_free(smpl);
+    }
+    // together, on sequences 2, 0, 1 of one context
+    dsv4_model *model = nullptr;
+    REQUIRE(dsv4_model_load(dsv4::test::tiny_flash_dir().c_str(), nullptr, &model) == DSV4_OK);
+    dsv4_context_params cp = dsv4_context_default_params();
+    cp.n_seq_max = 3;
+    dsv4_context *ctx = nullptr;
+    REQUIRE(dsv4_context_create(model, &cp, &ctx) == DSV4_OK);
+    Setup tokenizer_owner;
+    std::vector<Collected> together(3);
+    std::vector<dsv4_sampler *> samplers(3);
+    std::vector<dsv4_generate_params> params(3);
+    std::vector<dsv4_generate_stats> stats(3);
+    std::vector<dsv4_generate_request> reqs(3);
+    for (size_t i = 0; i < 3; ++i) {
+        dsv4_sampler_params sp = dsv4_sampler_default_params();
+        sp.temperature = 0.9f;
+        sp.seed = 100 + i;
+        REQUIRE(dsv4_sampler_create(&sp, &samplers[i]) == DSV4_OK);
+        params[i] = dsv4_generate_default_params();
+        params[i].max_tokens = max_tokens[i];
+        stats[i] = dsv4_generate_stats{};
+        stats[i].struct_size = sizeof stats[i];
+        reqs[i] = dsv4_generate_request{sizeof(dsv4_generate_request), int32_t((i + 2) % 3), prompts[i].data(),
+                                        int32_t(prompts[i].size()), samplers[i], &params[i], collect, &together[i], &stats[i]};
+    }
+    REQUIRE(dsv4_generate_batch(ctx, tokenizer_owner.tok, reqs.data(), 3) == DSV4_OK);
+    for (size_t i = 0; i < 3; ++i) {
+        INFO("request " << i);
+        CHECK(together[i].tokens == alone[i].tokens);
+        CHECK(together[i].text == alone[i].text);
+        CHECK(stats[i].n_generated == alone_stats[i].n_generated);
+        CHECK(stats[i].stop_reason == alone_stats[i].stop_reason);
+        dsv4_sampler_free(samplers[i]);
+    }
+    // two requests on one sequence are refused
+    reqs[1].seq = reqs[0].seq;
+    CHECK(dsv4_generate_batch(ctx, nullptr, reqs.data(), 2) == DSV4_ERR_INVALID_ARGUMENT);
+    dsv4_context_free(ctx);
+    dsv4_model_free(model);
+}
