@@ -111,6 +111,59 @@ void stream_call(dsv4_chat_stream *s, F &&f) {
     }
 }
 
+dsv4::runtime::GenerateOptions generate_options(const dsv4_generate_params *params) {
+    const dsv4_generate_params p = read_params(params, dsv4_generate_default_params());
+    dsv4::runtime::GenerateOptions o;
+    o.max_tokens = p.max_tokens;
+    o.ignore_eos = p.ignore_eos != 0;
+    if (p.n_stop_tokens < 0 || (p.n_stop_tokens && !p.stop_tokens)) fail(DSV4_ERR_INVALID_ARGUMENT, "generate: stop_tokens");
+    if (p.n_stop_strings < 0 || (p.n_stop_strings && !p.stop_strings)) fail(DSV4_ERR_INVALID_ARGUMENT, "generate: stop_strings");
+    o.stop_tokens.assign(p.stop_tokens, p.stop_tokens + p.n_stop_tokens);
+    for (int32_t i = 0; i < p.n_stop_strings; ++i) {
+        if (!p.stop_strings[i]) fail(DSV4_ERR_INVALID_ARGUMENT, "generate: stop_strings[{}] is NULL", i);
+        o.stop_strings.emplace_back(p.stop_strings[i]);
+    }
+    return o;
+}
+
+void stats_out(const dsv4::runtime::GenerateStats &st, dsv4_generate_stats *stats) {
+    if (!stats) return;
+    dsv4_generate_stats out{};
+    out.n_prompt = st.n_prompt;
+    out.n_generated = st.n_generated;
+    out.prefill_seconds = st.prefill_s;
+    out.decode_seconds = st.decode_s;
+    out.time_to_first_token_seconds = st.time_to_first_token_s;
+    out.prefill_tokens_per_second = st.prefill_s > 0 ? double(st.n_prompt) / st.prefill_s : 0;
+    out.decode_tokens_per_second = st.decode_s > 0 ? double(std::max<int64_t>(st.n_generated - 1, 0)) / st.decode_s : 0;
+    out.stop_reason = dsv4_stop_reason(int(st.stop));
+    copy_out(stats, out);
+}
+
+dsv4::runtime::GenerateRequest make_request(dsv4_sampler *smpl, int32_t seq, const int32_t *prompt, int32_t n_prompt,
+                                            const dsv4_generate_params *params, dsv4_token_callback on_token,
+                                            void *user_data, dsv4_generate_stats *stats) {
+    require(smpl, "sampler");
+    if (!prompt || n_prompt < 1) fail(DSV4_ERR_INVALID_ARGUMENT, "generate: n_prompt = {} (need >= 1 and a token array)", n_prompt);
+    if (stats) require_struct(stats, "stats");
+    dsv4::runtime::GenerateRequest r;
+    r.seq = seq;
+    r.prompt.assign(prompt, prompt + n_prompt);
+    r.sampler = smpl->impl.get();
+    r.options = generate_options(params);
+    r.on_token = [on_token, user_data](int32_t token, const std::string &text) {
+        return !on_token || on_token(token, text.data(), text.size(), user_data) != 0;
+    };
+    return r;
+}
+
+void copy_text_out(const std::string &text, char *buf, size_t cap, size_t *out_len, const char *what) {
+    *out_len = text.size();
+    if (!buf || cap <= text.size())
+        fail(DSV4_ERR_BUFFER_TOO_SMALL, "{}: {} bytes plus NUL, buffer holds {}", what, text.size(), cap);
+    std::memcpy(buf, text.c_str(), text.size() + 1);
+}
+
 struct ProgressBridge {
     dsv4_progress_callback callback;
     void *user;
@@ -391,14 +444,6 @@ DSV4_API dsv4_status dsv4_token_to_piece(const dsv4_tokenizer *tok, int32_t toke
 }
 
 // ---- chat format ---------------------------------------------------------------------------------------------
-namespace {
-void copy_text_out(const std::string &text, char *buf, size_t cap, size_t *out_len, const char *what) {
-    *out_len = text.size();
-    if (!buf || cap <= text.size())
-        fail(DSV4_ERR_BUFFER_TOO_SMALL, "{}: {} bytes plus NUL, buffer holds {}", what, text.size(), cap);
-    std::memcpy(buf, text.c_str(), text.size() + 1);
-}
-}  // namespace
 
 DSV4_API dsv4_status dsv4_chat_params_init(dsv4_chat_params *params, size_t size) {
     DSV4_API_BEGIN
@@ -649,54 +694,6 @@ DSV4_API dsv4_status dsv4_generate_params_init(dsv4_generate_params *params, siz
     init_params(params, size, "dsv4_generate_params_init", p);
     DSV4_API_END
 }
-
-namespace {
-dsv4::runtime::GenerateOptions generate_options(const dsv4_generate_params *params) {
-    const dsv4_generate_params p = read_params(params, dsv4_generate_default_params());
-    dsv4::runtime::GenerateOptions o;
-    o.max_tokens = p.max_tokens;
-    o.ignore_eos = p.ignore_eos != 0;
-    if (p.n_stop_tokens < 0 || (p.n_stop_tokens && !p.stop_tokens)) fail(DSV4_ERR_INVALID_ARGUMENT, "generate: stop_tokens");
-    if (p.n_stop_strings < 0 || (p.n_stop_strings && !p.stop_strings)) fail(DSV4_ERR_INVALID_ARGUMENT, "generate: stop_strings");
-    o.stop_tokens.assign(p.stop_tokens, p.stop_tokens + p.n_stop_tokens);
-    for (int32_t i = 0; i < p.n_stop_strings; ++i) {
-        if (!p.stop_strings[i]) fail(DSV4_ERR_INVALID_ARGUMENT, "generate: stop_strings[{}] is NULL", i);
-        o.stop_strings.emplace_back(p.stop_strings[i]);
-    }
-    return o;
-}
-
-void stats_out(const dsv4::runtime::GenerateStats &st, dsv4_generate_stats *stats) {
-    if (!stats) return;
-    dsv4_generate_stats out{};
-    out.n_prompt = st.n_prompt;
-    out.n_generated = st.n_generated;
-    out.prefill_seconds = st.prefill_s;
-    out.decode_seconds = st.decode_s;
-    out.time_to_first_token_seconds = st.time_to_first_token_s;
-    out.prefill_tokens_per_second = st.prefill_s > 0 ? double(st.n_prompt) / st.prefill_s : 0;
-    out.decode_tokens_per_second = st.decode_s > 0 ? double(std::max<int64_t>(st.n_generated - 1, 0)) / st.decode_s : 0;
-    out.stop_reason = dsv4_stop_reason(int(st.stop));
-    copy_out(stats, out);
-}
-
-dsv4::runtime::GenerateRequest make_request(dsv4_sampler *smpl, int32_t seq, const int32_t *prompt, int32_t n_prompt,
-                                            const dsv4_generate_params *params, dsv4_token_callback on_token,
-                                            void *user_data, dsv4_generate_stats *stats) {
-    require(smpl, "sampler");
-    if (!prompt || n_prompt < 1) fail(DSV4_ERR_INVALID_ARGUMENT, "generate: n_prompt = {} (need >= 1 and a token array)", n_prompt);
-    if (stats) require_struct(stats, "stats");
-    dsv4::runtime::GenerateRequest r;
-    r.seq = seq;
-    r.prompt.assign(prompt, prompt + n_prompt);
-    r.sampler = smpl->impl.get();
-    r.options = generate_options(params);
-    r.on_token = [on_token, user_data](int32_t token, const std::string &text) {
-        return !on_token || on_token(token, text.data(), text.size(), user_data) != 0;
-    };
-    return r;
-}
-}  // namespace
 
 DSV4_API dsv4_status dsv4_generate(dsv4_context *ctx, dsv4_sampler *smpl, const dsv4_tokenizer *tok, int32_t seq,
                                    const int32_t *prompt, int32_t n_prompt, const dsv4_generate_params *params,

@@ -49,6 +49,7 @@ void Context::decode(const int32_t *tokens, const int32_t *positions, const int3
     if (n < 1 || !tokens) fail(DSV4_ERR_INVALID_ARGUMENT, "batch: n_tokens = {} (need >= 1 and a token array)", n);
     // Validate everything before touching any cache.
     std::vector<int32_t> seq_of(static_cast<size_t>(n));
+    std::vector<int64_t> pos_of(static_cast<size_t>(n));
     std::vector<int32_t> order;       // sequences in order of first appearance
     std::vector<int64_t> count(size_t(options_.n_seq_max), 0);
     for (int32_t i = 0; i < n; ++i) {
@@ -64,6 +65,7 @@ void Context::decode(const int32_t *tokens, const int32_t *positions, const int3
             fail(DSV4_ERR_CONTEXT_FULL, "batch: sequence {} would reach position {} but n_ctx = {}", s, expected, options_.n_ctx);
         if (count[size_t(s)]++ == 0) order.push_back(s);
         seq_of[size_t(i)] = s;
+        pos_of[size_t(i)] = expected;
     }
     // Group rows by sequence (stable), so each sequence's tokens form one span.
     std::vector<int32_t> perm;  // grouped row -> batch index
@@ -91,11 +93,8 @@ void Context::decode(const int32_t *tokens, const int32_t *positions, const int3
         if (want_output ? want_output[i] != 0 : i == n - 1) {
             out_rows.push_back(grouped_row_of[size_t(i)]);
             out_seq.push_back(seq_of[size_t(i)]);
+            out_pos.push_back(pos_of[size_t(i)]);
         }
-    for (size_t k = 0; k < out_rows.size(); ++k) {
-        for (const auto &sp : spans)
-            if (out_rows[k] >= sp.row0 && out_rows[k] < sp.row0 + sp.n) out_pos.push_back(sp.start_pos + out_rows[k] - sp.row0);
-    }
 
     for (const auto &sp : spans) sp.cache->begin();
     try {

@@ -230,11 +230,11 @@ TEST_CASE("several requests generate together, each exactly as alone", "[generat
         CHECK(together[i].text == alone[i].text);
         CHECK(stats[i].n_generated == alone_stats[i].n_generated);
         CHECK(stats[i].stop_reason == alone_stats[i].stop_reason);
-        dsv4_sampler_free(samplers[i]);
     }
     // two requests on one sequence are refused
     reqs[1].seq = reqs[0].seq;
     CHECK(dsv4_generate_batch(ctx, nullptr, reqs.data(), 2) == DSV4_ERR_INVALID_ARGUMENT);
+    for (dsv4_sampler *smpl : samplers) dsv4_sampler_free(smpl);
     dsv4_context_free(ctx);
     dsv4_model_free(model);
 }

@@ -48,7 +48,7 @@ public:
     }
 
 private:
-    size_t len_;
+    [[maybe_unused]] size_t len_;  // unused without OpenMP: one thread, one row
     std::vector<float> data_;
 };
 
@@ -192,7 +192,7 @@ private:
         }
     }
 
-    int n_threads_;
+    [[maybe_unused]] int n_threads_;  // unused without OpenMP
 };
 
 }  // namespace
