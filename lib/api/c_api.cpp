@@ -422,11 +422,8 @@ DSV4_API dsv4_status dsv4_detokenize(const dsv4_tokenizer *tok, const int32_t *t
     require(tok, "tok");
     require(out_len, "out_len");
     if (!tokens && n) fail(DSV4_ERR_INVALID_ARGUMENT, "tokens is NULL");
-    const std::string text = tok->impl->decode(tokens, n, (flags & DSV4_DETOKENIZE_SKIP_SPECIAL) != 0);
-    *out_len = text.size();
-    if (!buf || cap <= text.size())
-        fail(DSV4_ERR_BUFFER_TOO_SMALL, "detokenize: {} bytes plus NUL, buffer holds {}", text.size(), cap);
-    std::memcpy(buf, text.c_str(), text.size() + 1);
+    copy_text_out(tok->impl->decode(tokens, n, (flags & DSV4_DETOKENIZE_SKIP_SPECIAL) != 0), buf, cap, out_len,
+                  "detokenize");
     DSV4_API_END
 }
 

@@ -5,24 +5,13 @@
 #include <set>
 
 #include "core/error.h"
+#include "core/text.h"
 #include "tokenizer/utf8.h"
 
 namespace dsv4::runtime {
 namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-// Length of the longest suffix of text that is a proper prefix of some stop string (held back from the stream).
-size_t pending_stop_prefix(const std::string &text, const std::vector<std::string> &stops) {
-    size_t hold = 0;
-    for (const std::string &s : stops)
-        for (size_t n = std::min(s.size() - 1, text.size()); n > hold; --n)
-            if (text.compare(text.size() - n, n, s, 0, n) == 0) {
-                hold = n;
-                break;
-            }
-    return hold;
-}
 
 // Per-request streaming state: tokens become text in complete characters; stop strings are searched in text.
 class Stream {
@@ -53,7 +42,7 @@ public:
                 if (!piece.empty()) r_.on_token(token, piece);
                 return end(StopReason::stop_string);
             }
-            const size_t hold = std::min(text.size(), pending_stop_prefix(candidate, r_.options.stop_strings));
+            const size_t hold = std::min(text.size(), core::marker_prefix_suffix(candidate, r_.options.stop_strings));
             piece = text.substr(0, text.size() - hold);
             held_ = text.substr(text.size() - hold);
             emitted_ += piece;

@@ -5,6 +5,7 @@
 #include <map>
 
 #include "core/error.h"
+#include "core/text.h"
 
 namespace dsv4::tokenizer {
 namespace {
@@ -317,6 +318,12 @@ std::string read_until(const std::string &text, size_t &pos, const std::vector<s
 
 [[noreturn]] void malformed(const std::string &what) { fail(DSV4_ERR_INVALID_ARGUMENT, "completion: {}", what); }
 
+// Content and reasoning never contain the format's own special tokens.
+void check_clean(const std::string &delta) {
+    for (const std::string &sp : {kBos, kEos, kThinkStart, kThinkEnd, kDsml})
+        if (delta.find(sp) != std::string::npos) malformed("special token '" + sp + "' inside the content");
+}
+
 // Parses the DSML tool-call block that starts after "\n\n<｜DSML｜tool_calls".
 json parse_tool_calls(const std::string &text, size_t &pos) {
     const std::string invoke = "<" + kDsml + "invoke", end_calls = "</" + kDsml + "tool_calls>";
@@ -498,33 +505,10 @@ json parse_completion(const std::string &text, ThinkingMode mode) {
         malformed("missing the end-of-sentence token");
     }
     if (pos != text.size()) malformed("unexpected text after the end-of-sentence token");
-    for (const std::string &sp : {kBos, kEos, kThinkStart, kThinkEnd, kDsml})
-        if (content.find(sp) != std::string::npos || reasoning.find(sp) != std::string::npos)
-            malformed("special token '" + sp + "' inside the content");
+    check_clean(reasoning);
+    check_clean(content);
     return {{"role", "assistant"}, {"content", content}, {"reasoning_content", reasoning}, {"tool_calls", calls}};
 }
-
-}  // namespace dsv4::tokenizer
-
-namespace dsv4::tokenizer {
-namespace {
-// Length of the longest suffix of s that is a proper prefix of one of the markers.
-size_t marker_prefix_suffix(const std::string &s, const std::vector<std::string> &markers) {
-    size_t best = 0;
-    for (const std::string &m : markers)
-        for (size_t n = std::min(m.size() - 1, s.size()); n > best; --n)
-            if (s.compare(s.size() - n, n, m, 0, n) == 0) {
-                best = n;
-                break;
-            }
-    return best;
-}
-
-void check_clean(const std::string &delta) {
-    for (const std::string &sp : {kBos, kEos, kThinkStart, kThinkEnd, kDsml})
-        if (delta.find(sp) != std::string::npos) malformed("special token '" + sp + "' inside the content");
-}
-}  // namespace
 
 ChatStreamParser::ChatStreamParser(ThinkingMode mode)
     : state_(mode == ThinkingMode::thinking ? State::reasoning : State::content) {}
@@ -564,7 +548,7 @@ void ChatStreamParser::step(const Sink &sink, bool final) {
                 progress = true;
                 continue;
             }
-            const size_t hold = final ? 0 : marker_prefix_suffix(pending_, {end, calls_start});
+            const size_t hold = final ? 0 : core::marker_prefix_suffix(pending_, {end, calls_start});
             const std::string delta = pending_.substr(0, pending_.size() - hold);
             check_clean(delta);
             if (!delta.empty()) sink(kind, delta);
