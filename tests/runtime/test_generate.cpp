@@ -35,12 +35,14 @@ struct Setup {
 struct Collected {
     std::vector<int32_t> tokens;
     std::string text;
+    std::vector<std::string> pieces;
     int stop_after = -1;
 };
 int collect(int32_t token, const char *text, size_t len, void *user) {
     auto *c = static_cast<Collected *>(user);
     if (token >= 0) c->tokens.push_back(token);
     c->text.append(text, len);
+    if (len) c->pieces.emplace_back(text, len);
     return c->stop_after < 0 || int(c->tokens.size()) < c->stop_after;
 }
 }  // namespace
@@ -121,6 +123,19 @@ TEST_CASE("stop tokens, stop strings, the callback and EOS end generation", "[ge
         REQUIRE(dsv4_generate(s2.ctx, s2.greedy, s2.tok, 0, prompt.data(), 5, &p, collect, &got, &st) == DSV4_OK);
         CHECK(st.stop_reason == DSV4_STOP_STRING);
         CHECK(got.text == all.text.substr(0, expected_len));
+
+        // A stop string that spans two streamed pieces: its first part must be held back, never streamed.
+        REQUIRE(all.pieces.size() >= 3);
+        const std::string &a = all.pieces[1], &b = all.pieces[2];
+        const std::string spanning = a.substr(a.size() - 1) + b.substr(0, 1);
+        const size_t spanning_at = all.text.find(spanning);
+        Setup s3;
+        const char *spanning_stops[] = {spanning.c_str()};
+        p.stop_strings = spanning_stops;
+        Collected cut;
+        REQUIRE(dsv4_generate(s3.ctx, s3.greedy, s3.tok, 0, prompt.data(), 5, &p, collect, &cut, &st) == DSV4_OK);
+        CHECK(st.stop_reason == DSV4_STOP_STRING);
+        CHECK(cut.text == all.text.substr(0, spanning_at));
     }
     SECTION("EOS") {
         Setup s;
