@@ -75,12 +75,7 @@ int main(int argc, char **argv) {
 
     const unsigned threads = std::max(1u, std::thread::hardware_concurrency());
     t0 = std::chrono::steady_clock::now();
-    std::vector<std::thread> pool;
-    for (unsigned t = 0; t < threads; ++t)
-        pool.emplace_back([&, t] {
-            for (size_t i = t; i < corpus.size(); i += threads) (void)tok->encode(corpus[i]);
-        });
-    for (auto &th : pool) th.join();
+    (void)tok->encode_batch(std::vector<std::string_view>(corpus.begin(), corpus.end()), int(threads));
     const double encn = seconds_since(t0);
 
     t0 = std::chrono::steady_clock::now();

@@ -108,15 +108,25 @@ int main(int argc, char **argv) {
         cmd->add_option("--top-k", ro.top_k, "top-k (0 = off)")->check(CLI::Range(0, 1 << 30));
         cmd->add_option("--seed", ro.seed, "sampling seed");
         cmd->add_option("-t,--threads", ro.threads, "compute threads (0 = OMP_NUM_THREADS, else all cores)");
-        cmd->add_flag("--think", ro.think, "thinking mode of the chat format");
+        cmd->add_option("-c,--ctx-size", ro.n_ctx, "context length in tokens")->check(CLI::Range(1, 1 << 30));
+        cmd->add_flag("--think", ro.think, "thinking mode of the chat format (chat: /think and /nothink switch)");
     };
     auto *run = app.add_subcommand("run", "generate from a text prompt (or token ids), streamed");
     add_generation(run);
     run->add_option("-p,--prompt", ro.prompt, "prompt text");
     run->add_option("--prompt-ids", ro.prompt_ids, "prompt token ids, comma-separated")->delimiter(',');
     run->add_flag("--chat", ro.chat, "wrap the prompt as a user turn of the chat format");
+    run->add_flag("--print-ids", ro.print_ids, "print the prompt and generated token ids to stderr");
     auto *chat = app.add_subcommand("chat", "interactive chat on stdin (one user turn per line; /clear, /exit)");
     add_generation(chat);
+
+    dsv4::tools::BenchOptions bo;
+    auto *bench = app.add_subcommand("bench", "prefill and decode tokens/s on random token ids");
+    bench->add_option("-m,--model", bo.model_dir, "checkpoint directory")->required();
+    bench->add_option("-p,--n-prompt", bo.n_prompt, "prompt tokens")->check(CLI::Range(1, 1 << 20));
+    bench->add_option("-n,--n-gen", bo.n_gen, "decode steps")->check(CLI::Range(1, 1 << 20));
+    bench->add_option("-r,--repetitions", bo.repetitions, "runs; the median is reported")->check(CLI::Range(1, 1000));
+    bench->add_option("-t,--threads", bo.threads, "compute threads (0 = OMP_NUM_THREADS, else all cores)");
 
     dsv4::tools::GoldenOptions gopt;
     auto *golden = app.add_subcommand("eval-golden", "check logits and layer replay against a golden fixture folder");
@@ -150,6 +160,7 @@ int main(int argc, char **argv) {
         if (*info) return cmd_info(dir);
         if (*run) return dsv4::tools::run(ro);
         if (*chat) return dsv4::tools::chat(ro);
+        if (*bench) return dsv4::tools::bench(bo);
         if (*golden) return dsv4::tools::eval_golden(dir, gopt) ? 0 : 1;
         if (*memory) return cmd_memory(dir, tokens, rewind);
         if (*evchat) return dsv4::tools::eval_chat(dir, chat_verbose) ? 0 : 1;

@@ -3,7 +3,12 @@
 
 #include <dsv4/dsv4.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <cstring>
+#include <random>
+#include <utility>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <iostream>
@@ -13,6 +18,8 @@
 
 namespace dsv4::tools {
 namespace {
+
+constexpr const char *kEos = "<｜end▁of▁sentence｜>";  // the EOS token's text, which ends a parsed completion
 
 int report(dsv4_status st) {
     std::fprintf(stderr, "dsv4: %s: %s\n", dsv4_status_name(st), dsv4_last_error_message());
@@ -40,6 +47,7 @@ struct Session {
         }
         dsv4_context_params cp = dsv4_context_default_params();
         cp.n_threads = o.threads;
+        cp.n_ctx = o.n_ctx;
         if (dsv4_status st = dsv4_context_create(model, &cp, &ctx)) return st;
         dsv4_sampler_params sp = dsv4_sampler_default_params();
         sp.temperature = o.temperature;
@@ -72,12 +80,36 @@ std::string chat_prompt(const nlohmann::json &messages, bool think) {
 struct Stream {
     std::string text;
     std::vector<int32_t> tokens;
+    dsv4_chat_stream *chat = nullptr;  // set in chat mode: reasoning, answer and tool calls are shown apart
+    int shown = -1;                    // the chat event kind printed last
 };
+void show_event(dsv4_chat_event event, const char *text, size_t len, void *user) {
+    auto *s = static_cast<Stream *>(user);
+    if (event == DSV4_CHAT_EVENT_TOOL_CALL) {
+        std::printf("%s[tool call] %.*s\n", s->shown >= 0 ? "\n" : "", int(len), text);
+        s->shown = -1;
+    } else {
+        if (int(event) != s->shown) {
+            std::fputs(event == DSV4_CHAT_EVENT_REASONING ? "[thinking] " : s->shown >= 0 ? "\n[answer] " : "", stdout);
+            s->shown = int(event);
+        }
+        std::fwrite(text, 1, len, stdout);
+    }
+    std::fflush(stdout);
+}
 int print_piece(int32_t token, const char *text, size_t len, void *user) {
     auto *s = static_cast<Stream *>(user);
     if (token >= 0) s->tokens.push_back(token);
     s->text.append(text, len);
-    std::fwrite(text, 1, len, stdout);
+    if (s->chat) {
+        // A completion the parser rejects (a random model's, say) is shown raw from there on.
+        if (dsv4_chat_stream_push(s->chat, text, len, show_event, s) != DSV4_OK) {
+            dsv4_chat_stream_free(std::exchange(s->chat, nullptr));
+            std::fwrite(text, 1, len, stdout);
+        }
+    } else {
+        std::fwrite(text, 1, len, stdout);
+    }
     std::fflush(stdout);
     return 1;
 }
@@ -114,6 +146,8 @@ int run(const RunOptions &o) {
                                        &stream, &st))
         return report(rc);
     if (!s.tok) fmt::print("prompt ids  [{}]\ngenerated   [{}]\n", fmt::join(prompt, ", "), fmt::join(stream.tokens, ", "));
+    else if (o.print_ids)
+        fmt::print(stderr, "\nprompt ids  [{}]\ngenerated   [{}]", fmt::join(prompt, ", "), fmt::join(stream.tokens, ", "));
     print_stats(st);
     return 0;
 }
@@ -126,11 +160,17 @@ int chat(const RunOptions &o) {
         return 1;
     }
     nlohmann::json messages = nlohmann::json::array();
+    bool think = o.think;
     std::vector<int32_t> cached;  // tokens held by sequence 0
     dsv4_generate_params gp = dsv4_generate_default_params();
     gp.max_tokens = o.n_predict;
     for (std::string line; std::fprintf(stderr, "> "), std::getline(std::cin, line);) {
         if (line == "/exit") break;
+        if (line == "/think" || line == "/nothink") {
+            think = line == "/think";
+            std::fprintf(stderr, "[thinking mode %s]\n", think ? "on" : "off");
+            continue;
+        }
         if (line == "/clear") {
             messages = nlohmann::json::array();
             cached.clear();
@@ -139,7 +179,7 @@ int chat(const RunOptions &o) {
         }
         messages.push_back({{"role", "user"}, {"content", line}});
         std::vector<int32_t> prompt;
-        if (dsv4_status st = s.tokenize(chat_prompt(messages, o.think), prompt)) return report(st);
+        if (dsv4_status st = s.tokenize(chat_prompt(messages, think), prompt)) return report(st);
         // Reuse the cached prefix: keep the longest common prefix (within the context's rewind capacity).
         size_t common = 0;
         while (common < cached.size() && common < prompt.size() - 1 && cached[common] == prompt[common]) ++common;
@@ -148,28 +188,76 @@ int chat(const RunOptions &o) {
             (void)dsv4_seq_truncate(s.ctx, 0, 0);
         }
         Stream stream;
+        if (dsv4_status rc = dsv4_chat_stream_create(think, &stream.chat)) return report(rc);
         dsv4_generate_stats st{};
         st.struct_size = sizeof st;
-        if (dsv4_status rc = dsv4_generate(s.ctx, s.sampler, s.tok, 0, prompt.data() + common, int32_t(prompt.size() - common),
-                                           &gp, print_piece, &stream, &st))
-            return report(rc);
+        const dsv4_status rc = dsv4_generate(s.ctx, s.sampler, s.tok, 0, prompt.data() + common,
+                                             int32_t(prompt.size() - common), &gp, print_piece, &stream, &st);
+        if (stream.chat) {
+            if (st.stop_reason == DSV4_STOP_EOS) (void)dsv4_chat_stream_push(stream.chat, kEos, std::strlen(kEos), show_event, &stream);
+            (void)dsv4_chat_stream_finish(stream.chat, show_event, &stream);  // an unfinished reply: what came is shown
+            dsv4_chat_stream_free(stream.chat);
+        }
+        if (rc) return report(rc);
         print_stats(st);
         std::fprintf(stderr, "[reused %zu of %zu prompt tokens]\n", common, prompt.size());
         cached.assign(prompt.begin(), prompt.end());
         if (!stream.tokens.empty()) cached.insert(cached.end(), stream.tokens.begin(), stream.tokens.end() - 1);
         // The reply joins the conversation as the chat format parses it (content only; reasoning is dropped).
-        std::string completion = stream.text + (st.stop_reason == DSV4_STOP_EOS ? "<｜end▁of▁sentence｜>" : "");
-        if (o.think && completion.find("</think>") == std::string::npos) completion = "</think>" + completion;
+        std::string completion = stream.text + (st.stop_reason == DSV4_STOP_EOS ? kEos : "");
+        if (think && completion.find("</think>") == std::string::npos) completion = "</think>" + completion;
         size_t len = 0;
-        (void)dsv4_chat_parse(completion.data(), completion.size(), o.think, nullptr, 0, &len);
+        (void)dsv4_chat_parse(completion.data(), completion.size(), think, nullptr, 0, &len);
         std::string parsed(len + 1, '\0');
-        if (dsv4_chat_parse(completion.data(), completion.size(), o.think, parsed.data(), parsed.size(), &len) == DSV4_OK) {
+        if (dsv4_chat_parse(completion.data(), completion.size(), think, parsed.data(), parsed.size(), &len) == DSV4_OK) {
             parsed.resize(len);
             messages.push_back(nlohmann::json::parse(parsed));
         } else {
             messages.push_back({{"role", "assistant"}, {"content", stream.text}});
         }
     }
+    return 0;
+}
+
+int bench(const BenchOptions &o) {
+    RunOptions ro;
+    ro.model_dir = o.model_dir;
+    ro.threads = o.threads;
+    ro.n_ctx = std::max(o.n_prompt + o.n_gen, 1);
+    Session s;
+    if (dsv4_status st = s.open(ro)) return report(st);
+    dsv4_model_info info{};
+    info.struct_size = sizeof info;
+    (void)dsv4_model_get_info(s.model, &info);
+    std::mt19937 rng(1234);
+    std::uniform_int_distribution<int32_t> any_token(0, info.vocab_size - 1);
+    std::vector<int32_t> prompt(size_t(o.n_prompt));
+    for (int32_t &t : prompt) t = any_token(rng);
+    using Clock = std::chrono::steady_clock;
+    auto seconds = [](Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); };
+    std::vector<double> prefill, decode;
+    for (int r = 0; r < o.repetitions; ++r) {
+        if (dsv4_status st = dsv4_seq_truncate(s.ctx, 0, 0)) return report(st);
+        dsv4_batch b = dsv4_batch_for_sequence(prompt.data(), int32_t(prompt.size()), 0);
+        auto t0 = Clock::now();
+        if (dsv4_status st = dsv4_decode(s.ctx, &b)) return report(st);
+        prefill.push_back(double(o.n_prompt) / seconds(t0));
+        t0 = Clock::now();
+        for (int i = 0; i < o.n_gen; ++i) {
+            const int32_t token = any_token(rng);
+            dsv4_batch one = dsv4_batch_for_sequence(&token, 1, 0);
+            if (dsv4_status st = dsv4_decode(s.ctx, &one)) return report(st);
+        }
+        decode.push_back(double(o.n_gen) / seconds(t0));
+    }
+    auto median = [](std::vector<double> v) {
+        std::sort(v.begin(), v.end());
+        return v[v.size() / 2];
+    };
+    fmt::print("model    {} ({} layers, dim {}, {} experts, {})\n", info.name, info.n_layers, info.dim,
+               info.n_routed_experts, dsv4_build_info());
+    fmt::print("prefill  {:4} tokens  {:10.1f} tokens/s  (median of {})\n", o.n_prompt, median(prefill), o.repetitions);
+    fmt::print("decode   {:4} tokens  {:10.1f} tokens/s  (after the {}-token prompt)\n", o.n_gen, median(decode), o.n_prompt);
     return 0;
 }
 

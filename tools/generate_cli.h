@@ -10,14 +10,22 @@ struct RunOptions {
     std::string prompt;                     // text (needs a tokenizer)
     std::vector<int32_t> prompt_ids;        // or token ids
     bool chat = false, think = false;       // wrap the prompt as a user turn of the chat format
-    int n_predict = 64, threads = 0, top_k = 0;
+    int n_predict = 64, threads = 0, top_k = 0, n_ctx = 4096;
     float temperature = 0.0f, top_p = 1.0f;
     uint64_t seed = 0;
+    bool print_ids = false;                 // `run`: the prompt and generated ids to stderr
+};
+
+struct BenchOptions {
+    std::string model_dir;
+    int n_prompt = 128, n_gen = 32, repetitions = 3, threads = 0;
 };
 
 // `dsv4 run`: one prompt, streamed to stdout, statistics to stderr.
 int run(const RunOptions &options);
 // `dsv4 chat`: one user turn per stdin line; the cached prefix of the conversation is reused between turns.
 int chat(const RunOptions &options);
+// `dsv4 bench`: prefill and decode tokens/s (median of the repetitions) on random token ids.
+int bench(const BenchOptions &options);
 
 }  // namespace dsv4::tools

@@ -67,7 +67,7 @@ extern "C" {
 #define DSV4_VERSION_STRING "0.1.0"
 #define DSV4_VERSION_NUMBER (DSV4_VERSION_MAJOR * 1000000 + DSV4_VERSION_MINOR * 1000 + DSV4_VERSION_PATCH)
 /* Bumped on every ABI-visible addition (function, enum value, struct field). */
-#define DSV4_API_VERSION 7
+#define DSV4_API_VERSION 8
 
 /* Returns DSV4_VERSION_NUMBER of the linked library. Thread-safety: any thread. */
 DSV4_API int32_t dsv4_version_number(void);
@@ -310,6 +310,21 @@ DSV4_API int32_t dsv4_token_is_special(const dsv4_tokenizer *tok, int32_t token)
  * Thread-safety: any thread, concurrent calls allowed. */
 DSV4_API dsv4_status dsv4_tokenize(const dsv4_tokenizer *tok, const char *text, size_t len, int32_t *tokens,
                                    size_t cap, size_t *out_n);
+
+/* Token lists of a batch encode, owned by the library. */
+typedef struct dsv4_token_lists dsv4_token_lists;
+/* Encodes n_texts texts (texts[i] of lens[i] bytes, as dsv4_tokenize) over n_threads threads (0 = all cores);
+ * *out_lists receives the results, freed with dsv4_token_lists_free. The first failing text (in order) is the
+ * error and its message names the index; nothing is returned then. Thread-safety: any thread. */
+DSV4_API DSV4_NODISCARD dsv4_status dsv4_tokenize_batch(const dsv4_tokenizer *tok, const char *const *texts,
+                                                        const size_t *lens, size_t n_texts, int32_t n_threads,
+                                                        dsv4_token_lists **out_lists);
+/* Number of lists (the batch's n_texts); 0 for NULL. */
+DSV4_API size_t dsv4_token_lists_count(const dsv4_token_lists *lists);
+/* The tokens of text i: *out_tokens (owned by lists, valid until it is freed) and *out_n. */
+DSV4_API dsv4_status dsv4_token_lists_get(const dsv4_token_lists *lists, size_t i, const int32_t **out_tokens,
+                                          size_t *out_n);
+DSV4_API void dsv4_token_lists_free(dsv4_token_lists *lists);
 
 #define DSV4_DETOKENIZE_SKIP_SPECIAL 1u
 /* Decodes n tokens to UTF-8 in buf (cap bytes); *out_len receives the length without the terminating NUL,
@@ -634,6 +649,28 @@ typedef struct dsv4_generate_request {
  * interleaved across requests. Returns as dsv4_generate. Thread-safety: as dsv4_generate. */
 DSV4_API dsv4_status dsv4_generate_batch(dsv4_context *ctx, const dsv4_tokenizer *tok, dsv4_generate_request *requests,
                                          int32_t n_requests);
+/* Pull-style generation, for iterators and event loops: the same generation as dsv4_generate, one token per
+ * dsv4_generation_next call instead of a callback. ctx, smpl and tok (may be NULL) are borrowed and must outlive
+ * the generation; prompt and params are copied. Nothing is evaluated before the first next. */
+typedef struct dsv4_generation dsv4_generation;
+DSV4_API DSV4_NODISCARD dsv4_status dsv4_generation_start(dsv4_context *ctx, dsv4_sampler *smpl,
+                                                          const dsv4_tokenizer *tok, int32_t seq,
+                                                          const int32_t *prompt, int32_t n_prompt,
+                                                          const dsv4_generate_params *params,
+                                                          dsv4_generation **out_gen);
+/* Runs until the next event a dsv4_token_callback would receive: *out_token and the text (*out_text, *out_len;
+ * owned by gen, valid until the next call on it), with *out_done = 0. When the generation has ended,
+ * *out_done = 1, *out_token = -1 and the text is empty; later calls say the same. out_text and out_len may be
+ * NULL. Evaluating another batch on ctx between two calls is an error (DSV4_ERR_INVALID_ARGUMENT); so is any
+ * call after an error. Returns the statuses of dsv4_decode. Thread-safety: one thread at a time per context;
+ * dsv4_context_abort may be called from any thread meanwhile. */
+DSV4_API dsv4_status dsv4_generation_next(dsv4_generation *gen, int32_t *out_token, const char **out_text,
+                                          size_t *out_len, int32_t *out_done);
+/* Timings so far (complete once done). Thread-safety: as dsv4_generation_next. */
+DSV4_API dsv4_status dsv4_generation_get_stats(const dsv4_generation *gen, dsv4_generate_stats *stats);
+/* Frees gen; the sequence keeps what was evaluated. NULL is a no-op. */
+DSV4_API void dsv4_generation_free(dsv4_generation *gen);
+
 /* Cancels the evaluation or generation running on ctx, or the next one if none runs. Thread-safety: any thread,
  * async-signal-safe (sets an atomic flag). */
 DSV4_API void dsv4_context_abort(dsv4_context *ctx);

@@ -6,6 +6,10 @@
 //     ctx.decode(prompt);                       // sequence 0
 //     std::span<const float> logits = ctx.logits();
 //
+//     dsv4::Sampler sampler;                               // greedy by default
+//     for (const dsv4::Piece &p : dsv4::Generation(ctx, sampler, model.tokenizer(), prompt))
+//         std::cout << p.text << std::flush;               // streamed as tokens complete characters
+//
 // Every failing call throws dsv4::Error carrying the status and the library's message. Thread-safety is that
 // of the underlying C functions (see dsv4.h).
 #ifndef DSV4_HPP
@@ -14,9 +18,11 @@
 #include <dsv4/dsv4.h>
 
 #include <cstdint>
+#include <iterator>
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -64,6 +70,87 @@ private:
 };
 }  // namespace detail
 
+// A tokenizer: a borrowed view (Model::tokenizer) or an owner (Tokenizer::load). Encode/decode are thread-safe.
+class Tokenizer {
+public:
+    Tokenizer() = default;
+    explicit Tokenizer(const dsv4_tokenizer *view) : p_(view) {}
+    static Tokenizer load(const std::string &path) {
+        dsv4_tokenizer *t = nullptr;
+        check(dsv4_tokenizer_load(path.c_str(), &t));
+        Tokenizer out;
+        out.own_ = Owned(t);
+        out.p_ = t;
+        return out;
+    }
+    const dsv4_tokenizer *get() const noexcept { return p_; }
+    explicit operator bool() const noexcept { return p_ != nullptr; }
+    int32_t vocab_size() const { return dsv4_tokenizer_vocab_size(p_); }
+
+    std::vector<int32_t> encode(std::string_view text) const {
+        size_t n = 0;
+        dsv4_status st = dsv4_tokenize(p_, text.data(), text.size(), nullptr, 0, &n);
+        if (st != DSV4_ERR_BUFFER_TOO_SMALL) check(st);
+        std::vector<int32_t> ids(n);
+        check(dsv4_tokenize(p_, text.data(), text.size(), ids.data(), ids.size(), &n));
+        return ids;
+    }
+    // encode() of every text, spread over n_threads threads (0 = all cores).
+    std::vector<std::vector<int32_t>> encode_batch(const std::vector<std::string> &texts, int32_t n_threads = 0) const {
+        std::vector<const char *> ptrs;
+        std::vector<size_t> lens;
+        for (const std::string &t : texts) {
+            ptrs.push_back(t.data());
+            lens.push_back(t.size());
+        }
+        dsv4_token_lists *lists = nullptr;
+        check(dsv4_tokenize_batch(p_, ptrs.data(), lens.data(), texts.size(), n_threads, &lists));
+        detail::Handle<dsv4_token_lists, dsv4_token_lists_free> owner(lists);
+        std::vector<std::vector<int32_t>> out(texts.size());
+        for (size_t i = 0; i < out.size(); ++i) {
+            const int32_t *ids = nullptr;
+            size_t n = 0;
+            check(dsv4_token_lists_get(lists, i, &ids, &n));
+            out[i].assign(ids, ids + n);
+        }
+        return out;
+    }
+    std::string decode(std::span<const int32_t> ids, bool skip_special = false) const {
+        const uint32_t flags = skip_special ? DSV4_DETOKENIZE_SKIP_SPECIAL : 0u;
+        size_t n = 0;
+        dsv4_status st = dsv4_detokenize(p_, ids.data(), ids.size(), flags, nullptr, 0, &n);
+        if (st != DSV4_ERR_BUFFER_TOO_SMALL) check(st);
+        std::string text(n, '\0');
+        check(dsv4_detokenize(p_, ids.data(), ids.size(), flags, text.data(), n + 1, &n));
+        return text;
+    }
+
+private:
+    using Owned = detail::Handle<dsv4_tokenizer, dsv4_tokenizer_free>;
+    Owned own_;
+    const dsv4_tokenizer *p_ = nullptr;
+};
+
+// The official chat format: OpenAI-style messages (a JSON array) → prompt text.
+inline std::string chat_encode(const std::string &messages_json,
+                               const dsv4_chat_params &params = dsv4_chat_default_params()) {
+    size_t n = 0;
+    dsv4_status st = dsv4_chat_encode(messages_json.c_str(), &params, nullptr, 0, &n);
+    if (st != DSV4_ERR_BUFFER_TOO_SMALL) check(st);
+    std::string text(n, '\0');
+    check(dsv4_chat_encode(messages_json.c_str(), &params, text.data(), n + 1, &n));
+    return text;
+}
+// A completion → the assistant message as JSON (role, content, reasoning_content, tool_calls).
+inline std::string chat_parse(std::string_view completion, bool thinking) {
+    size_t n = 0;
+    dsv4_status st = dsv4_chat_parse(completion.data(), completion.size(), thinking, nullptr, 0, &n);
+    if (st != DSV4_ERR_BUFFER_TOO_SMALL) check(st);
+    std::string json(n, '\0');
+    check(dsv4_chat_parse(completion.data(), completion.size(), thinking, json.data(), n + 1, &n));
+    return json;
+}
+
 class Model {
 public:
     explicit Model(const std::string &dir, const dsv4_model_params &params = dsv4_model_default_params()) {
@@ -85,6 +172,8 @@ public:
         check(dsv4_model_get_layer_info(h_.get(), il, &i));
         return i;
     }
+    // The tokenizer.json of the checkpoint directory (empty if it has none); valid while the model lives.
+    Tokenizer tokenizer() const { return Tokenizer(dsv4_model_tokenizer(h_.get())); }
     uint64_t param_bytes(dsv4_dtype dtype) const {
         uint64_t n = 0;
         check(dsv4_model_param_bytes(h_.get(), dtype, &n));
@@ -152,9 +241,96 @@ public:
     void load_state(std::span<const uint8_t> blob, int32_t seq = 0) {
         check(dsv4_state_load(h_.get(), seq, blob.data(), blob.size()));
     }
+    // Any thread: cancels the evaluation or generation in progress.
+    void abort() noexcept { dsv4_context_abort(h_.get()); }
 
 private:
     using Handle = detail::Handle<dsv4_context, dsv4_context_free>;
+    Handle h_;
+};
+
+class Sampler {
+public:
+    explicit Sampler(const dsv4_sampler_params &params = dsv4_sampler_default_params()) {
+        dsv4_sampler *p = nullptr;
+        check(dsv4_sampler_create(&params, &p));
+        h_ = Handle(p);
+    }
+    dsv4_sampler *get() const noexcept { return h_.get(); }
+    int32_t sample(const Context &ctx, int32_t i_output = -1) {
+        int32_t token = -1;
+        check(dsv4_sampler_sample(h_.get(), ctx.get(), i_output, &token));
+        return token;
+    }
+    void accept(int32_t token) noexcept { dsv4_sampler_accept(h_.get(), token); }
+    void reset() noexcept { dsv4_sampler_reset(h_.get()); }
+
+private:
+    using Handle = detail::Handle<dsv4_sampler, dsv4_sampler_free>;
+    Handle h_;
+};
+
+// One streamed event of a generation: the token and the text it completed (empty while a character or a
+// possible stop string is pending; token -1 for text held back until the end).
+struct Piece {
+    int32_t token = -1;
+    std::string text;
+};
+
+// A generation pulled token by token (dsv4_generation_*): an input range of Piece. Context, sampler and
+// tokenizer must outlive it; while it runs, the context evaluates nothing else.
+class Generation {
+public:
+    Generation(Context &ctx, Sampler &sampler, const Tokenizer &tok, std::span<const int32_t> prompt,
+               const dsv4_generate_params &params = dsv4_generate_default_params(), int32_t seq = 0) {
+        dsv4_generation *g = nullptr;
+        check(dsv4_generation_start(ctx.get(), sampler.get(), tok.get(), seq, prompt.data(), int32_t(prompt.size()),
+                                    &params, &g));
+        h_ = Handle(g);
+    }
+    // Next piece, or false once the generation ended.
+    bool next(Piece &piece) {
+        const char *text = nullptr;
+        size_t len = 0;
+        int32_t done = 0;
+        check(dsv4_generation_next(h_.get(), &piece.token, &text, &len, &done));
+        piece.text.assign(text, len);
+        return !done;
+    }
+    dsv4_generate_stats stats() const {
+        dsv4_generate_stats s{};
+        s.struct_size = sizeof s;
+        check(dsv4_generation_get_stats(h_.get(), &s));
+        return s;
+    }
+
+    class iterator {
+    public:
+        using iterator_category = std::input_iterator_tag;
+        using value_type = Piece;
+        using difference_type = std::ptrdiff_t;
+        using pointer = const Piece *;
+        using reference = const Piece &;
+        iterator() = default;
+        explicit iterator(Generation *g) : g_(g) { ++*this; }
+        reference operator*() const { return piece_; }
+        pointer operator->() const { return &piece_; }
+        iterator &operator++() {
+            if (!g_->next(piece_)) g_ = nullptr;
+            return *this;
+        }
+        void operator++(int) { ++*this; }
+        bool operator==(const iterator &o) const { return g_ == o.g_; }
+
+    private:
+        Generation *g_ = nullptr;
+        Piece piece_;
+    };
+    iterator begin() { return iterator(this); }
+    iterator end() { return iterator(); }
+
+private:
+    using Handle = detail::Handle<dsv4_generation, dsv4_generation_free>;
     Handle h_;
 };
 

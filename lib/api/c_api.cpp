@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <string>
 
@@ -31,6 +32,16 @@ struct dsv4_model {
 };
 struct dsv4_context {
     std::unique_ptr<dsv4::runtime::Context> impl;
+};
+struct dsv4_token_lists {
+    std::vector<std::vector<int32_t>> lists;
+};
+struct dsv4_generation {
+    std::vector<dsv4::runtime::GenerateRequest> request;  // one; the Generation refers to it
+    std::unique_ptr<dsv4::runtime::Generation> impl;
+    std::deque<std::pair<int32_t, std::string>> pending;   // events of the last step not yet handed out
+    std::string current;                                  // text of the event handed out last
+    bool done = false, failed = false;
 };
 struct dsv4_chat_stream {
     dsv4::tokenizer::ChatStreamParser impl;
@@ -416,6 +427,41 @@ DSV4_API dsv4_status dsv4_tokenize(const dsv4_tokenizer *tok, const char *text, 
     DSV4_API_END
 }
 
+DSV4_API dsv4_status dsv4_tokenize_batch(const dsv4_tokenizer *tok, const char *const *texts, const size_t *lens,
+                                         size_t n_texts, int32_t n_threads, dsv4_token_lists **out_lists) {
+    DSV4_API_BEGIN
+    require(tok, "tok");
+    require(out_lists, "out_lists");
+    *out_lists = nullptr;
+    if (n_texts && (!texts || !lens)) fail(DSV4_ERR_INVALID_ARGUMENT, "tokenize_batch: texts or lens is NULL");
+    std::vector<std::string_view> views(n_texts);
+    for (size_t i = 0; i < n_texts; ++i) {
+        if (!texts[i] && lens[i]) fail(DSV4_ERR_INVALID_ARGUMENT, "tokenize_batch: texts[{}] is NULL", i);
+        views[i] = std::string_view(texts[i] ? texts[i] : "", lens[i]);
+    }
+    auto lists = std::make_unique<dsv4_token_lists>();
+    lists->lists = tok->impl->encode_batch(views, n_threads);
+    *out_lists = lists.release();
+    DSV4_API_END
+}
+
+DSV4_API size_t dsv4_token_lists_count(const dsv4_token_lists *lists) { return lists ? lists->lists.size() : 0; }
+
+DSV4_API dsv4_status dsv4_token_lists_get(const dsv4_token_lists *lists, size_t i, const int32_t **out_tokens,
+                                          size_t *out_n) {
+    DSV4_API_BEGIN
+    require(lists, "lists");
+    require(out_tokens, "out_tokens");
+    require(out_n, "out_n");
+    if (i >= lists->lists.size())
+        fail(DSV4_ERR_INVALID_ARGUMENT, "token_lists_get: index {} outside the {} lists", i, lists->lists.size());
+    *out_tokens = lists->lists[i].data();
+    *out_n = lists->lists[i].size();
+    DSV4_API_END
+}
+
+DSV4_API void dsv4_token_lists_free(dsv4_token_lists *lists) { delete lists; }
+
 DSV4_API dsv4_status dsv4_detokenize(const dsv4_tokenizer *tok, const int32_t *tokens, size_t n, uint32_t flags,
                                      char *buf, size_t cap, size_t *out_len) {
     DSV4_API_BEGIN
@@ -720,6 +766,61 @@ DSV4_API dsv4_status dsv4_generate_batch(dsv4_context *ctx, const dsv4_tokenizer
     for (int32_t i = 0; i < n_requests; ++i) stats_out(rs[size_t(i)].stats, requests[i].stats);
     DSV4_API_END
 }
+
+DSV4_API dsv4_status dsv4_generation_start(dsv4_context *ctx, dsv4_sampler *smpl, const dsv4_tokenizer *tok,
+                                           int32_t seq, const int32_t *prompt, int32_t n_prompt,
+                                           const dsv4_generate_params *params, dsv4_generation **out_gen) {
+    DSV4_API_BEGIN
+    require(ctx, "ctx");
+    require(out_gen, "out_gen");
+    *out_gen = nullptr;
+    auto gen = std::make_unique<dsv4_generation>();
+    gen->request.push_back(make_request(smpl, seq, prompt, n_prompt, params, nullptr, nullptr, nullptr));
+    dsv4_generation *g = gen.get();
+    gen->request[0].on_token = [g](int32_t token, const std::string &text) {
+        g->pending.emplace_back(token, text);
+        return true;
+    };
+    gen->impl = std::make_unique<dsv4::runtime::Generation>(*ctx->impl, tok ? tok->impl.get() : nullptr, gen->request);
+    *out_gen = gen.release();
+    DSV4_API_END
+}
+
+DSV4_API dsv4_status dsv4_generation_next(dsv4_generation *gen, int32_t *out_token, const char **out_text,
+                                          size_t *out_len, int32_t *out_done) {
+    DSV4_API_BEGIN
+    require(gen, "gen");
+    require(out_token, "out_token");
+    require(out_done, "out_done");
+    if (gen->failed) fail(DSV4_ERR_INVALID_ARGUMENT, "generation_next: an earlier call failed");
+    try {
+        while (gen->pending.empty() && !gen->done) gen->done = !gen->impl->step();
+    } catch (...) {
+        gen->failed = true;
+        throw;
+    }
+    gen->current.clear();
+    *out_token = -1;
+    *out_done = gen->pending.empty();
+    if (!gen->pending.empty()) {
+        *out_token = gen->pending.front().first;
+        gen->current = std::move(gen->pending.front().second);
+        gen->pending.pop_front();
+    }
+    if (out_text) *out_text = gen->current.c_str();
+    if (out_len) *out_len = gen->current.size();
+    DSV4_API_END
+}
+
+DSV4_API dsv4_status dsv4_generation_get_stats(const dsv4_generation *gen, dsv4_generate_stats *stats) {
+    DSV4_API_BEGIN
+    require(gen, "gen");
+    require_struct(stats, "stats");
+    stats_out(gen->request[0].stats, stats);
+    DSV4_API_END
+}
+
+DSV4_API void dsv4_generation_free(dsv4_generation *gen) { delete gen; }
 
 DSV4_API void dsv4_context_abort(dsv4_context *ctx) {
     if (ctx) ctx->impl->request_abort();

@@ -121,6 +121,7 @@ void Context::decode(const int32_t *tokens, const int32_t *positions, const int3
         output_rows_ = std::move(out_rows);
         output_seq_ = std::move(out_seq);
         output_pos_ = std::move(out_pos);
+        ++n_evaluations_;
     } catch (...) {
         for (const auto &sp : spans) sp.cache->rollback();
         throw;

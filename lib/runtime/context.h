@@ -28,6 +28,8 @@ public:
     void decode(const int32_t *tokens, const int32_t *positions, const int32_t *seq_ids, int32_t default_seq,
                 const int8_t *want_output, int32_t n_tokens);
     int32_t n_outputs() const { return int32_t(output_rows_.size()); }
+    // Successful evaluations so far: tells a caller whether the outputs it left are still the current ones.
+    uint64_t n_evaluations() const { return n_evaluations_; }
     const float *logits(int32_t i_output) const;  // throws on a bad index
     void mtp_logits(const int32_t *next_tokens, int32_t n, float *out, size_t cap);
 
@@ -62,6 +64,7 @@ private:
     std::vector<int32_t> output_seq_;
     std::vector<int64_t> output_pos_;
     std::vector<float> last_streams_;    // final streams of the output rows [n_out, hc, D]
+    uint64_t n_evaluations_ = 0;
     std::atomic<bool> abort_requested_{false};
 };
 

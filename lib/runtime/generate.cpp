@@ -12,6 +12,7 @@ namespace dsv4::runtime {
 namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+}  // namespace
 
 // Per-request streaming state: tokens become text in complete characters; stop strings are searched in text.
 class Stream {
@@ -71,9 +72,9 @@ private:
     std::string held_;     // decoded text held back because it may begin a stop string
 };
 
-}  // namespace
-
-void generate(Context &ctx, const tokenizer::Tokenizer *tok, std::vector<GenerateRequest> &requests) {
+Generation::Generation(Context &ctx, const tokenizer::Tokenizer *tok, std::vector<GenerateRequest> &requests)
+    : ctx_(ctx), requests_(requests) {
+    if (requests.empty()) fail(DSV4_ERR_INVALID_ARGUMENT, "generate: no request");
     std::set<int32_t> seqs;
     for (const GenerateRequest &r : requests) {
         if (r.prompt.empty()) fail(DSV4_ERR_INVALID_ARGUMENT, "generate: sequence {}: empty prompt", r.seq);
@@ -86,68 +87,93 @@ void generate(Context &ctx, const tokenizer::Tokenizer *tok, std::vector<Generat
         for (const GenerateRequest &o : requests)
             if (&o != &r && o.sampler == r.sampler) fail(DSV4_ERR_INVALID_ARGUMENT, "generate: two requests share a sampler");
     }
-    const int32_t eos = ctx.model().config().eos_token_id, vocab = ctx.model().config().vocab_size;
+    const int32_t eos = ctx.model().config().eos_token_id;
+    for (GenerateRequest &r : requests) streams_.emplace_back(r, tok, eos);
+}
 
-    // Prefill: every prompt in one batch, one output per request (its last prompt token).
+Generation::~Generation() = default;
+
+void Generation::prefill() {
+    // Every prompt in one batch, one output per request (its last prompt token).
     std::vector<int32_t> tokens, seq_ids;
     std::vector<int8_t> want;
-    for (GenerateRequest &r : requests) {
+    for (GenerateRequest &r : requests_) {
         r.stats = GenerateStats{};
         r.stats.n_prompt = int64_t(r.prompt.size());
         for (size_t i = 0; i < r.prompt.size(); ++i) {
-            r.sampler->accept(r.prompt[i]);
             tokens.push_back(r.prompt[i]);
             seq_ids.push_back(r.seq);
             want.push_back(i + 1 == r.prompt.size());
         }
     }
-    std::vector<Stream> streams;
-    for (GenerateRequest &r : requests) streams.emplace_back(r, tok, eos);
-    const auto t0 = Clock::now();
-    ctx.decode(tokens.data(), nullptr, seq_ids.data(), 0, want.data(), int32_t(tokens.size()));
-    const double prefill_s = since(t0);
-    for (GenerateRequest &r : requests) r.stats.prefill_s = prefill_s;
+    t_prefill_ = Clock::now();
+    ctx_.decode(tokens.data(), nullptr, seq_ids.data(), 0, want.data(), int32_t(tokens.size()));
+    // The samplers learn the prompts only once they are in the cache, so a failed prefill leaves them untouched.
+    evaluation_ = ctx_.n_evaluations();
+    for (GenerateRequest &r : requests_)
+        for (int32_t t : r.prompt) r.sampler->accept(t);
+    const double prefill_s = since(t_prefill_);
+    for (size_t i = 0; i < requests_.size(); ++i) {
+        requests_[i].stats.prefill_s = prefill_s;
+        if (requests_[i].options.max_tokens > 0) running_.push_back(i);
+        else requests_[i].stats.stop = StopReason::max_tokens;
+    }
+    t_decode_ = Clock::now();
+}
 
-    // Decode steps: sample every running request from its output, then evaluate their tokens in one batch.
-    std::vector<size_t> running;
-    for (size_t i = 0; i < requests.size(); ++i)
-        if (requests[i].options.max_tokens > 0) running.push_back(i);
-        else requests[i].stats.stop = StopReason::max_tokens;
-    const auto t1 = Clock::now();
-    while (!running.empty()) {
-        std::vector<size_t> next;
-        tokens.clear();
-        seq_ids.clear();
-        const bool cancelled = ctx.take_abort();
-        for (size_t k = 0; k < running.size(); ++k) {
-            GenerateRequest &r = requests[running[k]];
-            if (cancelled) {
-                streams[running[k]].end(StopReason::cancelled);
-                r.stats.decode_s = since(t1);
-                continue;
-            }
-            const int32_t token = r.sampler->sample(ctx.logits(int32_t(k)), vocab);
-            if (streams[running[k]].take(token, t0)) {
-                next.push_back(running[k]);
-                tokens.push_back(token);
-                seq_ids.push_back(r.seq);
-            } else {
-                r.stats.decode_s = since(t1);
-            }
+void Generation::end_running(StopReason why) {
+    for (size_t i : running_) {
+        streams_[i].end(why);
+        requests_[i].stats.decode_s = since(t_decode_);
+    }
+    running_.clear();
+}
+
+bool Generation::step() {
+    if (!prefilled_) {
+        prefilled_ = true;
+        prefill();
+        return !running_.empty();
+    }
+    if (running_.empty()) return false;
+    if (ctx_.n_evaluations() != evaluation_)
+        fail(DSV4_ERR_INVALID_ARGUMENT, "generate: the context evaluated another batch while this generation was "
+             "paused; its outputs are gone");
+    if (ctx_.take_abort()) {
+        end_running(StopReason::cancelled);
+        return false;
+    }
+    const int32_t vocab = ctx_.model().config().vocab_size;
+    std::vector<size_t> next;
+    std::vector<int32_t> tokens, seq_ids;
+    for (size_t k = 0; k < running_.size(); ++k) {
+        GenerateRequest &r = requests_[running_[k]];
+        const int32_t token = r.sampler->sample(ctx_.logits(int32_t(k)), vocab);
+        if (streams_[running_[k]].take(token, t_prefill_)) {
+            next.push_back(running_[k]);
+            tokens.push_back(token);
+            seq_ids.push_back(r.seq);
+        } else {
+            r.stats.decode_s = since(t_decode_);
         }
-        running.swap(next);
-        if (running.empty()) break;
-        want.assign(tokens.size(), 1);
-        try {
-            ctx.decode(tokens.data(), nullptr, seq_ids.data(), 0, want.data(), int32_t(tokens.size()));
-        } catch (const Error &e) {
-            if (e.status() != DSV4_ERR_CANCELLED) throw;
-            for (size_t i : running) {  // the sequences keep everything before the cancelled step
-                streams[i].end(StopReason::cancelled);
-                requests[i].stats.decode_s = since(t1);
-            }
-            running.clear();
-        }
+    }
+    running_.swap(next);
+    if (running_.empty()) return false;
+    const std::vector<int8_t> want(tokens.size(), 1);
+    try {
+        ctx_.decode(tokens.data(), nullptr, seq_ids.data(), 0, want.data(), int32_t(tokens.size()));
+        evaluation_ = ctx_.n_evaluations();
+    } catch (const Error &e) {
+        if (e.status() != DSV4_ERR_CANCELLED) throw;
+        end_running(StopReason::cancelled);  // the sequences keep everything before the cancelled step
+        return false;
+    }
+    return true;
+}
+
+void generate(Context &ctx, const tokenizer::Tokenizer *tok, std::vector<GenerateRequest> &requests) {
+    Generation g(ctx, tok, requests);
+    while (g.step()) {
     }
 }
 

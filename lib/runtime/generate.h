@@ -3,6 +3,7 @@
 // thread. Several requests run together: their prompts form one batch, then every decode step evaluates one
 // token of each request still running in one batch.
 #pragma once
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -43,7 +44,34 @@ struct GenerateRequest {
     GenerateStats stats;  // out
 };
 
-// Runs the requests (distinct sequences and samplers) together; fills each request's stats.
+class Stream;
+
+// Stepwise generation of requests (distinct sequences and samplers) that run together. The requests must stay
+// in place while the Generation lives; each request's stats are filled as it runs.
+class Generation {
+public:
+    Generation(Context &ctx, const tokenizer::Tokenizer *tok, std::vector<GenerateRequest> &requests);
+    ~Generation();
+    Generation(const Generation &) = delete;
+    Generation &operator=(const Generation &) = delete;
+    // First call: evaluates every prompt in one batch. Later calls: samples one token of every running request
+    // (streaming its text), then evaluates those tokens in one batch. Returns false once every request ended.
+    bool step();
+
+private:
+    void prefill();
+    void end_running(StopReason why);
+
+    Context &ctx_;
+    std::vector<GenerateRequest> &requests_;
+    std::vector<Stream> streams_;
+    std::vector<size_t> running_;  // requests still generating, in the order of the last batch's outputs
+    bool prefilled_ = false;
+    uint64_t evaluation_ = 0;  // the context's evaluation whose outputs the next step samples from
+    std::chrono::steady_clock::time_point t_prefill_, t_decode_;
+};
+
+// Runs the requests together to the end.
 void generate(Context &ctx, const tokenizer::Tokenizer *tok, std::vector<GenerateRequest> &requests);
 
 }  // namespace dsv4::runtime

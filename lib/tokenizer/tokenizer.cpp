@@ -4,6 +4,9 @@
 #include <pcre2.h>
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
+#include <thread>
 #include <climits>
 
 #include "core/error.h"
@@ -329,6 +332,38 @@ void Tokenizer::bpe(std::string_view piece, std::vector<int32_t> &out) const {
     std::lock_guard<std::mutex> lock(shard.mutex);
     if (shard.map.size() >= kCacheShardEntries) shard.map.clear();  // bounded memory
     shard.map.emplace(std::string(piece), std::move(sym));
+}
+
+std::vector<std::vector<int32_t>> Tokenizer::encode_batch(const std::vector<std::string_view> &texts,
+                                                          int n_threads) const {
+    if (n_threads < 0) fail(DSV4_ERR_INVALID_ARGUMENT, "encode_batch: n_threads = {} < 0", n_threads);
+    const size_t threads = std::min<size_t>(texts.size(), n_threads ? size_t(n_threads)
+                                                                    : std::max(1u, std::thread::hardware_concurrency()));
+    std::vector<std::vector<int32_t>> out(texts.size());
+    std::vector<std::exception_ptr> errors(texts.size());
+    std::atomic<size_t> next{0};
+    auto work = [&] {
+        for (size_t i; (i = next.fetch_add(1)) < texts.size();) {
+            try {
+                out[i] = encode(texts[i]);
+            } catch (...) {
+                errors[i] = std::current_exception();
+            }
+        }
+    };
+    std::vector<std::thread> pool;
+    for (size_t t = 1; t < threads; ++t) pool.emplace_back(work);
+    work();
+    for (std::thread &t : pool) t.join();
+    for (size_t i = 0; i < texts.size(); ++i) {
+        if (!errors[i]) continue;
+        try {
+            std::rethrow_exception(errors[i]);
+        } catch (const Error &e) {
+            fail(e.status(), "text {} of the batch: {}", i, e.what());
+        }
+    }
+    return out;
 }
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text) const {

@@ -27,6 +27,9 @@ public:
     // Text → ids, without adding BOS/EOS; special-token text is recognised as Hugging Face does. Invalid UTF-8
     // input is an error (DSV4_ERR_INVALID_ARGUMENT naming the byte offset).
     std::vector<int32_t> encode(std::string_view text) const;
+    // encode() of every text, spread over n_threads threads (0 = all cores). The first failing text (in order)
+    // is the error, naming its index.
+    std::vector<std::vector<int32_t>> encode_batch(const std::vector<std::string_view> &texts, int n_threads) const;
     // Ids → text; invalid UTF-8 produced by the byte tokens becomes U+FFFD per maximal invalid subpart.
     // Out-of-range ids are DSV4_ERR_INVALID_TOKEN.
     std::string decode(const int32_t *ids, size_t n, bool skip_special) const;

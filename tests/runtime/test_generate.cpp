@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <dsv4/dsv4.h>
+#include <dsv4/dsv4.hpp>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -252,4 +253,99 @@ TEST_CASE("several requests generate together, each exactly as alone", "[generat
     for (dsv4_sampler *smpl : samplers) dsv4_sampler_free(smpl);
     dsv4_context_free(ctx);
     dsv4_model_free(model);
+}
+
+TEST_CASE("pulled generation yields exactly the callback's events; the C++ iterator too", "[generate]") {
+    const std::vector<int32_t> prompt = {0, 194, 916, 623, 292};
+    dsv4_sampler_params sp = dsv4_sampler_default_params();
+    sp.temperature = 0.8f;
+    sp.seed = 7;
+    dsv4_generate_params p = dsv4_generate_default_params();
+    p.max_tokens = 9;
+    const char *stop[] = {"\xff\xfe never"};  // a stop string that holds nothing back in practice
+    p.stop_strings = stop;
+    p.n_stop_strings = 1;
+
+    Collected pushed;
+    dsv4_generate_stats pushed_stats{};
+    pushed_stats.struct_size = sizeof pushed_stats;
+    {
+        Setup s;
+        dsv4_sampler *smpl = nullptr;
+        REQUIRE(dsv4_sampler_create(&sp, &smpl) == DSV4_OK);
+        REQUIRE(dsv4_generate(s.ctx, smpl, s.tok, 0, prompt.data(), 5, &p, collect, &pushed, &pushed_stats) == DSV4_OK);
+        dsv4_sampler_free(smpl);
+    }
+    Setup s;
+    dsv4_sampler *smpl = nullptr;
+    REQUIRE(dsv4_sampler_create(&sp, &smpl) == DSV4_OK);
+    dsv4_generation *gen = nullptr;
+    REQUIRE(dsv4_generation_start(s.ctx, smpl, s.tok, 0, prompt.data(), 5, &p, &gen) == DSV4_OK);
+    Collected pulled;
+    for (;;) {
+        int32_t token = 0, done = 0;
+        const char *text = nullptr;
+        size_t len = 0;
+        REQUIRE(dsv4_generation_next(gen, &token, &text, &len, &done) == DSV4_OK);
+        if (done) {
+            CHECK(token == -1);
+            CHECK(len == 0);
+            break;
+        }
+        collect(token, text, len, &pulled);
+    }
+    int32_t token = 0, done = 0;
+    CHECK(dsv4_generation_next(gen, &token, nullptr, nullptr, &done) == DSV4_OK);  // stays done
+    CHECK(done == 1);
+    CHECK(pulled.tokens == pushed.tokens);
+    CHECK(pulled.pieces == pushed.pieces);
+    dsv4_generate_stats st{};
+    st.struct_size = sizeof st;
+    REQUIRE(dsv4_generation_get_stats(gen, &st) == DSV4_OK);
+    CHECK(st.n_generated == pushed_stats.n_generated);
+    CHECK(st.stop_reason == pushed_stats.stop_reason);
+    dsv4_generation_free(gen);
+    dsv4_sampler_free(smpl);
+
+    // The same through dsv4.hpp's range-for.
+    dsv4::Model model(dsv4::test::tiny_flash_dir());
+    dsv4::Context ctx(model);
+    dsv4::Sampler sampler(sp);
+    const dsv4::Tokenizer tok = dsv4::Tokenizer::load(dsv4::test::data_dir() + "/tokenizer/tokenizer.json");
+    std::vector<int32_t> tokens;
+    std::string text;
+    dsv4::Generation g(ctx, sampler, tok, prompt, p);
+    for (const dsv4::Piece &piece : g) {
+        if (piece.token >= 0) tokens.push_back(piece.token);
+        text += piece.text;
+    }
+    CHECK(tokens == pushed.tokens);
+    CHECK(text == pushed.text);
+}
+
+TEST_CASE("a paused generation refuses to go on after the context evaluated something else", "[generate]") {
+    Setup s;
+    dsv4_context_params cp = dsv4_context_default_params();
+    cp.n_seq_max = 2;
+    dsv4_context *ctx = nullptr;
+    REQUIRE(dsv4_context_create(s.model, &cp, &ctx) == DSV4_OK);
+    const std::vector<int32_t> prompt = {0, 194, 916};
+    dsv4_generation *gen = nullptr;
+    REQUIRE(dsv4_generation_start(ctx, s.greedy, nullptr, 0, prompt.data(), 3, nullptr, &gen) == DSV4_OK);
+    int32_t token = 0, done = 0;
+    REQUIRE(dsv4_generation_next(gen, &token, nullptr, nullptr, &done) == DSV4_OK);
+    CHECK(done == 0);
+    const int32_t other = 5;
+    dsv4_batch b = dsv4_batch_for_sequence(&other, 1, 1);
+    REQUIRE(dsv4_decode(ctx, &b) == DSV4_OK);
+    CHECK(dsv4_generation_next(gen, &token, nullptr, nullptr, &done) == DSV4_ERR_INVALID_ARGUMENT);
+    CHECK(std::string(dsv4_last_error_message()).find("another batch") != std::string::npos);
+    CHECK(dsv4_generation_next(gen, &token, nullptr, nullptr, &done) == DSV4_ERR_INVALID_ARGUMENT);  // stays failed
+    dsv4_generation_free(gen);
+    // bad arguments
+    CHECK(dsv4_generation_start(ctx, s.greedy, nullptr, 0, prompt.data(), 0, nullptr, &gen) == DSV4_ERR_INVALID_ARGUMENT);
+    CHECK(gen == nullptr);
+    CHECK(dsv4_generation_start(ctx, nullptr, nullptr, 0, prompt.data(), 3, nullptr, &gen) == DSV4_ERR_INVALID_ARGUMENT);
+    dsv4_generation_free(nullptr);
+    dsv4_context_free(ctx);
 }

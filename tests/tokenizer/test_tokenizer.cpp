@@ -151,6 +151,44 @@ TEST_CASE("concurrent encodes agree", "[tokenizer]") {
     CHECK(mismatches == 0);
 }
 
+TEST_CASE("a batch encode equals one encode per text, in order; a bad text is named by its index", "[tokenizer]") {
+    Tok t;
+    std::vector<std::string> texts;
+    for (int i = 0; i < 40; ++i)
+        texts.push_back(std::string(size_t(i % 7), 'x') + "Text " + std::to_string(i * 7919) + " 中文 <｜User｜> def f(): pass");
+    texts.push_back("");
+    std::vector<const char *> ptrs;
+    std::vector<size_t> lens;
+    for (const std::string &s : texts) {
+        ptrs.push_back(s.data());
+        lens.push_back(s.size());
+    }
+    for (int32_t threads : {1, 3, 0}) {
+        dsv4_token_lists *lists = nullptr;
+        REQUIRE(dsv4_tokenize_batch(t.t, ptrs.data(), lens.data(), texts.size(), threads, &lists) == DSV4_OK);
+        REQUIRE(dsv4_token_lists_count(lists) == texts.size());
+        for (size_t i = 0; i < texts.size(); ++i) {
+            const int32_t *ids = nullptr;
+            size_t n = 0;
+            REQUIRE(dsv4_token_lists_get(lists, i, &ids, &n) == DSV4_OK);
+            CHECK(std::vector<int32_t>(ids, ids + n) == t.encode(texts[i]));
+        }
+        const int32_t *ids = nullptr;
+        size_t n = 0;
+        CHECK(dsv4_token_lists_get(lists, texts.size(), &ids, &n) == DSV4_ERR_INVALID_ARGUMENT);
+        dsv4_token_lists_free(lists);
+    }
+    const std::string bad = "ok \xC3\x28 broken";
+    ptrs[17] = bad.data();
+    lens[17] = bad.size();
+    dsv4_token_lists *lists = nullptr;
+    CHECK(dsv4_tokenize_batch(t.t, ptrs.data(), lens.data(), texts.size(), 2, &lists) == DSV4_ERR_INVALID_ARGUMENT);
+    CHECK(lists == nullptr);
+    CHECK(std::string(dsv4_last_error_message()).find("text 17 of the batch") != std::string::npos);
+    CHECK(dsv4_tokenize_batch(t.t, ptrs.data(), lens.data(), texts.size(), -1, &lists) == DSV4_ERR_INVALID_ARGUMENT);
+    CHECK(dsv4_tokenize_batch(t.t, nullptr, lens.data(), 1, 1, &lists) == DSV4_ERR_INVALID_ARGUMENT);
+}
+
 TEST_CASE("malformed or unsupported tokenizer.json files are named", "[tokenizer]") {
     auto j = nlohmann::json::parse(io::read_text_file(tokenizer_path()));
     auto expect = [&](const nlohmann::json &doc, dsv4_status status, const std::string &needle) {

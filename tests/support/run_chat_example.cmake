@@ -1,0 +1,28 @@
+# Runs examples/chat.cpp over two user turns and checks that the second turn reuses the cached conversation:
+# it must evaluate fewer new prompt tokens than its whole prompt.
+file(WRITE ${CMAKE_CURRENT_BINARY_DIR}/chat_example_input.txt "Hello there\nAnd a second question?\n")
+execute_process(COMMAND ${EXE} ${MODEL} ${TOKENIZER} 8
+                INPUT_FILE ${CMAKE_CURRENT_BINARY_DIR}/chat_example_input.txt
+                OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc)
+message("${out}${err}")
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "chat example exited with ${rc}")
+endif()
+string(REGEX MATCHALL "[0-9]+ new prompt tokens of [0-9]+" turns "${out}")
+list(LENGTH turns n_turns)
+if(NOT n_turns EQUAL 2)
+  message(FATAL_ERROR "expected 2 turns, got ${n_turns}")
+endif()
+list(GET turns 0 first)
+list(GET turns 1 second)
+string(REGEX MATCH "([0-9]+) new prompt tokens of ([0-9]+)" _ "${first}")
+if(NOT CMAKE_MATCH_1 EQUAL CMAKE_MATCH_2)
+  message(FATAL_ERROR "first turn must evaluate its whole prompt: ${first}")
+endif()
+string(REGEX MATCH "([0-9]+) new prompt tokens of ([0-9]+)" _ "${second}")
+if(NOT CMAKE_MATCH_1 LESS CMAKE_MATCH_2)
+  message(FATAL_ERROR "second turn re-evaluated the cached conversation: ${second}")
+endif()
+if(NOT out MATCHES "caught DSV4_ERR_INVALID_ARGUMENT_POSITION")
+  message(FATAL_ERROR "missing the error-path line")
+endif()
