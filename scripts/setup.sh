@@ -10,6 +10,9 @@ packages=(
   catch2                                     # tests
   clang libclang-rt-14-dev                   # sanitizer build and libFuzzer targets
   binutils                                   # nm, for the exported-symbol check
+  pybind11-dev python3-dev                   # Python bindings
+  python3-venv python3-pip                   # `pip install .` into a virtual environment
+  python3-numpy python3-pytest               # the bindings' arrays and their tests
 )
 
 missing=()

@@ -2,7 +2,9 @@
 # The whole test suite: set up, then
 #   1. a release build (gcc) with every test: unit, golden (eval-golden on every fixture in tests/data),
 #      the pure-C example, the exported-symbol list and the find_package consumer;
-#   2. a sanitizer build (clang, ASan + UBSan) running the same suite plus the libFuzzer targets for a
+#   2. the Python bindings: `pip install .` into a virtual environment (build/venv, offline, Debian's
+#      python3 with its numpy and pytest), then the pytest suite in tests/python against the installed package;
+#   3. a sanitizer build (clang, ASan + UBSan) running the same suite plus the libFuzzer targets for a
 #      bounded time (DSV4_FUZZ_SECONDS, default 20 s each).
 # Set DSV4_SKIP_SANITIZERS=1 to run only the first part.
 set -euo pipefail
@@ -16,6 +18,15 @@ echo "== release build =="
 cmake -S "$root" -B "$root/build/test" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSV4_BUILD_TESTS=ON -DDSV4_WERROR=ON >/dev/null
 cmake --build "$root/build/test" -j "$jobs"
 ctest --test-dir "$root/build/test" --output-on-failure -j "$jobs"
+
+echo "== Python bindings: pip install . + pytest =="
+venv="$root/build/venv"
+[[ -x "$venv/bin/python" ]] || /usr/bin/python3 -m venv --system-site-packages "$venv"
+pip_start=$SECONDS
+(cd "$root" && "$venv/bin/python" -m pip install --quiet --no-input --disable-pip-version-check .)
+echo "pip install . took $((SECONDS - pip_start)) s"
+# From outside the tree, so `import dsv4` finds the installed package, not bindings/python.
+(cd "$root/tests/python" && "$venv/bin/python" -m pytest -q -p no:cacheprovider .)
 
 if [[ "${DSV4_SKIP_SANITIZERS:-0}" != "1" ]]; then
   echo "== ASan + UBSan build (clang) with fuzzing =="
