@@ -17,6 +17,7 @@
 
 #include <dsv4/dsv4.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <iterator>
 #include <span>
@@ -68,6 +69,22 @@ public:
 private:
     T *p_ = nullptr;
 };
+
+// Text from a C call with dsv4_detokenize's buffer rule: one call with a guessed capacity, a second only if the
+// guess was short (a size query would take the library's error path on every call).
+template <typename F>
+std::string text_out(size_t guess, F &&call) {
+    std::string text(guess + 1, '\0');
+    size_t n = 0;
+    dsv4_status st = call(text.data(), text.size(), &n);
+    if (st == DSV4_ERR_BUFFER_TOO_SMALL) {
+        text.resize(n + 1);
+        st = call(text.data(), text.size(), &n);
+    }
+    check(st);
+    text.resize(n);
+    return text;
+}
 }  // namespace detail
 
 // A tokenizer: a borrowed view (Model::tokenizer) or an owner (Tokenizer::load). Encode/decode are thread-safe.
@@ -88,11 +105,12 @@ public:
     int32_t vocab_size() const { return dsv4_tokenizer_vocab_size(p_); }
 
     std::vector<int32_t> encode(std::string_view text) const {
+        // One call: a byte-level BPE token covers at least one byte, so len(text) ids always suffice (a size
+        // query first would cost an error path per call).
+        std::vector<int32_t> ids(std::max<size_t>(text.size(), 1));
         size_t n = 0;
-        dsv4_status st = dsv4_tokenize(p_, text.data(), text.size(), nullptr, 0, &n);
-        if (st != DSV4_ERR_BUFFER_TOO_SMALL) check(st);
-        std::vector<int32_t> ids(n);
         check(dsv4_tokenize(p_, text.data(), text.size(), ids.data(), ids.size(), &n));
+        ids.resize(n);
         return ids;
     }
     // encode() of every text, spread over n_threads threads (0 = all cores).
@@ -117,12 +135,9 @@ public:
     }
     std::string decode(std::span<const int32_t> ids, bool skip_special = false) const {
         const uint32_t flags = skip_special ? DSV4_DETOKENIZE_SKIP_SPECIAL : 0u;
-        size_t n = 0;
-        dsv4_status st = dsv4_detokenize(p_, ids.data(), ids.size(), flags, nullptr, 0, &n);
-        if (st != DSV4_ERR_BUFFER_TOO_SMALL) check(st);
-        std::string text(n, '\0');
-        check(dsv4_detokenize(p_, ids.data(), ids.size(), flags, text.data(), n + 1, &n));
-        return text;
+        return detail::text_out(ids.size() * 8 + 16, [&](char *buf, size_t cap, size_t *n) {
+            return dsv4_detokenize(p_, ids.data(), ids.size(), flags, buf, cap, n);
+        });
     }
 
 private:
@@ -134,21 +149,15 @@ private:
 // The official chat format: OpenAI-style messages (a JSON array) → prompt text.
 inline std::string chat_encode(const std::string &messages_json,
                                const dsv4_chat_params &params = dsv4_chat_default_params()) {
-    size_t n = 0;
-    dsv4_status st = dsv4_chat_encode(messages_json.c_str(), &params, nullptr, 0, &n);
-    if (st != DSV4_ERR_BUFFER_TOO_SMALL) check(st);
-    std::string text(n, '\0');
-    check(dsv4_chat_encode(messages_json.c_str(), &params, text.data(), n + 1, &n));
-    return text;
+    return detail::text_out(messages_json.size() + 1024, [&](char *buf, size_t cap, size_t *n) {
+        return dsv4_chat_encode(messages_json.c_str(), &params, buf, cap, n);
+    });
 }
 // A completion → the assistant message as JSON (role, content, reasoning_content, tool_calls).
 inline std::string chat_parse(std::string_view completion, bool thinking) {
-    size_t n = 0;
-    dsv4_status st = dsv4_chat_parse(completion.data(), completion.size(), thinking, nullptr, 0, &n);
-    if (st != DSV4_ERR_BUFFER_TOO_SMALL) check(st);
-    std::string json(n, '\0');
-    check(dsv4_chat_parse(completion.data(), completion.size(), thinking, json.data(), n + 1, &n));
-    return json;
+    return detail::text_out(completion.size() + 256, [&](char *buf, size_t cap, size_t *n) {
+        return dsv4_chat_parse(completion.data(), completion.size(), thinking, buf, cap, n);
+    });
 }
 
 class Model {

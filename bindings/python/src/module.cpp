@@ -419,12 +419,9 @@ PYBIND11_MODULE(_dsv4, m) {
             return t.tok.decode(v, skip_special);
         }, py::arg("ids"), py::arg("skip_special") = false)
         .def("token_bytes", [](const TokenizerObj &t, int32_t id) {
-            size_t n = 0;
-            dsv4_status st = dsv4_token_to_piece(t.tok.get(), id, nullptr, 0, &n);
-            if (st != DSV4_ERR_BUFFER_TOO_SMALL) dsv4::check(st);
-            std::string b(n, '\0');
-            dsv4::check(dsv4_token_to_piece(t.tok.get(), id, b.data(), b.size(), &n));
-            return py::bytes(b);
+            return py::bytes(dsv4::detail::text_out(64, [&](char *buf, size_t cap, size_t *n) {
+                return dsv4_token_to_piece(t.tok.get(), id, buf, cap, n);
+            }));
         }, py::arg("id"))
         .def("is_special", [](const TokenizerObj &t, int32_t id) { return dsv4_token_is_special(t.tok.get(), id) != 0; },
              py::arg("id"));
