@@ -10,6 +10,7 @@
 #include <set>
 #include <sys/stat.h>
 
+#include "backend/cpu/isa.h"
 #include "core/error.h"
 #include "core/numeric.h"
 #include "io/json.h"
@@ -186,7 +187,7 @@ bool replay_layers(const model::Model &model, const json &lr, const TensorFile &
     const json &tol = lr.at("tolerance");
     const json &floors = tol.at("floors").at("margin_rel_to_kth_score");
     const double f_index = floors.at("index").get<double>(), f_gate = floors.at("gate").get<double>();
-    const auto be = backend::make_cpu_reference_backend(opt.n_threads);
+    const auto be = backend::make_cpu_backend(opt.n_threads);  // the ISA path DSV4_MAX_CPU_ISA selects
     const std::vector<kvcache::LayerGeometry> geo = model.cache_geometry(0);
     bool ok = true;
 
@@ -420,7 +421,8 @@ bool eval_golden(const std::string &dir, const GoldenOptions &opt) {
     if (format.rfind("dsv4-golden/", 0) != 0) fail(DSV4_ERR_FORMAT, "{}/golden.json: unknown format '{}'", dir, format);
     model::LoadOptions lo;
     auto model = model::Model::load(dir + "/" + g.value("model_dir", "model"), lo);
-    fmt::print("fixture {} ({} cases)\n", g.value("fixture", dir), g.at("cases").size());
+    fmt::print("fixture {} ({} cases), CPU kernels {}\n", g.value("fixture", dir), g.at("cases").size(),
+               backend::cpu::isa_name(backend::cpu::selected_isa()));
     bool ok = true;
     if (!opt.layers_only) {
         TensorFile golden(dir + "/golden.safetensors");

@@ -47,4 +47,12 @@ public:
 // The portable reference backend (exact reference numerics, OpenMP across output rows); n_threads 0 = default.
 std::unique_ptr<Backend> make_cpu_reference_backend(int n_threads);
 
+namespace cpu {
+enum class Isa;
+}
+// The optimised CPU backend with the kernels of `isa` (see backend/cpu/isa.h), or of the CPU's best ISA capped
+// by DSV4_MAX_CPU_ISA.
+std::unique_ptr<Backend> make_cpu_backend(int n_threads, cpu::Isa isa);
+std::unique_ptr<Backend> make_cpu_backend(int n_threads);
+
 }  // namespace dsv4::backend

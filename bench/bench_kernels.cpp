@@ -1,0 +1,143 @@
+// Quantised GEMV/GEMM kernels against this machine's own limits, measured in the same run:
+//   1. read bandwidth: a streaming read of a multi-GB buffer (1 thread, and all threads);
+//   2. FP4 (per-32 e8m0) and FP8 (128x128 e8m0) linears at the V4 expert shapes, cold weights (a pool of
+//      distinct matrices larger than the caches, visited in turn), n = 1, 2, 4, 8, 16 activation columns,
+//      through the backend interface (activation quantisation included);
+// each figure as GB/s of weight bytes read and its ratio to the read bandwidth of the same thread count.
+// Usage: bench_kernels [POOL_MIB=1024] [REPEATS=3]. DSV4_MAX_CPU_ISA selects a lower kernel path.
+// GCC 12's AVX-512 headers trip its own uninitialised-value warnings (GCC bug 105593).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fmt/format.h>
+#include <random>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cpu/isa.h"
+#include "core/matrix.h"
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+using namespace dsv4;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+int max_threads() {
+#if defined(_OPENMP)
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+__attribute__((target("avx512f"))) uint64_t sum_stream(const uint8_t *p, size_t bytes, int threads) {
+    uint64_t total = 0;
+    const int64_t lines = int64_t(bytes / 64);
+#pragma omp parallel for num_threads(threads) reduction(+ : total) schedule(static)
+    for (int64_t chunk = 0; chunk < lines; chunk += 4096) {
+        __m512i acc = _mm512_setzero_si512();
+        for (int64_t l = chunk; l < std::min(lines, chunk + 4096); ++l)
+            acc = _mm512_add_epi64(acc, _mm512_load_si512(p + l * 64));
+        total += uint64_t(_mm512_reduce_add_epi64(acc));
+    }
+    return total;
+}
+
+// GB/s of a streaming read over a buffer well beyond the last-level cache; best of `repeats`.
+double read_bandwidth(const uint8_t *buf, size_t bytes, int threads, int repeats) {
+    double best = 0;
+    volatile uint64_t sink = 0;
+    for (int r = 0; r < repeats; ++r) {
+        const auto t0 = Clock::now();
+        sink = sink + sum_stream(buf, bytes, threads);
+        best = std::max(best, double(bytes) / seconds_since(t0) / 1e9);
+    }
+    return best;
+}
+
+struct Shape {
+    const char *name;
+    int64_t rows, cols;
+};
+
+}  // namespace
+
+int main(int argc, char **argv) {
+    const size_t pool_bytes = size_t(argc > 1 ? std::atoi(argv[1]) : 1024) << 20;
+    const int repeats = argc > 2 ? std::atoi(argv[2]) : 3;
+    const int all = max_threads();
+    const backend::cpu::Isa isa = backend::cpu::selected_isa();
+    fmt::print("CPU kernels: {} (detected {}), threads: 1 and {}\n", backend::cpu::isa_name(isa),
+               backend::cpu::isa_name(backend::cpu::detect_isa()), all);
+
+    // 1. read bandwidth over 2 GiB
+    const size_t bw_bytes = size_t(2) << 30;
+    auto *buf = static_cast<uint8_t *>(std::aligned_alloc(64, bw_bytes));
+    std::memset(buf, 1, bw_bytes);
+    const double bw1 = read_bandwidth(buf, bw_bytes, 1, repeats), bwn = read_bandwidth(buf, bw_bytes, all, repeats);
+    std::free(buf);
+    fmt::print("read bandwidth: {:.1f} GB/s (1 thread), {:.1f} GB/s ({} threads)\n\n", bw1, bwn, all);
+
+    // 2. FP4 / FP8 linears at the expert shapes, cold weights
+    const Shape shapes[] = {{"Flash w1/w3 2048x4096", 2048, 4096}, {"Flash w2   4096x2048", 4096, 2048},
+                            {"Pro   w1/w3 3072x7168", 3072, 7168}, {"Pro   w2   7168x3072", 7168, 3072}};
+    std::mt19937 rng(7);
+    fmt::print("{:<24} {:>4} {:>3} {:>4} {:>10} {:>9} {:>8} {:>10}\n", "shape", "fmt", "n", "thr", "us/call",
+               "GB/s", "of bw", "vs n=1");
+    for (const Shape &s : shapes) {
+        for (const bool fp4 : {true, false}) {
+            const size_t w_bytes = size_t(s.rows * s.cols) / (fp4 ? 2 : 1);
+            const size_t s_bytes = fp4 ? size_t(s.rows * s.cols / 32) : size_t((s.rows + 127) / 128 * ((s.cols + 127) / 128));
+            const size_t per = w_bytes + s_bytes;
+            const size_t copies = std::max<size_t>(2, pool_bytes / per);
+            std::vector<uint8_t> pool(copies * per);
+            for (size_t i = 0; i < pool.size(); i += 4096) pool[i] = uint8_t(rng());  // touch every page
+            for (size_t c = 0; c < copies; ++c)  // scales near 2^0 (the kernels' common case)
+                std::memset(&pool[c * per + w_bytes], 120 + int(c % 8), s_bytes);
+            std::vector<core::ExpertMatrix> mats(copies);
+            for (size_t c = 0; c < copies; ++c) {
+                const uint8_t *w = &pool[c * per], *sc = w + w_bytes;
+                mats[c].format = fp4 ? core::ExpertFormat::fp4 : core::ExpertFormat::fp8;
+                mats[c].fp4 = {w, sc, s.rows, s.cols};
+                mats[c].fp8 = {w, sc, s.rows, s.cols};
+            }
+            for (const int threads : {1, all}) {
+                auto be = backend::make_cpu_backend(threads, isa);
+                const double bw = threads == 1 ? bw1 : bwn;
+                double t_n1 = 0;
+                for (const int n : {1, 2, 4, 8, 16}) {
+                    std::vector<float> x(size_t(n * s.cols)), y(size_t(n * s.rows));
+                    for (float &v : x) v = std::normal_distribution<float>(0, 1)(rng);
+                    size_t next = 0;
+                    auto call = [&] { be->linear_expert(x.data(), n, mats[next++ % copies], y.data()); };
+                    call();
+                    double best = 1e30;
+                    for (int r = 0; r < repeats; ++r) {
+                        const int calls = int(copies);
+                        const auto t0 = Clock::now();
+                        for (int i = 0; i < calls; ++i) call();
+                        best = std::min(best, seconds_since(t0) / calls);
+                    }
+                    if (n == 1) t_n1 = best;
+                    const double gbs = double(per) / best / 1e9;
+                    fmt::print("{:<24} {:>4} {:>3} {:>4} {:>10.1f} {:>9.1f} {:>7.0f}% {:>9.2f}x\n", s.name,
+                               fp4 ? "FP4" : "FP8", n, threads, best * 1e6, gbs, 100 * gbs / bw, best / t_n1);
+                }
+            }
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,86 @@
+// The optimised CPU backend: the quantised linears (FP8 everywhere, FP4 routed experts) run the kernels of the
+// best instruction set the CPU and OS allow (capped by DSV4_MAX_CPU_ISA); everything else, and every shape the
+// kernels do not cover, is the reference backend's.
+#include <algorithm>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cpu/isa.h"
+#include "backend/cpu/quantized_kernels.h"
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace dsv4::backend {
+namespace {
+using namespace dsv4::core;
+
+constexpr int64_t kRowTile = 16;  // rows per scheduling unit: several rows of a 128-row FP8 scale block
+
+class CpuBackend final : public Backend {
+public:
+    CpuBackend(int n_threads, cpu::Isa isa)
+        : reference_(make_cpu_reference_backend(n_threads)), isa_(isa), n_threads_(n_threads) {}
+    std::string name() const override { return std::string("cpu-") + cpu::isa_name(isa_); }
+
+    void linear_fp8(const float *x, int64_t n, const Fp8Matrix &w, float *y) override {
+        act_.resize(size_t(n * w.cols));
+        cpu::quantize_activations(x, n, w.cols, cpu::ActLayout::natural, act_.data());
+        const uint16_t *act = act_.data();
+        auto rows = fp8_kernel();
+        for_row_tiles(w.rows, [&](int64_t r0, int64_t r1) { rows(w, act, n, r0, r1, y); });
+    }
+
+    void linear_expert(const float *x, int64_t n, const ExpertMatrix &w, float *y) override {
+        if (w.format == ExpertFormat::fp8) return linear_fp8(x, n, w.fp8, y);
+        const Fp4Matrix &m = w.fp4;
+        act_.resize(size_t(n * m.cols));
+        cpu::quantize_activations(x, n, m.cols, cpu::ActLayout::fp4_pairs, act_.data());
+        const uint16_t *act = act_.data();
+        auto rows = fp4_kernel();
+        for_row_tiles(m.rows, [&](int64_t r0, int64_t r1) { rows(m, act, n, r0, r1, y); });
+    }
+
+    void linear_bf16(const float *x, int64_t n, const Bf16Matrix &w, float *y) override { reference_->linear_bf16(x, n, w, y); }
+    void linear_f32(const float *x, int64_t n, const Bf16Matrix &w, float *y) override { reference_->linear_f32(x, n, w, y); }
+    void linear_f32w(const float *x, int64_t n, const float *w, int64_t rows, int64_t cols, float *y) override {
+        reference_->linear_f32w(x, n, w, rows, cols, y);
+    }
+    void attention(const AttentionProblem &p) override { reference_->attention(p); }
+
+private:
+    using Fp4Rows = void (*)(const Fp4Matrix &, const uint16_t *, int64_t, int64_t, int64_t, float *);
+    using Fp8Rows = void (*)(const Fp8Matrix &, const uint16_t *, int64_t, int64_t, int64_t, float *);
+    Fp4Rows fp4_kernel() const { return isa_ >= cpu::Isa::avx512_bf16 ? cpu::fp4_rows_avx512bf16 : cpu::fp4_rows_generic; }
+    Fp8Rows fp8_kernel() const { return isa_ >= cpu::Isa::avx512_bf16 ? cpu::fp8_rows_avx512bf16 : cpu::fp8_rows_generic; }
+
+    int threads() const {
+#if defined(_OPENMP)
+        return n_threads_ > 0 ? n_threads_ : omp_get_max_threads();
+#else
+        return 1;
+#endif
+    }
+    // Splits rows into tiles over the threads; f must not throw (it runs inside an OpenMP region).
+    template <typename F>
+    void for_row_tiles(int64_t rows, F &&f) {
+        const int64_t tiles = (rows + kRowTile - 1) / kRowTile;
+#pragma omp parallel for num_threads(threads()) schedule(static)
+        for (int64_t t = 0; t < tiles; ++t) f(t * kRowTile, std::min(rows, (t + 1) * kRowTile));
+    }
+
+    std::unique_ptr<Backend> reference_;
+    cpu::Isa isa_;
+    [[maybe_unused]] int n_threads_;
+    std::vector<uint16_t> act_;  // dequantised activations of the current call (bf16 bits)
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int n_threads, cpu::Isa isa) {
+    return std::make_unique<CpuBackend>(n_threads, isa);
+}
+
+std::unique_ptr<Backend> make_cpu_backend(int n_threads) { return make_cpu_backend(n_threads, cpu::selected_isa()); }
+
+}  // namespace dsv4::backend

@@ -1,0 +1,30 @@
+// Kernels of the optimised CPU backend for the quantised linears (spec §10.3): FP4 e2m1 weights with per-32
+// e8m0 scales (routed experts) and FP8 e4m3 weights with 128x128 e8m0 block scales, against activations that
+// were quantised to FP8 in blocks of 128 as the reference does. Activations arrive dequantised as bf16 (exact:
+// an e4m3 code times a power of two), weights are decoded to bf16 with their scale folded into the exponent
+// (exact too), and vdpbf16ps accumulates the exact products in fp32: only the summation order differs from the
+// reference. One pass over a weight row serves every activation column, so n columns cost one weight load.
+#pragma once
+#include <cstdint>
+
+#include "core/matrix.h"
+
+namespace dsv4::backend::cpu {
+
+// FP4 activations are stored per 32-group as [even elements..., odd elements...], matching the kernel's nibble
+// order (low nibbles first); FP8 activations in natural order.
+enum class ActLayout { natural, fp4_pairs };
+
+// Quantises n rows of k values to FP8 in 128-blocks (the reference's act_quant) and writes the dequantised
+// values as bf16 bits in the given layout: out[n, k].
+void quantize_activations(const float *x, int64_t n, int64_t k, ActLayout layout, uint16_t *out);
+
+// y[i, r] = bf16(Σ_c act[i, c] · w[r, c]) for rows r0 <= r < r1 and every i < n. act in the layout named
+// above. Rows whose scales would leave bf16's exponent range after folding take an exact scalar path.
+void fp4_rows_avx512bf16(const core::Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y);
+void fp8_rows_avx512bf16(const core::Fp8Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y);
+// The same contracts in portable C++ (the generic ISA path of this backend, and the fallback for odd rows).
+void fp4_rows_generic(const core::Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y);
+void fp8_rows_generic(const core::Fp8Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y);
+
+}  // namespace dsv4::backend::cpu
