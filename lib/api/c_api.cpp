@@ -16,6 +16,7 @@
 #include "io/mapped_file.h"
 #include "model/model.h"
 #include "runtime/context.h"
+#include "backend/cpu/isa.h"
 #include "runtime/generate.h"
 #include "sampling/sampler.h"
 #include "tokenizer/chat.h"
@@ -192,11 +193,21 @@ DSV4_API int32_t dsv4_version_number(void) { return DSV4_VERSION_NUMBER; }
 DSV4_API const char *dsv4_version_string(void) { return DSV4_VERSION_STRING; }
 DSV4_API int32_t dsv4_api_version(void) { return DSV4_API_VERSION; }
 DSV4_API const char *dsv4_build_info(void) {
-    return "dsv4 " DSV4_VERSION_STRING " (" __VERSION__ "; backends: cpu-reference"
+    // The CPU kernel path is known only at run time (CPUID, DSV4_MAX_CPU_ISA); an invalid cap reads "invalid".
+    static const std::string info = [] {
+        std::string isa;
+        try {
+            isa = dsv4::backend::cpu::isa_name(dsv4::backend::cpu::selected_isa());
+        } catch (const std::exception &) {
+            isa = "invalid DSV4_MAX_CPU_ISA";
+        }
+        return "dsv4 " DSV4_VERSION_STRING " (" __VERSION__ "; backend: cpu, kernels " + isa +
 #if defined(_OPENMP)
-           "; openmp"
+               "; openmp" +
 #endif
-           ")";
+               ")";
+    }();
+    return info.c_str();
 }
 
 DSV4_API const char *dsv4_status_name(dsv4_status s) {

@@ -8,6 +8,7 @@
 #include "attention/attention.h"
 #include "backend/backend.h"
 #include "backend/cpu/isa.h"
+#include "backend/cpu/quantized_kernels.h"
 #include "core/numeric.h"
 #include "model/mhc.h"
 #include "moe/moe.h"
@@ -74,6 +75,32 @@ std::vector<std::pair<std::string, std::unique_ptr<backend::Backend>>> quantized
 uint8_t scale_code(int lo, int hi) { return uint8_t(randint(0, 9) == 0 ? randint(1, 4) : randint(lo, hi)); }
 
 }  // namespace
+
+TEST_CASE("the kernels' activation quantisation equals act_quant value for value, in both layouts", "[ops]") {
+    for (int trial = 0; trial < 50; ++trial) {
+        const int64_t n = randint(1, 3), k = 128 * randint(1, 4);
+        std::vector<float> x(size_t(n * k));
+        // bf16 values over a wide range of magnitudes (so blocks hit subnormal codes, ties and saturation)
+        const float spread = float(std::ldexp(1.0, randint(-30, 10)));
+        for (float &v : x) v = core::round_bf16(randn(1.0f) * float(std::ldexp(1.0, randint(-12, 0))) * spread);
+        if (trial % 7 == 0) std::fill(x.begin(), x.end(), 0.0f);
+        std::vector<uint16_t> natural(x.size()), lanes(x.size());
+        backend::cpu::quantize_activations(x.data(), n, k, backend::cpu::ActLayout::natural, natural.data());
+        backend::cpu::quantize_activations(x.data(), n, k, backend::cpu::ActLayout::fp4_lanes, lanes.data());
+        std::vector<uint8_t> codes(static_cast<size_t>(k));
+        std::vector<int8_t> exps(static_cast<size_t>(k / 128));
+        for (int64_t i = 0; i < n; ++i) {
+            core::quantize_blocks(core::BlockFormat::fp8_e4m3, &x[size_t(i * k)], size_t(k), 128, codes.data(), exps.data());
+            for (int64_t c = 0; c < k; ++c) {
+                const float want = core::fp8_e4m3_to_f32(codes[size_t(c)]) * core::exp2i(exps[size_t(c / 128)]);
+                INFO("x = " << x[size_t(i * k + c)]);
+                REQUIRE(core::bf16_to_f32(natural[size_t(i * k + c)]) == want);
+                const int64_t at = backend::cpu::fp4_lane_index(c);
+                REQUIRE(core::bf16_to_f32(lanes[size_t(i * k + at)]) == want);
+            }
+        }
+    }
+}
 
 TEST_CASE("FP8 block-scaled GEMM equals the float64 reference", "[ops]") {
   for (auto &[isa, be] : quantized_backends()) {

@@ -34,8 +34,9 @@ public:
     void linear_expert(const float *x, int64_t n, const ExpertMatrix &w, float *y) override {
         if (w.format == ExpertFormat::fp8) return linear_fp8(x, n, w.fp8, y);
         const Fp4Matrix &m = w.fp4;
+        if (m.cols % 128) return reference_->linear_expert(x, n, w, y);  // the kernels' layout needs 4-group blocks
         act_.resize(size_t(n * m.cols));
-        cpu::quantize_activations(x, n, m.cols, cpu::ActLayout::fp4_pairs, act_.data());
+        cpu::quantize_activations(x, n, m.cols, cpu::ActLayout::fp4_lanes, act_.data());
         const uint16_t *act = act_.data();
         auto rows = fp4_kernel();
         for_row_tiles(m.rows, [&](int64_t r0, int64_t r1) { rows(m, act, n, r0, r1, y); });

@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "core/numeric.h"
@@ -27,11 +29,8 @@ float fp4_row_dot(const Fp4Matrix &w, int64_t r, const uint16_t *act) {
     float acc = 0.0f;
     for (int64_t g = 0; g < w.cols / 32; ++g) {
         float partial = 0.0f;
-        for (int j = 0; j < 16; ++j) {
-            const uint8_t byte = packed[g * 16 + j];
-            partial += bf16_to_f32(act[g * 32 + j]) * fp4_e2m1_to_f32(byte & 0x0f);
-            partial += bf16_to_f32(act[g * 32 + 16 + j]) * fp4_e2m1_to_f32(byte >> 4);
-        }
+        for (int64_t c = g * 32; c < g * 32 + 32; ++c)
+            partial += bf16_to_f32(act[fp4_lane_index(c)]) * fp4_e2m1_to_f32(fp4_unpack(packed, size_t(c)));
         acc += partial * e8m0_to_f32(scales[g]);
     }
     return acc;
@@ -53,9 +52,7 @@ float fp8_row_dot(const Fp8Matrix &w, int64_t r, const uint16_t *act) {
 // ---- AVX-512 BF16 -------------------------------------------------------------------------------------------
 #define DSV4_TARGET_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 
-// bf16 bits of the 16 e2m1 codes, and of the 128 e4m3 magnitudes.
-constexpr std::array<uint16_t, 32> kFp4Lut = {0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0,
-                                              0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000, 0xc040, 0xc080, 0xc0c0};
+// bf16 bits of the 128 e4m3 magnitudes.
 // Computed at compile time: a table filled by a dynamic initialiser could be read before it runs.
 constexpr uint16_t e4m3_magnitude_to_bf16(int m) {
     const int e = m >> 3, f = m & 7;
@@ -72,8 +69,9 @@ constexpr std::array<uint16_t, 128> make_fp8_magnitude_lut() {
 }
 constexpr std::array<uint16_t, 128> kFp8Lut = make_fp8_magnitude_lut();
 
-// A folded scale 2^(code-127) keeps every nonzero decoded value a normal bf16 when code lies in [lo, hi].
-constexpr int kFp4CodeLo = 2, kFp4CodeHi = 252;    // e2m1 magnitudes 0.5 .. 6: bf16 exponents 126 .. 129
+// Scale codes the kernels take directly: FP8 folds 2^(code-127) into bf16 exponents, which keeps every
+// nonzero decoded value normal for codes in [lo, hi]; other rows take the exact scalar path.
+constexpr int kFp4CodeLo = 1, kFp4CodeHi = 254;    // FP4: the scale 2^(code-127) as a normal fp32
 constexpr int kFp8CodeLo = 10, kFp8CodeHi = 246;   // e4m3 magnitudes 2^-9 .. 448: bf16 exponents 118 .. 135
 
 DSV4_TARGET_AVX512BF16 inline bool codes_in_range(const uint8_t *codes, int64_t n, int lo, int hi) {
@@ -90,90 +88,211 @@ DSV4_TARGET_AVX512BF16 inline bool codes_in_range(const uint8_t *codes, int64_t 
 
 DSV4_TARGET_AVX512BF16 inline float store_bf16(__m512 acc) { return round_bf16(_mm512_reduce_add_ps(acc)); }
 
-template <int NC>
-DSV4_TARGET_AVX512BF16 void fp4_row(const Fp4Matrix &w, int64_t r, const uint16_t *act, int64_t k, float *y) {
-    const int64_t groups = w.cols / 32;
-    const uint8_t *packed = w.w + r * (w.cols / 2);
-    const uint8_t *scales = w.scale + r * groups;
-    const __m512i lut = _mm512_loadu_si512(kFp4Lut.data());
-    const __mmask32 nonzero = 0xfefe;  // entries 0 and 8 are ±0 and keep their value
-    const __m256i low4 = _mm256_set1_epi16(0x0f);
-    __m512 acc[NC];
-    for (int i = 0; i < NC; ++i) acc[i] = _mm512_setzero_ps();
-    for (int64_t g = 0; g < groups; ++g) {
-        const __m256i bytes = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i *>(packed + g * 16)));
-        // words 0..15: low nibbles of bytes 0..15 (even elements); words 16..31: high nibbles (odd elements)
-        const __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(bytes, low4)),
-                                               _mm256_srli_epi16(bytes, 4), 1);
-        const __m512i delta = _mm512_set1_epi16(short((int(scales[g]) - 127) << 7));
-        const __m512i scaled = _mm512_mask_add_epi16(lut, nonzero, lut, delta);
-        const __m512bh wv = (__m512bh)_mm512_permutexvar_epi16(idx, scaled);
-        for (int i = 0; i < NC; ++i)
-            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_loadu_si512(act + i * k + g * 32), wv);
+// Software prefetch distance along a weight row: the hardware prefetcher alone leaves the kernel latency-bound
+// on cold weights (measured: bench_kernels).
+constexpr int64_t kPrefetchBytes = 1024;
+
+// Low and high bytes of the bf16 values of the 16 e2m1 codes, as vpshufb tables (repeated in every lane).
+constexpr std::array<uint8_t, 16> kFp4LoBytes = {0x00, 0x00, 0x80, 0xc0, 0x00, 0x40, 0x80, 0xc0,
+                                                 0x00, 0x00, 0x80, 0xc0, 0x00, 0x40, 0x80, 0xc0};
+constexpr std::array<uint8_t, 16> kFp4HiBytes = {0x00, 0x3f, 0x3f, 0x3f, 0x40, 0x40, 0x40, 0x40,
+                                                 0x80, 0xbf, 0xbf, 0xbf, 0xc0, 0xc0, 0xc0, 0xc0};
+
+// R weight rows × NC activation columns per pass; 64 packed bytes (4 groups, one per 128-bit lane) per step.
+// The codes are decoded with in-lane shuffles (vpshufb on nibbles, then byte interleaves) into four bf16
+// vectors; vdpbf16ps sums each group's 32 exact products in its lane, and the fp32 partial is scaled by the
+// group's power of two and accumulated, as the reference does. The R·NC accumulators are independent chains.
+template <int R, int NC>
+DSV4_TARGET_AVX512BF16 void fp4_tile(const Fp4Matrix &w, int64_t r, const uint16_t *act, float *y) {
+    const int64_t groups = w.cols / 32, k = w.cols;
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    const __m512i lo_tab = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i *>(kFp4LoBytes.data())));
+    const __m512i hi_tab = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i *>(kFp4HiBytes.data())));
+    const __m512i lane_of_dword = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    __m512 acc[R][NC];
+    for (int j = 0; j < R; ++j)
+        for (int i = 0; i < NC; ++i) acc[j][i] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; g += 4) {
+        __m512bh wv[R][4];
+        __m512 scale[R];
+        for (int j = 0; j < R; ++j) {
+            const uint8_t *packed = w.w + (r + j) * (k / 2) + g * 16;
+            _mm_prefetch(reinterpret_cast<const char *>(packed + kPrefetchBytes), _MM_HINT_T0);
+            const __m512i bytes = _mm512_loadu_si512(packed);
+            const __m512i lo = _mm512_and_si512(bytes, low4), hi = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low4);
+            const __m512i lo_l = _mm512_shuffle_epi8(lo_tab, lo), lo_h = _mm512_shuffle_epi8(hi_tab, lo);
+            const __m512i hi_l = _mm512_shuffle_epi8(lo_tab, hi), hi_h = _mm512_shuffle_epi8(hi_tab, hi);
+            wv[j][0] = (__m512bh)_mm512_unpacklo_epi8(lo_l, lo_h);
+            wv[j][1] = (__m512bh)_mm512_unpackhi_epi8(lo_l, lo_h);
+            wv[j][2] = (__m512bh)_mm512_unpacklo_epi8(hi_l, hi_h);
+            wv[j][3] = (__m512bh)_mm512_unpackhi_epi8(hi_l, hi_h);
+            // 2^(code-127) of the four groups, each repeated over its lane's four floats
+            uint32_t codes;
+            std::memcpy(&codes, w.scale + (r + j) * groups + g, 4);
+            const __m512i c = _mm512_permutexvar_epi32(lane_of_dword, _mm512_cvtepu8_epi32(_mm_cvtsi32_si128(int(codes))));
+            scale[j] = _mm512_castsi512_ps(_mm512_slli_epi32(c, 23));
+        }
+        for (int i = 0; i < NC; ++i) {
+            const uint16_t *a = act + i * k + g * 32;
+            __m512 part[R];
+            for (int q = 0; q < 4; ++q) {  // one activation load serves the R rows
+                const __m512bh aq = (__m512bh)_mm512_loadu_si512(a + q * 32);
+                for (int j = 0; j < R; ++j)
+                    part[j] = _mm512_dpbf16_ps(q ? part[j] : _mm512_setzero_ps(), aq, wv[j][q]);
+            }
+            for (int j = 0; j < R; ++j) acc[j][i] = _mm512_fmadd_ps(part[j], scale[j], acc[j][i]);
+        }
     }
-    for (int i = 0; i < NC; ++i) y[int64_t(i) * w.rows + r] = store_bf16(acc[i]);
+    for (int j = 0; j < R; ++j)
+        for (int i = 0; i < NC; ++i) y[int64_t(i) * w.rows + r + j] = store_bf16(acc[j][i]);
 }
 
-template <int NC>
-DSV4_TARGET_AVX512BF16 void fp8_row(const Fp8Matrix &w, int64_t r, const uint16_t *act, int64_t k, float *y) {
-    const uint8_t *row = w.w + r * w.cols;
-    const uint8_t *scales = w.scale + (r / 128) * w.scale_cols();
+template <int R, int NC>
+DSV4_TARGET_AVX512BF16 void fp8_tile(const Fp8Matrix &w, int64_t r, const uint16_t *act, float *y) {
+    const int64_t k = w.cols;
     const __m512i t0 = _mm512_loadu_si512(kFp8Lut.data()), t1 = _mm512_loadu_si512(kFp8Lut.data() + 32);
     const __m512i t2 = _mm512_loadu_si512(kFp8Lut.data() + 64), t3 = _mm512_loadu_si512(kFp8Lut.data() + 96);
     const __m512i bit6 = _mm512_set1_epi16(0x40), sign = _mm512_set1_epi16(0x80);
-    __m512 acc[NC];
-    for (int i = 0; i < NC; ++i) acc[i] = _mm512_setzero_ps();
-    for (int64_t b = 0; b * kActBlock < w.cols; ++b) {
-        const __m512i delta = _mm512_set1_epi16(short((int(scales[b]) - 127) << 7));
-        const __m512i s0 = _mm512_mask_add_epi16(t0, 0xfffffffe, t0, delta);  // entry 0 is zero
-        const __m512i s1 = _mm512_add_epi16(t1, delta), s2 = _mm512_add_epi16(t2, delta);
-        const __m512i s3 = _mm512_add_epi16(t3, delta);
+    __m512 acc[R][NC];
+    for (int j = 0; j < R; ++j)
+        for (int i = 0; i < NC; ++i) acc[j][i] = _mm512_setzero_ps();
+    for (int64_t b = 0; b * kActBlock < k; ++b) {
+        __m512i s0[R], s1[R], s2[R], s3[R];  // the magnitude table with this block's scale folded in
+        for (int j = 0; j < R; ++j) {
+            const __m512i delta = _mm512_set1_epi16(short((int(w.scale[((r + j) / 128) * w.scale_cols() + b]) - 127) << 7));
+            s0[j] = _mm512_mask_add_epi16(t0, 0xfffffffe, t0, delta);  // entry 0 is zero and stays zero
+            s1[j] = _mm512_add_epi16(t1, delta);
+            s2[j] = _mm512_add_epi16(t2, delta);
+            s3[j] = _mm512_add_epi16(t3, delta);
+        }
         for (int q = 0; q < 4; ++q) {
             const int64_t c = b * kActBlock + q * 32;
-            const __m512i x = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(row + c)));
-            const __m512i lo = _mm512_permutex2var_epi16(s0, x, s1);
-            const __m512i hi = _mm512_permutex2var_epi16(s2, x, s3);
-            __m512i v = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(x, bit6), lo, hi);
-            v = _mm512_or_si512(v, _mm512_slli_epi16(_mm512_and_si512(x, sign), 8));
-            for (int i = 0; i < NC; ++i)
-                acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_loadu_si512(act + i * k + c), (__m512bh)v);
+            __m512bh wv[R];
+            for (int j = 0; j < R; ++j) {
+                const __m512i x = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(w.w + (r + j) * k + c)));
+                const __m512i lo = _mm512_permutex2var_epi16(s0[j], x, s1[j]);
+                const __m512i hi = _mm512_permutex2var_epi16(s2[j], x, s3[j]);
+                const __m512i v = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(x, bit6), lo, hi);
+                wv[j] = (__m512bh)_mm512_or_si512(v, _mm512_slli_epi16(_mm512_and_si512(x, sign), 8));
+            }
+            for (int i = 0; i < NC; ++i) {
+                const __m512bh a = (__m512bh)_mm512_loadu_si512(act + i * k + c);
+                for (int j = 0; j < R; ++j) acc[j][i] = _mm512_dpbf16_ps(acc[j][i], a, wv[j]);
+            }
         }
     }
-    for (int i = 0; i < NC; ++i) y[int64_t(i) * w.rows + r] = store_bf16(acc[i]);
+    for (int j = 0; j < R; ++j)
+        for (int i = 0; i < NC; ++i) y[int64_t(i) * w.rows + r + j] = store_bf16(acc[j][i]);
 }
 
-template <typename M, void (*Row1)(const M &, int64_t, const uint16_t *, int64_t, float *),
-          void (*Row2)(const M &, int64_t, const uint16_t *, int64_t, float *),
-          void (*Row4)(const M &, int64_t, const uint16_t *, int64_t, float *),
-          void (*Row8)(const M &, int64_t, const uint16_t *, int64_t, float *)>
-void rows_in_column_tiles(const M &w, const uint16_t *act, int64_t n, int64_t r, float *y) {
-    // Up to 8 columns share one decode of the weight row; a row of weights stays in L1 for the next tile.
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) Row8(w, r, act + i * w.cols, w.cols, y + i * w.rows);
-    if (n - i >= 4) {
-        Row4(w, r, act + i * w.cols, w.cols, y + i * w.rows);
-        i += 4;
+// Rows [r0, r1) × all n columns, in blocks of 4 rows and column tiles of 8, 4, 2, 1; each kernel splits a block
+// into the row tiles that fit its registers. Leftover rows go one by one, and rows whose scales the kernel cannot
+// take go to the exact scalar path.
+template <typename M, typename K>
+DSV4_TARGET_AVX512BF16 void run_tiles(const M &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y,
+                                      bool (*takes)(const M &, int64_t),
+                                      void (*fallback)(const M &, const uint16_t *, int64_t, int64_t, int64_t, float *)) {
+    for (int64_t r = r0; r < r1;) {
+        const bool block = r + 4 <= r1 && takes(w, r) && takes(w, r + 1) && takes(w, r + 2) && takes(w, r + 3);
+        if (!block && !takes(w, r)) {
+            fallback(w, act, n, r, r + 1, y);
+            ++r;
+            continue;
+        }
+        for (int64_t i = 0; i < n;) {
+            const int64_t nc = n - i >= 8 ? 8 : n - i >= 4 ? 4 : n - i >= 2 ? 2 : 1;
+            const uint16_t *a = act + i * w.cols;
+            float *yy = y + i * w.rows;
+            if (block) {
+                if (nc == 8) K::template block4<8>(w, r, a, yy);
+                else if (nc == 4) K::template block4<4>(w, r, a, yy);
+                else if (nc == 2) K::template block4<2>(w, r, a, yy);
+                else K::template block4<1>(w, r, a, yy);
+            } else {
+                if (nc == 8) K::template tile<1, 8>(w, r, a, yy);
+                else if (nc == 4) K::template tile<1, 4>(w, r, a, yy);
+                else if (nc == 2) K::template tile<1, 2>(w, r, a, yy);
+                else K::template tile<1, 1>(w, r, a, yy);
+            }
+            i += nc;
+        }
+        r += block ? 4 : 1;
     }
-    if (n - i >= 2) {
-        Row2(w, r, act + i * w.cols, w.cols, y + i * w.rows);
-        i += 2;
+}
+
+// Row tiles per 4-row block, from the register budget (32 zmm): FP4 holds 4 decoded vectors and a scale per row,
+// FP8 four scaled tables and one decoded vector per row, plus R·NC accumulators.
+template <int R, int NC, typename M, void (*Tile)(const M &, int64_t, const uint16_t *, float *)>
+DSV4_TARGET_AVX512BF16 inline void split4(const M &w, int64_t r, const uint16_t *act, float *y) {
+    for (int j = 0; j < 4; j += R) Tile(w, r + j, act, y);
+}
+struct Fp4Kernel {
+    template <int R, int NC>
+    DSV4_TARGET_AVX512BF16 static void tile(const Fp4Matrix &w, int64_t r, const uint16_t *act, float *y) {
+        fp4_tile<R, NC>(w, r, act, y);
     }
-    if (n - i == 1) Row1(w, r, act + i * w.cols, w.cols, y + i * w.rows);
+    template <int NC>
+    DSV4_TARGET_AVX512BF16 static void block4(const Fp4Matrix &w, int64_t r, const uint16_t *act, float *y) {
+        constexpr int R = NC == 1 ? 4 : 2;
+        split4<R, NC, Fp4Matrix, fp4_tile<R, NC>>(w, r, act, y);
+    }
+};
+struct Fp8Kernel {
+    template <int R, int NC>
+    DSV4_TARGET_AVX512BF16 static void tile(const Fp8Matrix &w, int64_t r, const uint16_t *act, float *y) {
+        fp8_tile<R, NC>(w, r, act, y);
+    }
+    template <int NC>
+    DSV4_TARGET_AVX512BF16 static void block4(const Fp8Matrix &w, int64_t r, const uint16_t *act, float *y) {
+        constexpr int R = NC == 1 ? 4 : 2;
+        split4<R, NC, Fp8Matrix, fp8_tile<R, NC>>(w, r, act, y);
+    }
+};
+
+DSV4_TARGET_AVX512BF16 bool fp4_row_foldable(const Fp4Matrix &w, int64_t r) {
+    return w.cols % 128 == 0 && codes_in_range(w.scale + r * (w.cols / 32), w.cols / 32, kFp4CodeLo, kFp4CodeHi);
+}
+DSV4_TARGET_AVX512BF16 bool fp8_row_foldable(const Fp8Matrix &w, int64_t r) {
+    return w.cols % kActBlock == 0 &&
+           codes_in_range(w.scale + (r / 128) * w.scale_cols(), w.scale_cols(), kFp8CodeLo, kFp8CodeHi);
 }
 
 }  // namespace
 
+// x / s rounded to the nearest e4m3 value (ties to even), in fp32 arithmetic: normals keep 3 mantissa bits,
+// subnormals (below 2^-6) become multiples of 2^-9. Equal to decoding f32_to_fp8_e4m3, without the codes.
+inline float round_to_e4m3(float q) {
+    const float a = std::fabs(q);
+    float r;
+    if (a < 0x1p-6f) {
+        r = (a + 24576.0f) - 24576.0f;  // 1.5 · 2^14, where one ulp is 2^-9 (no -ffast-math: not folded)
+    } else {
+        uint32_t b;
+        std::memcpy(&b, &a, 4);
+        b = (b + 0x7ffffu + ((b >> 20) & 1u)) & 0xfff00000u;
+        std::memcpy(&r, &b, 4);
+    }
+    return std::copysign(r, q);
+}
+
 void quantize_activations(const float *x, int64_t n, int64_t k, ActLayout layout, uint16_t *out) {
-    const int64_t blocks = (k + kActBlock - 1) / kActBlock;
-    std::vector<uint8_t> codes(static_cast<size_t>(k));
-    std::vector<int8_t> exps(static_cast<size_t>(blocks));
     for (int64_t i = 0; i < n; ++i) {
-        quantize_blocks(BlockFormat::fp8_e4m3, x + i * k, size_t(k), kActBlock, codes.data(), exps.data());
+        const float *row = x + i * k;
         uint16_t *o = out + i * k;
-        for (int64_t c = 0; c < k; ++c) {
-            const uint16_t v = f32_to_bf16(fp8_e4m3_to_f32(codes[size_t(c)]) * exp2i(exps[size_t(c / kActBlock)]));
-            const int64_t at = layout == ActLayout::natural ? c : (c & ~int64_t(31)) + ((c & 1) ? 16 : 0) + ((c & 31) >> 1);
-            o[at] = v;
+        for (int64_t b0 = 0; b0 < k; b0 += kActBlock) {
+            const int64_t b1 = std::min(k, b0 + kActBlock);
+            float amax = 0.0f;
+            for (int64_t c = b0; c < b1; ++c) amax = std::max(amax, std::fabs(row[c]));
+            const int e = pow2_scale_exponent(std::max(amax, 1e-4f), kFp8Max);  // act_quant's floor and scale
+            const float inv_s = exp2i(-e), s = exp2i(e);
+            for (int64_t c = b0; c < b1; ++c) {
+                // code · 2^e has at most 4 significant bits and a normal exponent: exact in bf16, so the top
+                // half of the fp32 bits is the bf16 value.
+                const float v = round_to_e4m3(std::clamp(row[c] * inv_s, -kFp8Max, kFp8Max)) * s;
+                uint32_t bits;
+                std::memcpy(&bits, &v, 4);
+                o[layout == ActLayout::natural ? c : fp4_lane_index(c)] = uint16_t(bits >> 16);
+            }
         }
     }
 }
@@ -190,25 +309,12 @@ void fp8_rows_generic(const Fp8Matrix &w, const uint16_t *act, int64_t n, int64_
 
 DSV4_TARGET_AVX512BF16 void fp4_rows_avx512bf16(const Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0,
                                                  int64_t r1, float *y) {
-    const int64_t groups = w.cols / 32;
-    for (int64_t r = r0; r < r1; ++r) {
-        if (!codes_in_range(w.scale + r * groups, groups, kFp4CodeLo, kFp4CodeHi)) {
-            fp4_rows_generic(w, act, n, r, r + 1, y);
-            continue;
-        }
-        rows_in_column_tiles<Fp4Matrix, fp4_row<1>, fp4_row<2>, fp4_row<4>, fp4_row<8>>(w, act, n, r, y);
-    }
+    run_tiles<Fp4Matrix, Fp4Kernel>(w, act, n, r0, r1, y, fp4_row_foldable, fp4_rows_generic);
 }
 
 DSV4_TARGET_AVX512BF16 void fp8_rows_avx512bf16(const Fp8Matrix &w, const uint16_t *act, int64_t n, int64_t r0,
                                                  int64_t r1, float *y) {
-    for (int64_t r = r0; r < r1; ++r) {
-        if (w.cols % kActBlock || !codes_in_range(w.scale + (r / 128) * w.scale_cols(), w.scale_cols(), kFp8CodeLo, kFp8CodeHi)) {
-            fp8_rows_generic(w, act, n, r, r + 1, y);
-            continue;
-        }
-        rows_in_column_tiles<Fp8Matrix, fp8_row<1>, fp8_row<2>, fp8_row<4>, fp8_row<8>>(w, act, n, r, y);
-    }
+    run_tiles<Fp8Matrix, Fp8Kernel>(w, act, n, r0, r1, y, fp8_row_foldable, fp8_rows_generic);
 }
 
 }  // namespace dsv4::backend::cpu

@@ -11,12 +11,21 @@
 
 namespace dsv4::backend::cpu {
 
-// FP4 activations are stored per 32-group as [even elements..., odd elements...], matching the kernel's nibble
-// order (low nibbles first); FP8 activations in natural order.
-enum class ActLayout { natural, fp4_pairs };
+// FP8 activations are stored in natural order. FP4 activations follow the order in which the kernel decodes
+// 64 packed bytes (4 groups of 32, one per 128-bit lane) with in-lane byte shuffles: see fp4_lane_index.
+enum class ActLayout { natural, fp4_lanes };
+
+// Position of element c (of a row whose length is a multiple of 128) in the fp4_lanes layout. Within each block
+// of 128 (4 groups), four vectors of 32 words: [even elements 0..14 | 16..30 | odd 1..15 | 17..31], each vector
+// holding 8 words per group, group L in 128-bit lane L.
+inline int64_t fp4_lane_index(int64_t c) {
+    const int64_t lane = (c & 127) >> 5, e = c & 31;
+    const int64_t vec = ((e & 1) << 1) | (e >> 4), m = (e & 15) >> 1;
+    return (c & ~int64_t(127)) + vec * 32 + lane * 8 + m;
+}
 
 // Quantises n rows of k values to FP8 in 128-blocks (the reference's act_quant) and writes the dequantised
-// values as bf16 bits in the given layout: out[n, k].
+// values as bf16 bits in the given layout: out[n, k] (k a multiple of 128 for fp4_lanes).
 void quantize_activations(const float *x, int64_t n, int64_t k, ActLayout layout, uint16_t *out);
 
 // y[i, r] = bf16(Σ_c act[i, c] · w[r, c]) for rows r0 <= r < r1 and every i < n. act in the layout named
