@@ -24,15 +24,9 @@ int report(dsv4_status st) {
     return 1;
 }
 
-int progress(uint64_t done, uint64_t total, void *) {
-    std::fprintf(stderr, "\rloading %3d%%", total ? int(100 * done / total) : 100);
-    if (done >= total) std::fprintf(stderr, "\n");
-    return 1;
-}
-
 int cmd_info(const std::string &dir) {
     dsv4_model_params mp = dsv4_model_default_params();
-    mp.progress_callback = progress;
+    mp.progress_callback = dsv4::tools::show_load_progress;
     dsv4_model *model = nullptr;
     if (dsv4_status st = dsv4_model_load(dir.c_str(), &mp, &model)) return report(st);
     dsv4_model_info info{};

@@ -39,7 +39,9 @@ struct Session {
         dsv4_model_free(model);
     }
     dsv4_status open(const RunOptions &o) {
-        if (dsv4_status st = dsv4_model_load(o.model_dir.c_str(), nullptr, &model)) return st;
+        dsv4_model_params mp = dsv4_model_default_params();
+        mp.progress_callback = show_load_progress;
+        if (dsv4_status st = dsv4_model_load(o.model_dir.c_str(), &mp, &model)) return st;
         tok = dsv4_model_tokenizer(model);
         if (!o.tokenizer_path.empty()) {
             if (dsv4_status st = dsv4_tokenizer_load(o.tokenizer_path.c_str(), &own_tok)) return st;
@@ -122,6 +124,12 @@ void print_stats(const dsv4_generate_stats &st) {
 }
 
 }  // namespace
+
+int show_load_progress(uint64_t done, uint64_t total, void *) {
+    std::fprintf(stderr, "\rloading %3d%%", total ? int(100 * done / total) : 100);
+    if (done >= total) std::fprintf(stderr, "\n");
+    return 1;
+}
 
 int run(const RunOptions &o) {
     Session s;

@@ -21,6 +21,9 @@ struct BenchOptions {
     int n_prompt = 128, n_gen = 32, repetitions = 3, threads = 0;
 };
 
+// Progress of a model load on stderr (a dsv4_progress_callback).
+int show_load_progress(uint64_t done, uint64_t total, void *user_data);
+
 // `dsv4 run`: one prompt, streamed to stdout, statistics to stderr.
 int run(const RunOptions &options);
 // `dsv4 chat`: one user turn per stdin line; the cached prefix of the conversation is reused between turns.

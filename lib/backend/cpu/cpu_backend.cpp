@@ -1,6 +1,6 @@
-// The optimised CPU backend: the quantised linears (FP8 everywhere, FP4 routed experts) run the kernels of the
-// best instruction set the CPU and OS allow (capped by DSV4_MAX_CPU_ISA); everything else, and every shape the
-// kernels do not cover, is the reference backend's.
+// The optimised CPU backend: the quantised linears (FP8 everywhere, FP4 routed experts) run the AVX512-BF16
+// kernels when the CPU and OS allow them (capped by DSV4_MAX_CPU_ISA); everything else, every lower ISA and every
+// shape the kernels do not cover is the reference backend's.
 #include <algorithm>
 #include <vector>
 
@@ -24,22 +24,22 @@ public:
     std::string name() const override { return std::string("cpu-") + cpu::isa_name(isa_); }
 
     void linear_fp8(const float *x, int64_t n, const Fp8Matrix &w, float *y) override {
+        if (!has_kernels()) return reference_->linear_fp8(x, n, w, y);
         act_.resize(size_t(n * w.cols));
         cpu::quantize_activations(x, n, w.cols, cpu::ActLayout::natural, act_.data());
         const uint16_t *act = act_.data();
-        auto rows = fp8_kernel();
-        for_row_tiles(w.rows, [&](int64_t r0, int64_t r1) { rows(w, act, n, r0, r1, y); });
+        for_row_tiles(w.rows, [&](int64_t r0, int64_t r1) { cpu::fp8_rows_avx512bf16(w, act, n, r0, r1, y); });
     }
 
     void linear_expert(const float *x, int64_t n, const ExpertMatrix &w, float *y) override {
         if (w.format == ExpertFormat::fp8) return linear_fp8(x, n, w.fp8, y);
         const Fp4Matrix &m = w.fp4;
-        if (m.cols % 128) return reference_->linear_expert(x, n, w, y);  // the kernels' layout needs 4-group blocks
+        if (!has_kernels() || m.cols % 128)  // the kernels' layout needs blocks of 4 groups
+            return reference_->linear_expert(x, n, w, y);
         act_.resize(size_t(n * m.cols));
         cpu::quantize_activations(x, n, m.cols, cpu::ActLayout::fp4_lanes, act_.data());
         const uint16_t *act = act_.data();
-        auto rows = fp4_kernel();
-        for_row_tiles(m.rows, [&](int64_t r0, int64_t r1) { rows(m, act, n, r0, r1, y); });
+        for_row_tiles(m.rows, [&](int64_t r0, int64_t r1) { cpu::fp4_rows_avx512bf16(m, act, n, r0, r1, y); });
     }
 
     void linear_bf16(const float *x, int64_t n, const Bf16Matrix &w, float *y) override { reference_->linear_bf16(x, n, w, y); }
@@ -50,10 +50,8 @@ public:
     void attention(const AttentionProblem &p) override { reference_->attention(p); }
 
 private:
-    using Fp4Rows = void (*)(const Fp4Matrix &, const uint16_t *, int64_t, int64_t, int64_t, float *);
-    using Fp8Rows = void (*)(const Fp8Matrix &, const uint16_t *, int64_t, int64_t, int64_t, float *);
-    Fp4Rows fp4_kernel() const { return isa_ >= cpu::Isa::avx512_bf16 ? cpu::fp4_rows_avx512bf16 : cpu::fp4_rows_generic; }
-    Fp8Rows fp8_kernel() const { return isa_ >= cpu::Isa::avx512_bf16 ? cpu::fp8_rows_avx512bf16 : cpu::fp8_rows_generic; }
+    // Below AVX512-BF16 (generic, plain AVX-512) the reference's loops are the kernels.
+    bool has_kernels() const { return isa_ >= cpu::Isa::avx512_bf16; }
 
     int threads() const {
 #if defined(_OPENMP)

@@ -32,7 +32,7 @@ void quantize_activations(const float *x, int64_t n, int64_t k, ActLayout layout
 // above. Rows whose scales would leave bf16's exponent range after folding take an exact scalar path.
 void fp4_rows_avx512bf16(const core::Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y);
 void fp8_rows_avx512bf16(const core::Fp8Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y);
-// The same contracts in portable C++ (the generic ISA path of this backend, and the fallback for odd rows).
+// The same contracts in portable C++: the AVX-512 kernels' exact path for rows whose scales they cannot take.
 void fp4_rows_generic(const core::Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y);
 void fp8_rows_generic(const core::Fp8Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y);
 
