@@ -5,15 +5,7 @@
 //      through the backend interface (activation quantisation included);
 // each figure as GB/s of weight bytes read and its ratio to the read bandwidth of the same thread count.
 // Usage: bench_kernels [POOL_MIB=1024] [REPEATS=3]. DSV4_MAX_CPU_ISA selects a lower kernel path.
-// GCC 12's AVX-512 headers trip its own uninitialised-value warnings (GCC bug 105593).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
-
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -24,49 +16,13 @@
 #include "backend/backend.h"
 #include "backend/cpu/isa.h"
 #include "core/matrix.h"
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
+#include "limits.h"
 
 using namespace dsv4;
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
+using bench::seconds_since;
 
 namespace {
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-int max_threads() {
-#if defined(_OPENMP)
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
-__attribute__((target("avx512f"))) uint64_t sum_stream(const uint8_t *p, size_t bytes, int threads) {
-    uint64_t total = 0;
-    const int64_t lines = int64_t(bytes / 64);
-#pragma omp parallel for num_threads(threads) reduction(+ : total) schedule(static)
-    for (int64_t chunk = 0; chunk < lines; chunk += 4096) {
-        __m512i acc = _mm512_setzero_si512();
-        for (int64_t l = chunk; l < std::min(lines, chunk + 4096); ++l)
-            acc = _mm512_add_epi64(acc, _mm512_load_si512(p + l * 64));
-        total += uint64_t(_mm512_reduce_add_epi64(acc));
-    }
-    return total;
-}
-
-// GB/s of a streaming read over a buffer well beyond the last-level cache; best of `repeats`.
-double read_bandwidth(const uint8_t *buf, size_t bytes, int threads, int repeats) {
-    double best = 0;
-    volatile uint64_t sink = 0;
-    for (int r = 0; r < repeats; ++r) {
-        const auto t0 = Clock::now();
-        sink = sink + sum_stream(buf, bytes, threads);
-        best = std::max(best, double(bytes) / seconds_since(t0) / 1e9);
-    }
-    return best;
-}
 
 struct Shape {
     const char *name;
@@ -78,17 +34,13 @@ struct Shape {
 int main(int argc, char **argv) {
     const size_t pool_bytes = size_t(argc > 1 ? std::atoi(argv[1]) : 1024) << 20;
     const int repeats = argc > 2 ? std::atoi(argv[2]) : 3;
-    const int all = max_threads();
+    const int all = bench::max_threads();
     const backend::cpu::Isa isa = backend::cpu::selected_isa();
     fmt::print("CPU kernels: {} (detected {}), threads: 1 and {}\n", backend::cpu::isa_name(isa),
                backend::cpu::isa_name(backend::cpu::detect_isa()), all);
 
-    // 1. read bandwidth over 2 GiB
-    const size_t bw_bytes = size_t(2) << 30;
-    auto *buf = static_cast<uint8_t *>(std::aligned_alloc(64, bw_bytes));
-    std::memset(buf, 1, bw_bytes);
-    const double bw1 = read_bandwidth(buf, bw_bytes, 1, repeats), bwn = read_bandwidth(buf, bw_bytes, all, repeats);
-    std::free(buf);
+    // 1. read bandwidth
+    const double bw1 = bench::read_bandwidth(1, repeats), bwn = bench::read_bandwidth(all, repeats);
     fmt::print("read bandwidth: {:.1f} GB/s (1 thread), {:.1f} GB/s ({} threads)\n\n", bw1, bwn, all);
 
     // 2. FP4 / FP8 linears at the expert shapes, cold weights

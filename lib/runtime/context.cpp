@@ -19,7 +19,7 @@ Context::Context(const model::Model &model, const ContextOptions &options) : mod
     if (options_.n_rewind < 0 || options_.n_rewind > 65536)
         fail(DSV4_ERR_INVALID_ARGUMENT, "n_rewind = {} outside [0, 65536]", options_.n_rewind);
     if (options_.n_threads < 0) fail(DSV4_ERR_INVALID_ARGUMENT, "n_threads = {} is negative", options_.n_threads);
-    backend_ = backend::make_cpu_backend(options_.n_threads);
+    backend_ = options_.make_backend ? options_.make_backend(options_.n_threads) : backend::make_cpu_backend(options_.n_threads);
     std::vector<kvcache::LayerGeometry> all = model.cache_geometry(options_.n_rewind);
     geometry_.assign(all.begin(), all.begin() + c.n_layers);
     seqs_.resize(size_t(options_.n_seq_max));

@@ -4,6 +4,7 @@
 #include <dsv4/dsv4.h>
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -18,6 +19,9 @@ struct ContextOptions {
     dsv4_abort_callback abort_callback = nullptr;
     void *abort_user_data = nullptr;
     model::Observer observer;  // empty = none
+    // Builds the compute backend (n_threads as above); empty = backend::make_cpu_backend. For benchmarks and
+    // tests that wrap or replace the backend.
+    std::function<std::unique_ptr<backend::Backend>(int n_threads)> make_backend;
 };
 
 class Context {

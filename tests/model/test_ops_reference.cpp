@@ -157,6 +157,38 @@ TEST_CASE("FP4 expert GEMM (per-32 scales, checkpoint nibble order) equals the f
   }
 }
 
+TEST_CASE("bf16-weight linears (bf16 output, fp32 output) equal the float64 reference", "[ops]") {
+  for (auto &[isa, be] : quantized_backends()) {
+    INFO("backend " << isa);
+    for (int trial = 0; trial < 8; ++trial) {
+        const int64_t n = trial == 7 ? 9 : randint(1, 5), rows = randint(1, 70), cols = 32 * randint(1, 40);
+        std::vector<uint16_t> w(static_cast<size_t>(rows * cols));
+        for (auto &v : w) v = core::f32_to_bf16(randn(0.05f));
+        const core::Bf16Matrix m{reinterpret_cast<const uint8_t *>(w.data()), rows, cols};
+        const auto xb = bf16_vector(size_t(n * cols), 1.0f);  // linear_bf16 takes bf16 values
+        std::vector<float> xf(size_t(n * cols));
+        for (float &v : xf) v = randn(1.0f);                   // linear_f32 takes any fp32
+        std::vector<float> yb(static_cast<size_t>(n * rows)), yf(yb.size());
+        be->linear_bf16(xb.data(), n, m, yb.data());
+        be->linear_f32(xf.data(), n, m, yf.data());
+        for (int64_t i = 0; i < n; ++i)
+            for (int64_t r = 0; r < rows; ++r) {
+                double rb = 0, rf = 0, mag = 0;
+                for (int64_t c = 0; c < cols; ++c) {
+                    const double wv = core::bf16_to_f32(w[size_t(r * cols + c)]);
+                    rb += double(xb[size_t(i * cols + c)]) * wv;
+                    rf += double(xf[size_t(i * cols + c)]) * wv;
+                    mag += std::fabs(double(xf[size_t(i * cols + c)]) * wv);
+                }
+                require_bf16_close(yb[size_t(i * rows + r)], rb, 1e-6);
+                INFO("row " << r << " col " << i);
+                // any fp32 summation order: at most cols roundings of 2^-24 relative to the running magnitude
+                REQUIRE(std::fabs(double(yf[size_t(i * rows + r)]) - rf) <= double(cols) * 0x1p-24 * mag + 1e-9);
+            }
+    }
+  }
+}
+
 TEST_CASE("sparse attention with sink equals the float64 softmax", "[ops]") {
     auto be = backend::make_cpu_reference_backend(2);
     for (int trial = 0; trial < 8; ++trial) {

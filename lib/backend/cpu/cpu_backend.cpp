@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "core/numeric.h"
+
 #include "backend/backend.h"
 #include "backend/cpu/isa.h"
 #include "backend/cpu/quantized_kernels.h"
@@ -42,8 +44,17 @@ public:
         for_row_tiles(m.rows, [&](int64_t r0, int64_t r1) { cpu::fp4_rows_avx512bf16(m, act, n, r0, r1, y); });
     }
 
-    void linear_bf16(const float *x, int64_t n, const Bf16Matrix &w, float *y) override { reference_->linear_bf16(x, n, w, y); }
-    void linear_f32(const float *x, int64_t n, const Bf16Matrix &w, float *y) override { reference_->linear_f32(x, n, w, y); }
+    void linear_bf16(const float *x, int64_t n, const Bf16Matrix &w, float *y) override {
+        if (!has_kernels() || w.cols % 32) return reference_->linear_bf16(x, n, w, y);
+        act_.resize(size_t(n * w.cols));
+        for (size_t i = 0; i < act_.size(); ++i) act_[i] = f32_to_bf16(x[i]);  // x is bf16-valued: exact
+        const uint16_t *act = act_.data();
+        for_row_tiles(w.rows, [&](int64_t r0, int64_t r1) { cpu::bf16_rows_avx512bf16(w, act, n, r0, r1, y); });
+    }
+    void linear_f32(const float *x, int64_t n, const Bf16Matrix &w, float *y) override {
+        if (!has_kernels() || w.cols % 16) return reference_->linear_f32(x, n, w, y);
+        for_row_tiles(w.rows, [&](int64_t r0, int64_t r1) { cpu::f32_rows_avx512bf16(w, x, n, r0, r1, y); });
+    }
     void linear_f32w(const float *x, int64_t n, const float *w, int64_t rows, int64_t cols, float *y) override {
         reference_->linear_f32w(x, n, w, rows, cols, y);
     }

@@ -18,6 +18,7 @@
 namespace dsv4::backend::cpu {
 namespace {
 using namespace dsv4::core;
+using core::Bf16Matrix;
 
 constexpr int64_t kActBlock = 128;
 
@@ -315,6 +316,84 @@ DSV4_TARGET_AVX512BF16 void fp4_rows_avx512bf16(const Fp4Matrix &w, const uint16
 DSV4_TARGET_AVX512BF16 void fp8_rows_avx512bf16(const Fp8Matrix &w, const uint16_t *act, int64_t n, int64_t r0,
                                                  int64_t r1, float *y) {
     run_tiles<Fp8Matrix, Fp8Kernel>(w, act, n, r0, r1, y, fp8_row_foldable, fp8_rows_generic);
+}
+
+namespace {
+
+template <int R, int NC>
+DSV4_TARGET_AVX512BF16 void bf16_tile(const Bf16Matrix &w, int64_t r, const uint16_t *x, float *y) {
+    const int64_t k = w.cols;
+    __m512 acc[R][NC];
+    for (int j = 0; j < R; ++j)
+        for (int i = 0; i < NC; ++i) acc[j][i] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < k; c += 32) {
+        __m512bh wv[R];
+        for (int j = 0; j < R; ++j) wv[j] = (__m512bh)_mm512_loadu_si512(w.w + 2 * ((r + j) * k + c));
+        for (int i = 0; i < NC; ++i) {
+            const __m512bh a = (__m512bh)_mm512_loadu_si512(x + i * k + c);
+            for (int j = 0; j < R; ++j) acc[j][i] = _mm512_dpbf16_ps(acc[j][i], a, wv[j]);
+        }
+    }
+    for (int j = 0; j < R; ++j)
+        for (int i = 0; i < NC; ++i) y[int64_t(i) * w.rows + r + j] = store_bf16(acc[j][i]);
+}
+
+template <int R, int NC>
+DSV4_TARGET_AVX512BF16 void f32_tile(const Bf16Matrix &w, int64_t r, const float *x, float *y) {
+    const int64_t k = w.cols;
+    __m512 acc[R][NC];
+    for (int j = 0; j < R; ++j)
+        for (int i = 0; i < NC; ++i) acc[j][i] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < k; c += 16) {
+        __m512 wv[R];
+        for (int j = 0; j < R; ++j) {
+            const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(w.w + 2 * ((r + j) * k + c)));
+            wv[j] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        }
+        for (int i = 0; i < NC; ++i) {
+            const __m512 a = _mm512_loadu_ps(x + i * k + c);
+            for (int j = 0; j < R; ++j) acc[j][i] = _mm512_fmadd_ps(a, wv[j], acc[j][i]);
+        }
+    }
+    for (int j = 0; j < R; ++j)
+        for (int i = 0; i < NC; ++i) y[int64_t(i) * w.rows + r + j] = _mm512_reduce_add_ps(acc[j][i]);
+}
+
+// Rows in blocks of 4 (then one by one), columns in tiles of 4, 2, 1.
+template <typename X, void (*T41)(const Bf16Matrix &, int64_t, const X *, float *),
+          void (*T42)(const Bf16Matrix &, int64_t, const X *, float *),
+          void (*T44)(const Bf16Matrix &, int64_t, const X *, float *),
+          void (*T11)(const Bf16Matrix &, int64_t, const X *, float *),
+          void (*T12)(const Bf16Matrix &, int64_t, const X *, float *),
+          void (*T14)(const Bf16Matrix &, int64_t, const X *, float *)>
+DSV4_TARGET_AVX512BF16 void bf16_weight_rows(const Bf16Matrix &w, const X *x, int64_t n, int64_t r0, int64_t r1, float *y) {
+    for (int64_t r = r0; r < r1;) {
+        const bool block = r + 4 <= r1;
+        for (int64_t i = 0; i < n;) {
+            const int64_t nc = n - i >= 4 ? 4 : n - i >= 2 ? 2 : 1;
+            const X *a = x + i * w.cols;
+            float *yy = y + i * w.rows;
+            if (nc == 4) (block ? T44 : T14)(w, r, a, yy);
+            else if (nc == 2) (block ? T42 : T12)(w, r, a, yy);
+            else (block ? T41 : T11)(w, r, a, yy);
+            i += nc;
+        }
+        r += block ? 4 : 1;
+    }
+}
+
+}  // namespace
+
+DSV4_TARGET_AVX512BF16 void bf16_rows_avx512bf16(const Bf16Matrix &w, const uint16_t *x, int64_t n, int64_t r0,
+                                                  int64_t r1, float *y) {
+    bf16_weight_rows<uint16_t, bf16_tile<4, 1>, bf16_tile<4, 2>, bf16_tile<4, 4>, bf16_tile<1, 1>, bf16_tile<1, 2>,
+                     bf16_tile<1, 4>>(w, x, n, r0, r1, y);
+}
+
+DSV4_TARGET_AVX512BF16 void f32_rows_avx512bf16(const Bf16Matrix &w, const float *x, int64_t n, int64_t r0, int64_t r1,
+                                                 float *y) {
+    bf16_weight_rows<float, f32_tile<4, 1>, f32_tile<4, 2>, f32_tile<4, 4>, f32_tile<1, 1>, f32_tile<1, 2>,
+                     f32_tile<1, 4>>(w, x, n, r0, r1, y);
 }
 
 }  // namespace dsv4::backend::cpu

@@ -36,4 +36,10 @@ void fp8_rows_avx512bf16(const core::Fp8Matrix &w, const uint16_t *act, int64_t 
 void fp4_rows_generic(const core::Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y);
 void fp8_rows_generic(const core::Fp8Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y);
 
+// Linears with bf16 weights [rows, cols] (cols a multiple of 32), rows [r0, r1) for every i < n:
+// bf16_rows: x holds bf16 bits, y = bf16(x · wᵀ) (exact products, fp32 sums: vdpbf16ps);
+// f32_rows: x is fp32, y = x · wᵀ in fp32 (FMA on the widened weights).
+void bf16_rows_avx512bf16(const core::Bf16Matrix &w, const uint16_t *x, int64_t n, int64_t r0, int64_t r1, float *y);
+void f32_rows_avx512bf16(const core::Bf16Matrix &w, const float *x, int64_t n, int64_t r0, int64_t r1, float *y);
+
 }  // namespace dsv4::backend::cpu

@@ -1,0 +1,61 @@
+// This machine's own limits, measured in the benchmark run that quotes figures against them.
+#pragma once
+// GCC 12's AVX-512 headers trip its own uninitialised-value warnings (GCC bug 105593).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace dsv4::bench {
+
+using Clock = std::chrono::steady_clock;
+inline double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+inline int max_threads() {
+#if defined(_OPENMP)
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+__attribute__((target("avx512f"))) inline uint64_t sum_stream(const uint8_t *p, size_t bytes, int threads) {
+    uint64_t total = 0;
+    const int64_t lines = int64_t(bytes / 64);
+#pragma omp parallel for num_threads(threads) reduction(+ : total) schedule(static)
+    for (int64_t chunk = 0; chunk < lines; chunk += 4096) {
+        __m512i acc = _mm512_setzero_si512();
+        for (int64_t l = chunk; l < std::min(lines, chunk + 4096); ++l)
+            acc = _mm512_add_epi64(acc, _mm512_load_si512(p + l * 64));
+        total += uint64_t(_mm512_reduce_add_epi64(acc));
+    }
+    return total;
+}
+
+// Read bandwidth in GB/s: a streaming read of a 2 GiB buffer (far beyond the caches), best of `repeats`.
+inline double read_bandwidth(int threads, int repeats) {
+    const size_t bytes = size_t(2) << 30;
+    auto *buf = static_cast<uint8_t *>(std::aligned_alloc(64, bytes));
+    std::memset(buf, 1, bytes);
+    double best = 0;
+    volatile uint64_t sink = 0;
+    for (int r = 0; r < repeats; ++r) {
+        const auto t0 = Clock::now();
+        sink = sink + sum_stream(buf, bytes, threads);
+        best = std::max(best, double(bytes) / seconds_since(t0) / 1e9);
+    }
+    std::free(buf);
+    return best;
+}
+
+}  // namespace dsv4::bench
