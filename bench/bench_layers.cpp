@@ -9,12 +9,14 @@
 #include <cstdio>
 #include <fmt/format.h>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "backend/backend.h"
 #include "backend/cpu/isa.h"
+#include "io/mapped_file.h"
 #include "limits.h"
 #include "model/model.h"
 #include "runtime/context.h"
@@ -140,7 +142,12 @@ int main(int argc, char **argv) {
     const double step_s = seconds_since(t_decode) / steps;
 
     size_t layer_bytes = 0;
-    for (int il = 0; il < c.n_layers; ++il) layer_bytes += layer_bytes_per_token(w.layers[size_t(il)], c.n_activated_experts);
+    std::map<int, size_t> bytes_by_ratio;  // compress ratio -> bytes of one such layer
+    for (int il = 0; il < c.n_layers; ++il) {
+        const size_t b = layer_bytes_per_token(w.layers[size_t(il)], c.n_activated_experts);
+        layer_bytes += b;
+        bytes_by_ratio[c.layers[size_t(il)].compress_ratio] = b;
+    }
     const size_t head_bytes = bf16_bytes(w.head) + size_t(c.dim) * 2;  // LM head + one embedding row
     const size_t step_bytes = layer_bytes + head_bytes;
 
@@ -155,6 +162,19 @@ int main(int argc, char **argv) {
                layer_bytes / 1e6, head_bytes / 1e6);
     fmt::print("bandwidth time of those   {:8.2f} ms   -> measured / limit = {:.2f}x\n", step_bytes / bw / 1e6,
                step_s / (step_bytes / bw / 1e9));
+    // Whole-model projection: the full model's layers at this run's bytes per layer kind and this run's
+    // measured/limit ratio (window layers: an HCA layer without its compressor, a slight overestimate).
+    const nlohmann::json cfg = nlohmann::json::parse(io::read_text_file(std::string(argv[1]) + "/config.json"));
+    if (cfg.contains("dsv4_bench_full_model") && bytes_by_ratio.count(4) && bytes_by_ratio.count(128)) {
+        const auto &full = cfg["dsv4_bench_full_model"];
+        size_t bytes = size_t(full["vocab_size"].get<int64_t>()) * size_t(c.dim) * 2;
+        for (int ratio : full["compress_ratios"].get<std::vector<int>>()) bytes += bytes_by_ratio[ratio ? ratio : 128];
+        const double ratio = step_s / (step_bytes / bw / 1e9);
+        fmt::print("whole model ({} layers, vocab {}): {:.2f} GB per token -> at this run's {:.2f}x: {:.2f} tokens/s "
+                   "here ({:.0f} GB/s), {:.2f} tokens/s at 186 GB/s (limits {:.2f} / {:.2f})\n",
+                   full["compress_ratios"].size(), full["vocab_size"].get<int64_t>(), bytes / 1e9, ratio,
+                   bw * 1e9 / bytes / ratio, bw, 186e9 / bytes / ratio, bw * 1e9 / bytes, 186e9 / bytes);
+    }
     fmt::print("where a decode step's time goes (backend operations, ms per step):\n");
     double in_backend = 0;
     for (const auto &[op, s] : timing->seconds) {

@@ -87,6 +87,9 @@ def main():
     ap.add_argument("--vocab", type=int, default=4096)
     args = ap.parse_args()
     c = json.loads(Path(args.config).read_text())
+    # The full model's layer schedule and vocabulary, for bench_layers' whole-model projection.
+    c["dsv4_bench_full_model"] = {"compress_ratios": c["compress_ratios"][: c["num_hidden_layers"]],
+                                  "vocab_size": c["vocab_size"]}
     c.update(num_hidden_layers=2, num_nextn_predict_layers=0, num_hash_layers=0, compress_ratios=[4, 128],
              vocab_size=args.vocab)
     D, H, d, I, E = c["hidden_size"], c["num_attention_heads"], c["head_dim"], c["moe_intermediate_size"], c["n_routed_experts"]
