@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: set up, then
-#   1. a release build (gcc) with every test: unit, golden (eval-golden on every fixture in tests/data),
-#      the pure-C example, the exported-symbol list and the find_package consumer;
+#   1. a release build (gcc) with every test: unit, golden (eval-golden on every fixture in tests/data, on
+#      every CPU kernel path), the examples, the exported-symbol list, the find_package consumer and the
+#      Python module as plain CMake builds it;
 #   2. the Python bindings: `pip install .` into a virtual environment (build/venv, offline, Debian's
 #      python3 with its numpy and pytest), then the pytest suite in tests/python against the installed package;
 #   3. a sanitizer build (clang, ASan + UBSan) running the same suite plus the libFuzzer targets for a
@@ -15,7 +16,8 @@ start=$SECONDS
 "$root/scripts/setup.sh"
 
 echo "== release build =="
-cmake -S "$root" -B "$root/build/test" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSV4_BUILD_TESTS=ON -DDSV4_WERROR=ON >/dev/null
+cmake -S "$root" -B "$root/build/test" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSV4_BUILD_TESTS=ON -DDSV4_WERROR=ON \
+      -DDSV4_BUILD_PYTHON=ON -DPython_EXECUTABLE=/usr/bin/python3 >/dev/null
 cmake --build "$root/build/test" -j "$jobs"
 ctest --test-dir "$root/build/test" --output-on-failure -j "$jobs"
 
