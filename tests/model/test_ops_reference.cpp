@@ -57,8 +57,8 @@ std::vector<double> act_quant_ref(const float *x, int64_t k) {
     return out;
 }
 
-// The quantised linears run on the reference backend and on the optimised backend at every ISA this machine
-// has (llama.cpp's test-backend-ops idea): each must match the float64 reference.
+// The linears and attention run on the reference backend and on the optimised backend at every ISA this
+// machine has (llama.cpp's test-backend-ops idea): each must match the float64 reference.
 std::vector<std::pair<std::string, std::unique_ptr<backend::Backend>>> quantized_backends() {
     std::vector<std::pair<std::string, std::unique_ptr<backend::Backend>>> out;
     out.emplace_back("reference", backend::make_cpu_reference_backend(2));
@@ -190,7 +190,8 @@ TEST_CASE("bf16-weight linears (bf16 output, fp32 output) equal the float64 refe
 }
 
 TEST_CASE("sparse attention with sink equals the float64 softmax", "[ops]") {
-    auto be = backend::make_cpu_reference_backend(2);
+  for (auto &[isa, be] : quantized_backends()) {
+    INFO("backend " << isa);
     for (int trial = 0; trial < 8; ++trial) {
         const int H = randint(1, 4), d = 64 * randint(1, 2);
         const int64_t rows = randint(1, 300);
@@ -231,6 +232,7 @@ TEST_CASE("sparse attention with sink equals the float64 softmax", "[ops]") {
             }
         }
     }
+  }
 }
 
 TEST_CASE("mHC: hc_pre with Sinkhorn and hc_post equal the float64 reference", "[ops]") {

@@ -2,6 +2,7 @@
 // kernels when the CPU and OS allow them (capped by DSV4_MAX_CPU_ISA); everything else, every lower ISA and every
 // shape the kernels do not cover is the reference backend's.
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "core/numeric.h"
@@ -58,7 +59,50 @@ public:
     void linear_f32w(const float *x, int64_t n, const float *w, int64_t rows, int64_t cols, float *y) override {
         reference_->linear_f32w(x, n, w, rows, cols, y);
     }
-    void attention(const AttentionProblem &p) override { reference_->attention(p); }
+    // The reference's algorithm (online softmax in chunks of 64 rows, P rounded to bf16 before P·V) with the
+    // inner loops over head_dim vectorised; only the q·k summation order differs.
+    void attention(const AttentionProblem &p) override {
+        if (!has_kernels() || p.head_dim % 16) return reference_->attention(p);
+        constexpr int64_t kChunk = 64;
+        const int d = p.head_dim, nt = threads();
+        scratch_.resize(size_t(nt) * size_t(d + kChunk));
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int h = 0; h < p.n_heads; ++h) {
+#if defined(_OPENMP)
+            float *acc = scratch_.data() + size_t(omp_get_thread_num()) * size_t(d + kChunk);
+#else
+            float *acc = scratch_.data();
+#endif
+            float *scores = acc + d;
+            const float *q = p.q + int64_t(h) * d;
+            std::fill_n(acc, d, 0.0f);
+            float m = -INFINITY, l = 0.0f;
+            for (int64_t c0 = 0; c0 < p.n_rows; c0 += kChunk) {
+                const int64_t c1 = std::min(p.n_rows, c0 + kChunk);
+                float chunk_max = -INFINITY;
+                for (int64_t j = c0; j < c1; ++j) {
+                    const float s = p.valid[j] ? cpu::dot_f32_avx512(q, p.kv + j * d, d) * p.scale : -INFINITY;
+                    scores[j - c0] = s;
+                    chunk_max = std::max(chunk_max, s);
+                }
+                const float m_new = std::max(m, chunk_max);
+                if (m_new == -INFINITY) continue;  // nothing valid yet
+                const float alpha = m == -INFINITY ? 0.0f : std::exp(m - m_new);
+                l *= alpha;
+                cpu::scale_f32_avx512(acc, alpha, d);
+                for (int64_t j = c0; j < c1; ++j) {
+                    if (!p.valid[j]) continue;
+                    const float prob = std::exp(scores[j - c0] - m_new);
+                    l += prob;
+                    cpu::axpy_f32_avx512(acc, round_bf16(prob), p.kv + j * d, d);  // P is bf16 in P·V
+                }
+                m = m_new;
+            }
+            l += std::exp(p.sink[h] - m);
+            float *o = p.out + int64_t(h) * d;
+            for (int t = 0; t < d; ++t) o[t] = round_bf16(acc[t] / l);
+        }
+    }
 
 private:
     // Below AVX512-BF16 (generic, plain AVX-512) the reference's loops are the kernels.
@@ -83,6 +127,7 @@ private:
     cpu::Isa isa_;
     [[maybe_unused]] int n_threads_;
     std::vector<uint16_t> act_;  // dequantised activations of the current call (bf16 bits)
+    std::vector<float> scratch_; // per-thread attention rows: accumulator [head_dim] + scores [64]
 };
 
 }  // namespace

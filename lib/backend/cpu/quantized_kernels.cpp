@@ -396,4 +396,27 @@ DSV4_TARGET_AVX512BF16 void f32_rows_avx512bf16(const Bf16Matrix &w, const float
                      f32_tile<1, 4>>(w, x, n, r0, r1, y);
 }
 
+DSV4_TARGET_AVX512BF16 float dot_f32_avx512(const float *a, const float *b, int n) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    }
+    for (; i < n; i += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+DSV4_TARGET_AVX512BF16 void scale_f32_avx512(float *acc, float alpha, int n) {
+    const __m512 va = _mm512_set1_ps(alpha);
+    for (int i = 0; i < n; i += 16) _mm512_storeu_ps(acc + i, _mm512_mul_ps(_mm512_loadu_ps(acc + i), va));
+}
+
+DSV4_TARGET_AVX512BF16 void axpy_f32_avx512(float *acc, float p, const float *v, int n) {
+    const __m512 vp = _mm512_set1_ps(p);
+    // mul then add, not FMA: the reference rounds the product before the sum
+    for (int i = 0; i < n; i += 16)
+        _mm512_storeu_ps(acc + i, _mm512_add_ps(_mm512_loadu_ps(acc + i), _mm512_mul_ps(vp, _mm512_loadu_ps(v + i))));
+}
+
 }  // namespace dsv4::backend::cpu

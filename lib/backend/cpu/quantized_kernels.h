@@ -42,4 +42,10 @@ void fp8_rows_generic(const core::Fp8Matrix &w, const uint16_t *act, int64_t n, 
 void bf16_rows_avx512bf16(const core::Bf16Matrix &w, const uint16_t *x, int64_t n, int64_t r0, int64_t r1, float *y);
 void f32_rows_avx512bf16(const core::Bf16Matrix &w, const float *x, int64_t n, int64_t r0, int64_t r1, float *y);
 
+// Vector helpers of the attention kernel (n a multiple of 16): Σ a[i]·b[i] in fp32 (any order), and
+// acc[i] = acc[i]·alpha (scale) or acc[i] + p·v[i] (axpy), each element in the reference's order.
+float dot_f32_avx512(const float *a, const float *b, int n);
+void scale_f32_avx512(float *acc, float alpha, int n);
+void axpy_f32_avx512(float *acc, float p, const float *v, int n);
+
 }  // namespace dsv4::backend::cpu
