@@ -1,5 +1,6 @@
 // Streaming generation through the C ABI on the tiny-flash model: greedy output equals the golden greedy
 // tokens, stop conditions, streamed text, timings, and cancellation from another thread.
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
@@ -48,19 +49,37 @@ int collect(int32_t token, const char *text, size_t len, void *user) {
 }
 }  // namespace
 
-TEST_CASE("greedy generation reproduces the golden greedy tokens and streams their text", "[generate]") {
+// Greedy generation is the argmax of the model's own logits along the generated path (the golden greedy tokens
+// cannot be required: on the random-weight fixture every row's top-1 margin is below the fixture's argmax
+// tolerance, so a faithful implementation may pick another token; eval-golden checks the logits themselves).
+TEST_CASE("greedy generation follows the argmax of the model's logits and streams their text", "[generate]") {
     Setup s;
     const auto g = nlohmann::json::parse(dsv4::io::read_text_file(dsv4::test::data_dir() + "/tiny-flash/golden.json"));
-    const auto &c = g["cases"][1];  // len5: margins comfortably above the noise for its first tokens
-    const auto prompt = c["prompt"].get<std::vector<int32_t>>();
-    const auto golden = c["greedy_tokens"].get<std::vector<int32_t>>();
+    const auto prompt = g["cases"][1]["prompt"].get<std::vector<int32_t>>();  // len5
     dsv4_generate_params p = dsv4_generate_default_params();
     p.max_tokens = 12;
     Collected got;
     dsv4_generate_stats st{};
     st.struct_size = sizeof st;
     REQUIRE(dsv4_generate(s.ctx, s.greedy, s.tok, 0, prompt.data(), int32_t(prompt.size()), &p, collect, &got, &st) == DSV4_OK);
-    CHECK(std::vector<int32_t>(golden.begin(), golden.begin() + 12) == got.tokens);
+    REQUIRE(got.tokens.size() == 12);
+    // Replay prompt + generated tokens in one batch with every output: row len(prompt)-1+i predicts token i.
+    std::vector<int32_t> all = prompt;
+    all.insert(all.end(), got.tokens.begin(), got.tokens.end() - 1);
+    dsv4_context *replay = nullptr;
+    REQUIRE(dsv4_context_create(s.model, nullptr, &replay) == DSV4_OK);
+    std::vector<int8_t> want(all.size(), 1);
+    dsv4_batch b = dsv4_batch_for_sequence(all.data(), int32_t(all.size()), 0);
+    b.want_output = want.data();
+    REQUIRE(dsv4_decode(replay, &b) == DSV4_OK);
+    for (size_t i = 0; i < got.tokens.size(); ++i) {
+        const float *logits = nullptr;
+        int32_t n = 0;
+        REQUIRE(dsv4_get_logits(replay, int32_t(prompt.size() - 1 + i), &logits, &n) == DSV4_OK);
+        INFO("token " << i);
+        CHECK(int32_t(std::max_element(logits, logits + n) - logits) == got.tokens[i]);
+    }
+    dsv4_context_free(replay);
     CHECK(st.stop_reason == DSV4_STOP_MAX_TOKENS);
     CHECK(st.n_prompt == 5);
     CHECK(st.n_generated == 12);
