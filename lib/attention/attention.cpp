@@ -209,10 +209,9 @@ void attention_forward(const LayerContext &ctx, const float *x, int64_t N, const
             model::observe(ctx.observer, "index_kv_comp", layer, DSV4_DTYPE_BF16, int64_t(emitted_idx.size()) / dI, dI,
                            emitted_idx.data());
 
-        // Compressed entries available by the end of the span, decoded once.
+        // Compressed entries available by the end of the span; each query decodes only those it attends to (all of
+        // them in HCA, the indexer's top-k in CSA), so a decode step does not grow with the whole cache.
         const int64_t n_entries = m ? int64_t(cache.kv.size()) : 0;
-        std::vector<float> comp_rows(static_cast<size_t>(n_entries * d));
-        for (int64_t j = 0; j < n_entries; ++j) decode_kv_entry(g, cache.kv.entry(size_t(j)), &comp_rows[size_t(j * d)]);
         std::vector<float> index_keys;
         if (m == 4) {
             index_keys.resize(size_t(n_entries * dI));
@@ -245,26 +244,16 @@ void attention_forward(const LayerContext &ctx, const float *x, int64_t N, const
             std::vector<int32_t> selected;
             if (m == 4) {
                 float *score = span_scores.data() + t * n_entries;
-                const float *qi = &qI[size_t(i * nI * dI)];
-                const float *om = &omega[size_t(i * nI)];
-                for (int64_t j = 0; j < n_avail; ++j) {
-                    const float *kj = &index_keys[size_t(j * dI)];
-                    float total = 0.0f;
-                    for (int h = 0; h < nI; ++h) {
-                        float dot = 0.0f;
-                        for (int c = 0; c < dI; ++c) dot += qi[h * dI + c] * kj[c];
-                        total += round_bf16(std::max(round_bf16(dot), 0.0f) * om[h]);
-                    }
-                    score[j] = round_bf16(total);
-                }
+                be.index_scores(&qI[size_t(i * nI * dI)], &omega[size_t(i * nI)], nI, dI, index_keys.data(), n_avail, score);
                 selected = topk_desc(score, n_avail, cfg.index_topk);
                 std::copy(selected.begin(), selected.end(), span_topk.data() + t * topk_width);
             } else if (m) {
                 selected.resize(size_t(n_avail));
                 std::iota(selected.begin(), selected.end(), 0);
             }
-            for (int32_t j : selected) {
-                rows.insert(rows.end(), &comp_rows[size_t(j) * d], &comp_rows[size_t(j) * d] + d);
+            rows.resize(size_t(W + int64_t(selected.size())) * d);
+            for (size_t k = 0; k < selected.size(); ++k) {
+                decode_kv_entry(g, cache.kv.entry(size_t(selected[k])), &rows[(size_t(W) + k) * d]);
                 valid.push_back(1);
             }
             backend::AttentionProblem p;

@@ -42,6 +42,10 @@ public:
     virtual void linear_f32w(const float *x, int64_t n, const float *w, int64_t rows, int64_t cols, float *y) = 0;
     // Sparse attention with sink over an explicit row list, online softmax in chunks of 64 rows (spec §4.5).
     virtual void attention(const AttentionProblem &p) = 0;
+    // Lightning-indexer scores of one query over n keys (spec §6): for key j,
+    // score[j] = bf16(Σ_h bf16(relu(bf16(q_h · k_j)) · w_h)), q [n_heads, dim], w [n_heads], keys [n, dim].
+    virtual void index_scores(const float *q, const float *w, int n_heads, int dim, const float *keys, int64_t n,
+                              float *scores) = 0;
 };
 
 // The portable reference backend (exact reference numerics, OpenMP across output rows); n_threads 0 = default.

@@ -235,6 +235,35 @@ TEST_CASE("sparse attention with sink equals the float64 softmax", "[ops]") {
   }
 }
 
+TEST_CASE("lightning-indexer scores equal the float64 reference with the reference's roundings", "[ops]") {
+  for (auto &[isa, be] : quantized_backends()) {
+    INFO("backend " << isa);
+    for (int trial = 0; trial < 6; ++trial) {
+        const int heads = trial % 2 ? 64 : randint(1, 20), dim = 128;
+        const int64_t n = randint(1, 300);
+        const auto q = bf16_vector(size_t(heads * dim), 1.0f), keys = bf16_vector(size_t(n * dim), 1.0f);
+        std::vector<float> w(static_cast<size_t>(heads));
+        for (float &v : w) v = core::round_bf16(randn(0.1f));
+        std::vector<float> scores(static_cast<size_t>(n));
+        be->index_scores(q.data(), w.data(), heads, dim, keys.data(), n, scores.data());
+        for (int64_t j = 0; j < n; ++j) {
+            // float64 dots, then the reference's bf16 roundings; fp32 summation order may move a dot across a
+            // bf16 rounding boundary, so allow one bf16 ulp per head term plus the final rounding.
+            double total = 0, slack = 0;
+            for (int h = 0; h < heads; ++h) {
+                double dot = 0;
+                for (int c = 0; c < dim; ++c) dot += double(q[size_t(h * dim + c)]) * keys[size_t(j * dim + c)];
+                const double term = core::round_bf16(float(std::max<double>(core::round_bf16(float(dot)), 0.0) * w[size_t(h)]));
+                total += term;
+                slack += std::fabs(term) * 0x1p-7 + std::fabs(dot * w[size_t(h)]) * 0x1p-7;
+            }
+            INFO("key " << j);
+            REQUIRE(std::fabs(double(scores[size_t(j)]) - total) <= std::fabs(total) * 0x1p-7 + slack + 1e-6);
+        }
+    }
+  }
+}
+
 TEST_CASE("mHC: hc_pre with Sinkhorn and hc_post equal the float64 reference", "[ops]") {
     auto be = backend::make_cpu_reference_backend(2);
     const int hc = 4, D = 64 * randint(1, 3), mix = (2 + hc) * hc;

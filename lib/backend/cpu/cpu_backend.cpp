@@ -104,6 +104,24 @@ public:
         }
     }
 
+    void index_scores(const float *q, const float *w, int n_heads, int dim, const float *keys, int64_t n,
+                      float *scores) override {
+        if (!has_kernels() || n_heads > 64) return reference_->index_scores(q, w, n_heads, dim, keys, n, scores);
+        // Heads padded to a multiple of 16 with zero queries and weights: a padded head adds bf16(relu(0)·0) = 0.
+        const int padded = (n_heads + 15) / 16 * 16;
+        qt_.assign(size_t(padded) * size_t(dim) + size_t(padded), 0.0f);
+        for (int h = 0; h < n_heads; ++h)
+            for (int c = 0; c < dim; ++c) qt_[size_t(c) * size_t(padded) + size_t(h)] = q[h * dim + c];
+        float *wp = qt_.data() + size_t(padded) * size_t(dim);
+        std::copy_n(w, n_heads, wp);
+        const float *qt = qt_.data();
+        constexpr int64_t kKeysPerTile = 256;
+        const int64_t tiles = (n + kKeysPerTile - 1) / kKeysPerTile;
+#pragma omp parallel for num_threads(threads()) schedule(static)
+        for (int64_t t = 0; t < tiles; ++t)
+            cpu::index_scores_avx512(qt, wp, padded, dim, keys, t * kKeysPerTile, std::min(n, (t + 1) * kKeysPerTile), scores);
+    }
+
 private:
     // Below AVX512-BF16 (generic, plain AVX-512) the reference's loops are the kernels.
     bool has_kernels() const { return isa_ >= cpu::Isa::avx512_bf16; }
@@ -128,6 +146,7 @@ private:
     [[maybe_unused]] int n_threads_;
     std::vector<uint16_t> act_;  // dequantised activations of the current call (bf16 bits)
     std::vector<float> scratch_; // per-thread attention rows: accumulator [head_dim] + scores [64]
+    std::vector<float> qt_;      // the indexer query transposed, [dim, heads padded to 16], then the weights
 };
 
 }  // namespace

@@ -419,4 +419,50 @@ DSV4_TARGET_AVX512BF16 void axpy_f32_avx512(float *acc, float p, const float *v,
         _mm512_storeu_ps(acc + i, _mm512_add_ps(_mm512_loadu_ps(acc + i), _mm512_mul_ps(vp, _mm512_loadu_ps(v + i))));
 }
 
+namespace {
+DSV4_TARGET_AVX512BF16 inline __m512 round_bf16_ps(__m512 x) {
+    const __m512i b = _mm512_castps_si512(x);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+    const __m512i r = _mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb));
+    return _mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32(int(0xffff0000u))));
+}
+
+// KB keys at once against every head block: KB · (n_heads/16) accumulators share each loaded column of q.
+template <int KB>
+DSV4_TARGET_AVX512BF16 void index_keys_block(const float *qt, const float *w, int n_heads, int dim, const float *keys,
+                                             float *scores) {
+    constexpr int kMaxHeadBlocks = 4;
+    const int hb = n_heads / 16;
+    __m512 acc[KB][kMaxHeadBlocks];
+    for (int k = 0; k < KB; ++k)
+        for (int b = 0; b < hb; ++b) acc[k][b] = _mm512_setzero_ps();
+    for (int c = 0; c < dim; ++c) {
+        __m512 kc[KB];
+        for (int k = 0; k < KB; ++k) kc[k] = _mm512_set1_ps(keys[int64_t(k) * dim + c]);
+        for (int b = 0; b < hb; ++b) {
+            const __m512 qc = _mm512_loadu_ps(qt + int64_t(c) * n_heads + b * 16);
+            for (int k = 0; k < KB; ++k) acc[k][b] = _mm512_fmadd_ps(qc, kc[k], acc[k][b]);
+        }
+    }
+    for (int k = 0; k < KB; ++k) {
+        __m512 total = _mm512_setzero_ps();
+        for (int b = 0; b < hb; ++b) {
+            const __m512 relu = _mm512_max_ps(round_bf16_ps(acc[k][b]), _mm512_setzero_ps());
+            total = _mm512_add_ps(total, round_bf16_ps(_mm512_mul_ps(relu, _mm512_loadu_ps(w + b * 16))));
+        }
+        scores[k] = round_bf16(_mm512_reduce_add_ps(total));
+    }
+}
+}  // namespace
+
+DSV4_TARGET_AVX512BF16 void index_scores_avx512(const float *qt, const float *w, int n_heads, int dim, const float *keys,
+                                                int64_t j0, int64_t j1, float *scores) {
+    int64_t j = j0;
+    if (n_heads <= 32)
+        for (; j + 4 <= j1; j += 4) index_keys_block<4>(qt, w, n_heads, dim, keys + j * dim, scores + j);
+    else
+        for (; j + 2 <= j1; j += 2) index_keys_block<2>(qt, w, n_heads, dim, keys + j * dim, scores + j);
+    for (; j < j1; ++j) index_keys_block<1>(qt, w, n_heads, dim, keys + j * dim, scores + j);
+}
+
 }  // namespace dsv4::backend::cpu

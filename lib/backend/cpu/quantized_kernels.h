@@ -48,4 +48,9 @@ float dot_f32_avx512(const float *a, const float *b, int n);
 void scale_f32_avx512(float *acc, float alpha, int n);
 void axpy_f32_avx512(float *acc, float p, const float *v, int n);
 
+// Lightning-indexer scores of keys [j0, j1) (the contract of Backend::index_scores); qt is q transposed,
+// [dim, n_heads], n_heads a multiple of 16. The sum over heads runs in vector order.
+void index_scores_avx512(const float *qt, const float *w, int n_heads, int dim, const float *keys, int64_t j0,
+                         int64_t j1, float *scores);
+
 }  // namespace dsv4::backend::cpu

@@ -167,6 +167,21 @@ public:
         }
     }
 
+    void index_scores(const float *q, const float *w, int n_heads, int dim, const float *keys, int64_t n,
+                      float *scores) override {
+#pragma omp parallel for num_threads(threads()) schedule(static)
+        for (int64_t j = 0; j < n; ++j) {
+            const float *kj = keys + j * dim;
+            float total = 0.0f;
+            for (int h = 0; h < n_heads; ++h) {
+                float dot = 0.0f;
+                for (int c = 0; c < dim; ++c) dot += q[h * dim + c] * kj[c];
+                total += round_bf16(std::max(round_bf16(dot), 0.0f) * w[h]);
+            }
+            scores[j] = round_bf16(total);
+        }
+    }
+
 private:
     // 0 = OpenMP's default (OMP_NUM_THREADS, else every core).
     int threads() const {
