@@ -4,8 +4,12 @@
 // compressor, indexer, router, shared expert, the routed experts it selects, mHC mixes, the LM head row block)
 // plus its KV entries; the ratio of the measured step to that byte count over the bandwidth is the efficiency.
 // Every backend operation is timed, so the table also says where the time goes.
-// Usage: bench_layers CHECKPOINT_DIR [CONTEXT=1024] [DECODE_STEPS=16] [THREADS=0]
+// Decode is measured at several context lengths: the caches are filled with synthetic entries of the production
+// layout (random FP8/FP4 codes, like a real cache's), so 64K positions need no 64K-token prefill. Prefill is a
+// real one of 1024 tokens, quoted against the bf16 dot-product peak measured in the same run.
+// Usage: bench_layers CHECKPOINT_DIR [CONTEXTS=1024,16384,65536] [DECODE_STEPS=8] [THREADS=0]
 #include <algorithm>
+#include <cstring>
 #include <cstdio>
 #include <fmt/format.h>
 #include <map>
@@ -17,6 +21,7 @@
 #include "backend/backend.h"
 #include "backend/cpu/isa.h"
 #include "io/mapped_file.h"
+#include "kvcache/cache.h"
 #include "limits.h"
 #include "model/model.h"
 #include "runtime/context.h"
@@ -48,6 +53,10 @@ public:
         timed("linear_f32w", [&] { inner_->linear_f32w(x, n, w, rows, cols, y); });
     }
     void attention(const backend::AttentionProblem &p) override { timed("attention", [&] { inner_->attention(p); }); }
+    void index_scores(const float *q, const float *w, int n_heads, int dim, const float *keys, int64_t n,
+                      float *scores) override {
+        timed("index_scores", [&] { inner_->index_scores(q, w, n_heads, dim, keys, n, scores); });
+    }
 
     std::map<std::string, double> seconds;
 
@@ -82,6 +91,61 @@ size_t layer_bytes_per_token(const model::LayerWeights &l, int n_active) {
     return b;
 }
 
+// Weight elements one token multiplies in a layer (2 flops each): the prefill work per token.
+double layer_macs_per_token(const model::LayerWeights &l, int n_active) {
+    auto fp8 = [](const core::Fp8Matrix &m) { return double(m.rows * m.cols); };
+    auto bf = [](const core::Bf16Matrix &m) { return double(m.rows * m.cols); };
+    const model::ExpertWeights &e = l.experts.at(0);
+    auto ex = [](const core::ExpertMatrix &m) {
+        return m.format == core::ExpertFormat::fp8 ? double(m.fp8.rows * m.fp8.cols) : double(m.fp4.rows * m.fp4.cols);
+    };
+    return fp8(l.wq_a) + fp8(l.wq_b) + fp8(l.wkv) + fp8(l.wo_b) + double(l.wo_a.size()) + bf(l.compressor.wkv) +
+           bf(l.compressor.wgate) + fp8(l.index_wq_b) + bf(l.index_weights_proj) + bf(l.index_compressor.wkv) +
+           bf(l.index_compressor.wgate) + bf(l.gate) + double(l.hc_attn.fn.size() + l.hc_ffn.fn.size()) +
+           fp8(l.shared.w1) + fp8(l.shared.w2) + fp8(l.shared.w3) + n_active * (ex(e.w1) + ex(e.w2) + ex(e.w3));
+}
+
+// A sequence cache holding `length` positions of synthetic content in the production layout: window and
+// compressor rows of small random values, compressed entries of random finite FP8 codes with e8m0 scales near
+// 2^-2 and bf16 rope dims, indexer keys of random FP4 codes.
+kvcache::SequenceCache synthetic_cache(const std::vector<kvcache::LayerGeometry> &geo, int64_t length, uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> small(0.0f, 0.5f);
+    kvcache::SequenceCache sc(geo);
+    for (kvcache::LayerCache &l : sc.layers) {
+        l.begin();
+        for (int64_t p = std::max<int64_t>(0, length - l.window.capacity()); p < length; ++p) {
+            uint16_t *row = l.window.write_row(p);
+            for (int c = 0; c < l.window.row_len(); ++c) row[c] = core::f32_to_bf16(small(rng));
+        }
+        for (kvcache::PositionRing<float> *ring : {&l.comp_rows, &l.index_rows}) {
+            if (!ring->capacity()) continue;
+            for (int64_t p = std::max<int64_t>(0, length - ring->capacity()); p < length; ++p) {
+                float *row = ring->write_row(p);
+                for (int c = 0; c < ring->row_len(); ++c) row[c] = small(rng);
+            }
+        }
+        if (!l.geo.ratio) continue;
+        const int nope = l.geo.nope_dim();
+        for (int64_t e = 0; e < length / l.geo.ratio; ++e) {
+            uint8_t *entry = l.kv.append();
+            for (int i = 0; i < nope; ++i) entry[i] = uint8_t(rng() % 0x78) | uint8_t((rng() & 1) << 7);
+            for (int b = 0; b < nope / 64; ++b) entry[nope + b] = 125;
+            for (int i = 0; i < l.geo.rope_dim; ++i) {
+                const uint16_t v = core::f32_to_bf16(small(rng));
+                std::memcpy(entry + nope + nope / 64 + 2 * i, &v, 2);
+            }
+            if (l.geo.ratio != 4) continue;
+            uint8_t *key = l.index_keys.append();
+            const int dI = l.geo.index_head_dim;
+            for (int i = 0; i < dI / 2; ++i) key[i] = uint8_t(rng());
+            for (int b = 0; b < dI / 32; ++b) key[dI / 2 + b] = 125;
+        }
+    }
+    sc.length = sc.high_water = length;
+    return sc;
+}
+
 // Faults in every page of the mapped checkpoint, as a server with the model resident in RAM has it.
 size_t touch_weights(const model::Model &m) {
     size_t sum = 0;
@@ -95,12 +159,21 @@ size_t touch_weights(const model::Model &m) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        std::fprintf(stderr, "usage: %s CHECKPOINT_DIR [CONTEXT=1024] [DECODE_STEPS=16] [THREADS=0]\n", argv[0]);
+        std::fprintf(stderr, "usage: %s CHECKPOINT_DIR [CONTEXTS=1024,16384,65536] [DECODE_STEPS=8] [THREADS=0]\n", argv[0]);
         return 2;
     }
-    const int context = argc > 2 ? std::atoi(argv[2]) : 1024, steps = argc > 3 ? std::atoi(argv[3]) : 16;
+    std::vector<int64_t> contexts;
+    {
+        std::string list = argc > 2 ? argv[2] : "1024,16384,65536";
+        for (size_t at = 0; at < list.size();) {
+            const size_t comma = std::min(list.find(',', at), list.size());
+            contexts.push_back(std::stoll(list.substr(at, comma - at)));
+            at = comma + 1;
+        }
+    }
+    const int steps = argc > 3 ? std::atoi(argv[3]) : 8;
     const int threads = argc > 4 && std::atoi(argv[4]) > 0 ? std::atoi(argv[4]) : bench::max_threads();
-    const double bw = bench::read_bandwidth(threads, 3);
+    const double bw = bench::read_bandwidth(threads, 3), peak = bench::bf16_peak_gflops(threads);
 
     model::LoadOptions lo;
     lo.check_values = false;
@@ -113,7 +186,8 @@ int main(int argc, char **argv) {
 
     TimingBackend *timing = nullptr;
     runtime::ContextOptions o;
-    o.n_ctx = context + steps + 1;
+    o.n_ctx = int(*std::max_element(contexts.begin(), contexts.end()) + steps + 1);
+    o.n_ctx = std::max(o.n_ctx, 1024 + 1);
     o.n_threads = threads;
     o.make_backend = [&](int n) {
         auto t = std::make_unique<TimingBackend>(backend::make_cpu_backend(n));
@@ -122,30 +196,13 @@ int main(int argc, char **argv) {
     };
     runtime::Context ctx(*model, o);
 
-    std::mt19937 rng(3);
-    std::uniform_int_distribution<int32_t> token(0, c.vocab_size - 1);
-    std::vector<int32_t> prompt(static_cast<size_t>(context));
-    for (int32_t &t : prompt) t = token(rng);
-    const auto t_prefill = Clock::now();
-    for (int p0 = 0; p0 < context; p0 += 256) {
-        const int n = std::min(256, context - p0);
-        ctx.decode(prompt.data() + p0, nullptr, nullptr, 0, nullptr, n);
-    }
-    const double prefill_s = seconds_since(t_prefill);
-
-    timing->seconds.clear();
-    const auto t_decode = Clock::now();
-    for (int i = 0; i < steps; ++i) {
-        const int32_t t = token(rng);
-        ctx.decode(&t, nullptr, nullptr, 0, nullptr, 1);
-    }
-    const double step_s = seconds_since(t_decode) / steps;
-
     size_t layer_bytes = 0;
+    double layer_macs = 0;
     std::map<int, size_t> bytes_by_ratio;  // compress ratio -> bytes of one such layer
     for (int il = 0; il < c.n_layers; ++il) {
         const size_t b = layer_bytes_per_token(w.layers[size_t(il)], c.n_activated_experts);
         layer_bytes += b;
+        layer_macs += layer_macs_per_token(w.layers[size_t(il)], c.n_activated_experts);
         bytes_by_ratio[c.layers[size_t(il)].compress_ratio] = b;
     }
     const size_t head_bytes = bf16_bytes(w.head) + size_t(c.dim) * 2;  // LM head + one embedding row
@@ -155,33 +212,70 @@ int main(int argc, char **argv) {
                argv[1], c.n_layers, c.n_layers == 2 ? "CSA + HCA" : "", c.dim, c.n_routed_experts, c.n_activated_experts,
                c.expert_format == io::ExpertFormat::fp4 ? "FP4" : "FP8", c.vocab_size,
                backend::cpu::isa_name(backend::cpu::selected_isa()), threads);
-    fmt::print("read bandwidth            {:8.1f} GB/s\n", bw);
-    fmt::print("prefill {:6} tokens     {:8.1f} tokens/s\n", context, context / prefill_s);
-    fmt::print("decode step at {:6} ctx {:8.2f} ms   ({:.1f} tokens/s)\n", context, step_s * 1e3, 1.0 / step_s);
-    fmt::print("bytes one step must read  {:8.1f} MB   (layers {:.1f} MB, LM head {:.1f} MB)\n", step_bytes / 1e6,
-               layer_bytes / 1e6, head_bytes / 1e6);
-    fmt::print("bandwidth time of those   {:8.2f} ms   -> measured / limit = {:.2f}x\n", step_bytes / bw / 1e6,
-               step_s / (step_bytes / bw / 1e9));
-    // Whole-model projection: the full model's layers at this run's bytes per layer kind and this run's
-    // measured/limit ratio (window layers: an HCA layer without its compressor, a slight overestimate).
-    const nlohmann::json cfg = nlohmann::json::parse(io::read_text_file(std::string(argv[1]) + "/config.json"));
-    if (cfg.contains("dsv4_bench_full_model") && bytes_by_ratio.count(4) && bytes_by_ratio.count(128)) {
-        const auto &full = cfg["dsv4_bench_full_model"];
-        size_t bytes = size_t(full["vocab_size"].get<int64_t>()) * size_t(c.dim) * 2;
-        for (int ratio : full["compress_ratios"].get<std::vector<int>>()) bytes += bytes_by_ratio[ratio ? ratio : 128];
-        const double ratio = step_s / (step_bytes / bw / 1e9);
-        fmt::print("whole model ({} layers, vocab {}): {:.2f} GB per token -> at this run's {:.2f}x: {:.2f} tokens/s "
-                   "here ({:.0f} GB/s), {:.2f} tokens/s at 186 GB/s (limits {:.2f} / {:.2f})\n",
-                   full["compress_ratios"].size(), full["vocab_size"].get<int64_t>(), bytes / 1e9, ratio,
-                   bw * 1e9 / bytes / ratio, bw, 186e9 / bytes / ratio, bw * 1e9 / bytes, 186e9 / bytes);
+    fmt::print("read bandwidth            {:8.1f} GB/s;  bf16 dot peak {:8.1f} GFLOP/s\n", bw, peak);
+
+    // Prefill: 1024 real tokens in chunks of 256.
+    std::mt19937 rng(3);
+    std::uniform_int_distribution<int32_t> token(0, c.vocab_size - 1);
+    std::vector<int32_t> prompt(static_cast<size_t>(1024));
+    for (int32_t &t : prompt) t = token(rng);
+    const auto t_prefill = Clock::now();
+    for (int p0 = 0; p0 < 1024; p0 += 256) ctx.decode(prompt.data() + p0, nullptr, nullptr, 0, nullptr, 256);
+    const double prefill_tps = 1024 / seconds_since(t_prefill);
+    fmt::print("prefill 1024 tokens       {:8.1f} tokens/s = {:.1f} GFLOP/s of layer weights = {:.1f}% of the peak\n",
+               prefill_tps, prefill_tps * 2 * layer_macs / 1e9, 100 * prefill_tps * 2 * layer_macs / 1e9 / peak);
+    fmt::print("bytes one decode step reads {:6.1f} MB (layers {:.1f} MB, LM head {:.1f} MB): {:.2f} ms at the bandwidth\n",
+               step_bytes / 1e6, layer_bytes / 1e6, head_bytes / 1e6, step_bytes / bw / 1e6);
+
+    // Decode at each context length, on a synthetic cache of that length.
+    const std::vector<uint8_t> header = [&] {
+        std::vector<uint8_t> blob = ctx.save_state(0);
+        return std::vector<uint8_t>(blob.begin(), blob.begin() + 20);  // magic, version, fingerprint, rewind
+    }();
+    std::vector<kvcache::LayerGeometry> geo = model->cache_geometry(o.n_rewind);
+    geo.resize(size_t(c.n_layers));
+    double first_step = 0;
+    std::map<std::string, double> first_ops;
+    for (int64_t L : contexts) {
+        std::vector<uint8_t> blob = header;
+        synthetic_cache(geo, L, uint64_t(L)).serialize(blob);
+        ctx.load_state(0, blob.data(), blob.size());
+        const int32_t warm = token(rng);
+        ctx.decode(&warm, nullptr, nullptr, 0, nullptr, 1);
+        timing->seconds.clear();
+        const auto t0 = Clock::now();
+        for (int i = 0; i < steps; ++i) {
+            const int32_t t = token(rng);
+            ctx.decode(&t, nullptr, nullptr, 0, nullptr, 1);
+        }
+        const double step_s = seconds_since(t0) / steps;
+        if (first_step == 0) {
+            first_step = step_s;
+            first_ops = timing->seconds;
+        }
+        fmt::print("\ndecode at {:6} context: {:8.2f} ms/step ({:.1f} tokens/s) = {:.2f}x the bandwidth time, {:.2f}x the "
+                   "first context\n", L, step_s * 1e3, 1 / step_s, step_s / (step_bytes / bw / 1e9), step_s / first_step);
+        double in_backend = 0;
+        for (const auto &[op, sec] : timing->seconds) {
+            fmt::print("  {:<14} {:8.2f} ms  {:5.1f}%\n", op, sec / steps * 1e3, 100 * sec / steps / step_s);
+            in_backend += sec / steps;
+        }
+        fmt::print("  {:<14} {:8.2f} ms  {:5.1f}%  (model code outside the backend: routing, norms, mHC, cache decode)\n",
+                   "other", (step_s - in_backend) * 1e3, 100 * (step_s - in_backend) / step_s);
+        if (L != contexts.front()) continue;
+        // Whole-model projection from the first context: the full model's layers at this run's bytes per layer
+        // kind and measured/limit ratio (window layers: an HCA layer without its compressor, a slight overestimate).
+        const nlohmann::json cfg = nlohmann::json::parse(io::read_text_file(std::string(argv[1]) + "/config.json"));
+        if (cfg.contains("dsv4_bench_full_model") && bytes_by_ratio.count(4) && bytes_by_ratio.count(128)) {
+            const auto &full = cfg["dsv4_bench_full_model"];
+            size_t bytes = size_t(full["vocab_size"].get<int64_t>()) * size_t(c.dim) * 2;
+            for (int ratio : full["compress_ratios"].get<std::vector<int>>()) bytes += bytes_by_ratio[ratio ? ratio : 128];
+            const double ratio = step_s / (step_bytes / bw / 1e9);
+            fmt::print("  whole model ({} layers, vocab {}): {:.2f} GB per token -> {:.2f} tokens/s here, {:.2f} at "
+                       "186 GB/s (bandwidth limits {:.2f} / {:.2f})\n",
+                       full["compress_ratios"].size(), full["vocab_size"].get<int64_t>(), bytes / 1e9,
+                       bw * 1e9 / bytes / ratio, 186e9 / bytes / ratio, bw * 1e9 / bytes, 186e9 / bytes);
+        }
     }
-    fmt::print("where a decode step's time goes (backend operations, ms per step):\n");
-    double in_backend = 0;
-    for (const auto &[op, s] : timing->seconds) {
-        fmt::print("  {:<14} {:8.2f} ms  {:5.1f}%\n", op, s / steps * 1e3, 100 * s / steps / step_s);
-        in_backend += s / steps;
-    }
-    fmt::print("  {:<14} {:8.2f} ms  {:5.1f}%  (model code outside the backend: routing, norms, mHC, caches)\n", "other",
-               (step_s - in_backend) * 1e3, 100 * (step_s - in_backend) / step_s);
     return 0;
 }

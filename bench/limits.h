@@ -58,4 +58,28 @@ inline double read_bandwidth(int threads, int repeats) {
     return best;
 }
 
+// Peak of the bf16 dot-product instruction (vdpbf16ps: 32 multiply-adds per 512-bit instruction) in GFLOP/s
+// (2 flops per multiply-add) over `threads` threads: independent accumulators, operands in registers.
+__attribute__((target("avx512f,avx512bf16"))) inline double bf16_peak_gflops(int threads) {
+    constexpr int64_t kIters = 20'000'000;
+    constexpr int kAcc = 12;
+    double best = 0;
+    for (int r = 0; r < 3; ++r) {
+        const auto t0 = Clock::now();
+        float sink = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : sink)
+        {
+            __m512 acc[kAcc];
+            for (int i = 0; i < kAcc; ++i) acc[i] = _mm512_set1_ps(float(i));
+            const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3f00);
+            for (int64_t it = 0; it < kIters; ++it)
+                for (int i = 0; i < kAcc; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+            for (int i = 0; i < kAcc; ++i) sink += _mm512_reduce_add_ps(acc[i]);
+        }
+        const double flops = 2.0 * 32 * kAcc * double(kIters) * threads;
+        best = std::max(best, flops / seconds_since(t0) / 1e9 + 0 * double(sink));
+    }
+    return best;
+}
+
 }  // namespace dsv4::bench
