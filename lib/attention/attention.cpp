@@ -90,11 +90,20 @@ void encode_index_entry(const kvcache::LayerGeometry &g, const float *v, uint8_t
     for (size_t b = 0; b < exps.size(); ++b) entry[size_t(d / 2) + b] = core::e8m0_from_exponent(exps[b]);
 }
 
+// Every indexer key is decoded for each scored span, so this runs per key and step: one table lookup per
+// nibble and one scale per block of 32.
 void decode_index_entry(const kvcache::LayerGeometry &g, const uint8_t *entry, float *v) {
+    static constexpr float kFp4[16] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
+                                       -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
     const int d = g.index_head_dim;
-    for (int i = 0; i < d; ++i)
-        v[i] = core::fp4_e2m1_to_f32(core::fp4_unpack(entry, size_t(i))) *
-               core::e8m0_to_f32(entry[d / 2 + i / kIndexSimBlock]);
+    for (int b = 0; b < d / kIndexSimBlock; ++b) {
+        const float scale = core::e8m0_to_f32(entry[d / 2 + b]);
+        for (int i = b * kIndexSimBlock; i < (b + 1) * kIndexSimBlock; i += 2) {
+            const uint8_t byte = entry[i / 2];
+            v[i] = kFp4[byte & 0x0f] * scale;
+            v[i + 1] = kFp4[byte >> 4] * scale;
+        }
+    }
 }
 
 std::vector<int32_t> topk_desc(const float *scores, int64_t n, int64_t k) {
