@@ -7,7 +7,7 @@
 // Decode is measured at several context lengths: the caches are filled with synthetic entries of the production
 // layout (random FP8/FP4 codes, like a real cache's), so 64K positions need no 64K-token prefill. Prefill is a
 // real one of 1024 tokens, quoted against the bf16 dot-product peak measured in the same run.
-// Usage: bench_layers CHECKPOINT_DIR [CONTEXTS=1024,16384,65536] [DECODE_STEPS=8] [THREADS=0]
+// Usage: bench_layers CHECKPOINT_DIR [CONTEXTS=1024,16384,65536] [DECODE_STEPS=16] [THREADS=0]
 #include <algorithm>
 #include <cstring>
 #include <cstdio>
@@ -157,9 +157,9 @@ size_t touch_weights(const model::Model &m) {
 
 }  // namespace
 
-int main(int argc, char **argv) {
+int run(int argc, char **argv) {
     if (argc < 2) {
-        std::fprintf(stderr, "usage: %s CHECKPOINT_DIR [CONTEXTS=1024,16384,65536] [DECODE_STEPS=8] [THREADS=0]\n", argv[0]);
+        std::fprintf(stderr, "usage: %s CHECKPOINT_DIR [CONTEXTS=1024,16384,65536] [DECODE_STEPS=16] [THREADS=0]\n", argv[0]);
         return 2;
     }
     std::vector<int64_t> contexts;
@@ -171,7 +171,7 @@ int main(int argc, char **argv) {
             at = comma + 1;
         }
     }
-    const int steps = argc > 3 ? std::atoi(argv[3]) : 8;
+    const int steps = argc > 3 ? std::atoi(argv[3]) : 16;
     const int threads = argc > 4 && std::atoi(argv[4]) > 0 ? std::atoi(argv[4]) : bench::max_threads();
     const double bw = bench::read_bandwidth(threads, 3), peak = bench::bf16_peak_gflops(threads);
 
@@ -186,7 +186,7 @@ int main(int argc, char **argv) {
 
     TimingBackend *timing = nullptr;
     runtime::ContextOptions o;
-    o.n_ctx = int(*std::max_element(contexts.begin(), contexts.end()) + steps + 1);
+    o.n_ctx = int(*std::max_element(contexts.begin(), contexts.end()) + steps + 3);  // + 2 warm-up steps
     o.n_ctx = std::max(o.n_ctx, 1024 + 1);
     o.n_threads = threads;
     o.make_backend = [&](int n) {
@@ -240,8 +240,10 @@ int main(int argc, char **argv) {
         std::vector<uint8_t> blob = header;
         synthetic_cache(geo, L, uint64_t(L)).serialize(blob);
         ctx.load_state(0, blob.data(), blob.size());
-        const int32_t warm = token(rng);
-        ctx.decode(&warm, nullptr, nullptr, 0, nullptr, 1);
+        for (int i = 0; i < 2; ++i) {  // warm-up: first touches of the new cache and buffers
+            const int32_t warm = token(rng);
+            ctx.decode(&warm, nullptr, nullptr, 0, nullptr, 1);
+        }
         timing->seconds.clear();
         const auto t0 = Clock::now();
         for (int i = 0; i < steps; ++i) {
@@ -278,4 +280,13 @@ int main(int argc, char **argv) {
         }
     }
     return 0;
+}
+
+int main(int argc, char **argv) {
+    try {
+        return run(argc, argv);
+    } catch (const std::exception &e) {
+        std::fprintf(stderr, "bench_layers: %s\n", e.what());
+        return 1;
+    }
 }
