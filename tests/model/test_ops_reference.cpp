@@ -8,7 +8,7 @@
 #include "attention/attention.h"
 #include "backend/backend.h"
 #include "backend/cpu/isa.h"
-#include "backend/cpu/quantized_kernels.h"
+#include "backend/cpu/kernels.h"
 #include "core/numeric.h"
 #include "model/mhc.h"
 #include "moe/moe.h"

@@ -9,7 +9,7 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/isa.h"
-#include "backend/cpu/quantized_kernels.h"
+#include "backend/cpu/kernels.h"
 #if defined(_OPENMP)
 #include <omp.h>
 #endif

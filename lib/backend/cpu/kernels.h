@@ -1,9 +1,12 @@
-// Kernels of the optimised CPU backend for the quantised linears (spec §10.3): FP4 e2m1 weights with per-32
-// e8m0 scales (routed experts) and FP8 e4m3 weights with 128x128 e8m0 block scales, against activations that
-// were quantised to FP8 in blocks of 128 as the reference does. Activations arrive dequantised as bf16 (exact:
-// an e4m3 code times a power of two), weights are decoded to bf16 with their scale folded into the exponent
-// (exact too), and vdpbf16ps accumulates the exact products in fp32: only the summation order differs from the
-// reference. One pass over a weight row serves every activation column, so n columns cost one weight load.
+// Kernels of the optimised CPU backend (AVX512-BF16), each with the reference's rounding points so that only
+// summation order differs from it:
+// - quantised linears (spec §10.3): FP4 e2m1 weights with per-32 e8m0 scales (routed experts) and FP8 e4m3
+//   weights with 128x128 e8m0 block scales, against activations quantised to FP8 in blocks of 128 as the
+//   reference does. Activations arrive dequantised as bf16 (exact: an e4m3 code times a power of two); FP8
+//   weights are decoded to bf16 with the block scale folded into the exponent (exact), FP4 weights to bf16 with
+//   each group's fp32 partial then scaled; vdpbf16ps accumulates the exact products in fp32. One pass over a
+//   weight row serves up to 8 activation columns, so a few columns cost about one weight load;
+// - linears with bf16 weights; the attention's inner loops; the lightning indexer's scores.
 #pragma once
 #include <cstdint>
 

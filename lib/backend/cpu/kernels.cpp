@@ -1,4 +1,4 @@
-#include "backend/cpu/quantized_kernels.h"
+#include "backend/cpu/kernels.h"
 
 // GCC 12's AVX-512 headers trip its own uninitialised-value warnings (_mm512_undefined_*, GCC bug 105593).
 #if defined(__GNUC__) && !defined(__clang__)
