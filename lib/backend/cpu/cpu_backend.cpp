@@ -1,15 +1,14 @@
-// The optimised CPU backend: the quantised linears (FP8 everywhere, FP4 routed experts) run the AVX512-BF16
-// kernels when the CPU and OS allow them (capped by DSV4_MAX_CPU_ISA); everything else, every lower ISA and every
-// shape the kernels do not cover is the reference backend's.
+// The optimised CPU backend: the linears (FP8, FP4 routed experts, bf16 weights), the attention and the indexer
+// scores run the AVX512-BF16 kernels when the CPU and OS allow them (capped by DSV4_MAX_CPU_ISA); the mHC
+// mixes, every lower ISA and every shape the kernels do not cover are the reference backend's.
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
-#include "core/numeric.h"
-
 #include "backend/backend.h"
 #include "backend/cpu/isa.h"
 #include "backend/cpu/kernels.h"
+#include "core/numeric.h"
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
