@@ -299,7 +299,7 @@ void Tokenizer::bpe(std::string_view piece, std::vector<int32_t> &out) const {
     CacheShard &shard = cache_[std::hash<std::string_view>{}(piece) % kCacheShards];
     {
         std::lock_guard<std::mutex> lock(shard.mutex);
-        auto it = shard.map.find(std::string(piece));
+        auto it = shard.map.find(piece);
         if (it != shard.map.end()) {
             out.insert(out.end(), it->second.begin(), it->second.end());
             return;

@@ -5,6 +5,7 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -70,9 +71,15 @@ private:
     };
     Trie special_trie_, normalized_trie_;
     // Piece → ids cache: most words repeat, and BPE on a word is the expensive step (as in the reference).
-    struct CacheShard {
+    // Lookups by string_view, without building a std::string per piece.
+    struct PieceHash {
+        using is_transparent = void;
+        size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+    };
+    // One cache line per shard: threads working on different shards do not share lines.
+    struct alignas(64) CacheShard {
         std::mutex mutex;
-        std::unordered_map<std::string, std::vector<int32_t>> map;
+        std::unordered_map<std::string, std::vector<int32_t>, PieceHash, std::equal_to<>> map;
     };
     static constexpr size_t kCacheShards = 16, kCacheShardEntries = 1 << 14;
     mutable std::array<CacheShard, kCacheShards> cache_;
