@@ -58,12 +58,11 @@ def build_info() -> str:
 def _token_array(tokens: Sequence[int] | np.ndarray) -> np.ndarray:
     arr = np.asarray(tokens)
     if arr.ndim != 1:
-        raise InvalidArgumentError(f"tokens must be one-dimensional, got shape {arr.shape}", 1,
-                                   "DSV4_ERR_INVALID_ARGUMENT")
+        raise InvalidArgumentError(f"tokens must be one-dimensional, got shape {arr.shape}")
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise InvalidArgumentError(f"tokens must be integers, got {arr.dtype}", 1, "DSV4_ERR_INVALID_ARGUMENT")
+        raise InvalidArgumentError(f"tokens must be integers, got {arr.dtype}")
     if arr.size and (arr.min() < np.iinfo(np.int32).min or arr.max() > np.iinfo(np.int32).max):
-        raise InvalidTokenError("token id outside int32", 8, "DSV4_ERR_INVALID_TOKEN")
+        raise InvalidTokenError("token id outside int32")
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
@@ -336,7 +335,7 @@ class Context:
         sequence is unchanged."""
         arr = _token_array(tokens)
         if arr.size == 0:
-            raise InvalidArgumentError("eval: no tokens", 1, "DSV4_ERR_INVALID_ARGUMENT")
+            raise InvalidArgumentError("eval: no tokens")
         before = self._tokens.get(seq, [] if self.seq_length(seq) == 0 else None)
         out = self._native.eval(arr, seq, all_logits)
         self._tokens[seq] = None if before is None else before + arr.tolist()
@@ -395,13 +394,12 @@ class Context:
         """Token ids of prompt; the sequence keeps the longest cached prefix of them and returns the rest."""
         if isinstance(prompt, str):
             if self.tokenizer is None:
-                raise InvalidArgumentError("a text prompt needs a tokenizer (tokenizer.json or Context(tokenizer=))",
-                                           1, "DSV4_ERR_INVALID_ARGUMENT")
+                raise InvalidArgumentError("a text prompt needs a tokenizer (tokenizer.json or Context(tokenizer=))")
             ids = self.tokenizer.encode(prompt)
         else:
             ids = _token_array(prompt).tolist()
         if not ids:
-            raise InvalidArgumentError("empty prompt", 1, "DSV4_ERR_INVALID_ARGUMENT")
+            raise InvalidArgumentError("empty prompt")
         cached = self.tokens(seq) or []
         common = 0
         while common < min(len(cached), len(ids) - 1) and cached[common] == ids[common]:

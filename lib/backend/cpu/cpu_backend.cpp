@@ -2,10 +2,10 @@
 // scores run the AVX512-BF16 kernels when the CPU and OS allow them (capped by DSV4_MAX_CPU_ISA); the mHC
 // mixes, every lower ISA and every shape the kernels do not cover are the reference backend's.
 #include <algorithm>
-#include <cmath>
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cpu/common.h"
 #include "backend/cpu/isa.h"
 #include "backend/cpu/kernels.h"
 #include "core/numeric.h"
@@ -58,48 +58,24 @@ public:
     void linear_f32w(const float *x, int64_t n, const float *w, int64_t rows, int64_t cols, float *y) override {
         reference_->linear_f32w(x, n, w, rows, cols, y);
     }
-    // The reference's algorithm (online softmax in chunks of 64 rows, P rounded to bf16 before P·V) with the
-    // inner loops over head_dim vectorised; only the q·k summation order differs.
+    // The reference's attention (cpu::attention_head) with the inner loops over head_dim vectorised; only the
+    // q·k summation order differs.
     void attention(const AttentionProblem &p) override {
         if (!has_kernels() || p.head_dim % 16) return reference_->attention(p);
-        constexpr int64_t kChunk = 64;
         const int d = p.head_dim, nt = threads();
-        scratch_.resize(size_t(nt) * size_t(d + kChunk));
+        const size_t row = size_t(d) + size_t(cpu::kAttentionChunk);
+        scratch_.resize(size_t(nt) * row);
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (int h = 0; h < p.n_heads; ++h) {
 #if defined(_OPENMP)
-            float *acc = scratch_.data() + size_t(omp_get_thread_num()) * size_t(d + kChunk);
+            float *acc = scratch_.data() + size_t(omp_get_thread_num()) * row;
 #else
             float *acc = scratch_.data();
 #endif
-            float *scores = acc + d;
-            const float *q = p.q + int64_t(h) * d;
-            std::fill_n(acc, d, 0.0f);
-            float m = -INFINITY, l = 0.0f;
-            for (int64_t c0 = 0; c0 < p.n_rows; c0 += kChunk) {
-                const int64_t c1 = std::min(p.n_rows, c0 + kChunk);
-                float chunk_max = -INFINITY;
-                for (int64_t j = c0; j < c1; ++j) {
-                    const float s = p.valid[j] ? cpu::dot_f32_avx512(q, p.kv + j * d, d) * p.scale : -INFINITY;
-                    scores[j - c0] = s;
-                    chunk_max = std::max(chunk_max, s);
-                }
-                const float m_new = std::max(m, chunk_max);
-                if (m_new == -INFINITY) continue;  // nothing valid yet
-                const float alpha = m == -INFINITY ? 0.0f : std::exp(m - m_new);
-                l *= alpha;
-                cpu::scale_f32_avx512(acc, alpha, d);
-                for (int64_t j = c0; j < c1; ++j) {
-                    if (!p.valid[j]) continue;
-                    const float prob = std::exp(scores[j - c0] - m_new);
-                    l += prob;
-                    cpu::axpy_f32_avx512(acc, round_bf16(prob), p.kv + j * d, d);  // P is bf16 in P·V
-                }
-                m = m_new;
-            }
-            l += std::exp(p.sink[h] - m);
-            float *o = p.out + int64_t(h) * d;
-            for (int t = 0; t < d; ++t) o[t] = round_bf16(acc[t] / l);
+            cpu::attention_head(
+                p, h, acc, acc + d, [d](const float *q, const float *k) { return cpu::dot_f32_avx512(q, k, d); },
+                [d](float *a, float alpha) { cpu::scale_f32_avx512(a, alpha, d); },
+                [d](float *a, float prob, const float *v) { cpu::axpy_f32_avx512(a, prob, v, d); });
         }
     }
 
@@ -125,13 +101,7 @@ private:
     // Below AVX512-BF16 (generic, plain AVX-512) the reference's loops are the kernels.
     bool has_kernels() const { return isa_ >= cpu::Isa::avx512_bf16; }
 
-    int threads() const {
-#if defined(_OPENMP)
-        return n_threads_ > 0 ? n_threads_ : omp_get_max_threads();
-#else
-        return 1;
-#endif
-    }
+    int threads() const { return cpu::resolve_threads(n_threads_); }
     // Splits rows into tiles over the threads; f must not throw (it runs inside an OpenMP region).
     template <typename F>
     void for_row_tiles(int64_t rows, F &&f) {
@@ -142,7 +112,7 @@ private:
 
     std::unique_ptr<Backend> reference_;
     cpu::Isa isa_;
-    [[maybe_unused]] int n_threads_;
+    int n_threads_;
     std::vector<uint16_t> act_;  // dequantised activations of the current call (bf16 bits)
     std::vector<float> scratch_; // per-thread attention rows: accumulator [head_dim] + scores [64]
     std::vector<float> qt_;      // the indexer query transposed, [dim, heads padded to 16], then the weights

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cpu/common.h"
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
@@ -123,48 +124,23 @@ public:
     }
 
     void attention(const AttentionProblem &p) override {
-        constexpr int64_t kChunk = 64;
         const int d = p.head_dim, nt = threads();
-        Scratch acc_scratch(nt, d), score_scratch(nt, kChunk);
+        Scratch acc_scratch(nt, d), score_scratch(nt, cpu::kAttentionChunk);
 #pragma omp parallel for num_threads(nt) schedule(static)
-        for (int h = 0; h < p.n_heads; ++h) {
-            const float *q = p.q + int64_t(h) * d;
-            float *acc = acc_scratch.row(), *scores = score_scratch.row();
-            std::fill_n(acc, d, 0.0f);
-            float m = -INFINITY, l = 0.0f;
-            for (int64_t c0 = 0; c0 < p.n_rows; c0 += kChunk) {
-                const int64_t c1 = std::min(p.n_rows, c0 + kChunk);
-                float chunk_max = -INFINITY;
-                for (int64_t j = c0; j < c1; ++j) {
-                    float s = -INFINITY;
-                    if (p.valid[j]) {
-                        float dot = 0.0f;
-                        const float *k = p.kv + j * d;
-                        for (int t = 0; t < d; ++t) dot += q[t] * k[t];
-                        s = dot * p.scale;
-                    }
-                    scores[j - c0] = s;
-                    chunk_max = std::max(chunk_max, s);
-                }
-                const float m_new = std::max(m, chunk_max);
-                if (m_new == -INFINITY) continue;  // nothing valid yet
-                const float alpha = m == -INFINITY ? 0.0f : std::exp(m - m_new);
-                l *= alpha;
-                for (int t = 0; t < d; ++t) acc[t] *= alpha;
-                for (int64_t j = c0; j < c1; ++j) {
-                    if (!p.valid[j]) continue;
-                    const float prob = std::exp(scores[j - c0] - m_new);
-                    l += prob;
-                    const float prob_bf16 = round_bf16(prob);  // P is bf16 in the P·V product
-                    const float *v = p.kv + j * d;
-                    for (int t = 0; t < d; ++t) acc[t] += prob_bf16 * v[t];
-                }
-                m = m_new;
-            }
-            l += std::exp(p.sink[h] - m);
-            float *o = p.out + int64_t(h) * d;
-            for (int t = 0; t < d; ++t) o[t] = round_bf16(acc[t] / l);
-        }
+        for (int h = 0; h < p.n_heads; ++h)
+            cpu::attention_head(
+                p, h, acc_scratch.row(), score_scratch.row(),
+                [d](const float *q, const float *k) {
+                    float dot = 0.0f;
+                    for (int t = 0; t < d; ++t) dot += q[t] * k[t];
+                    return dot;
+                },
+                [d](float *acc, float alpha) {
+                    for (int t = 0; t < d; ++t) acc[t] *= alpha;
+                },
+                [d](float *acc, float prob, const float *v) {
+                    for (int t = 0; t < d; ++t) acc[t] += prob * v[t];
+                });
     }
 
     void index_scores(const float *q, const float *w, int n_heads, int dim, const float *keys, int64_t n,
@@ -183,14 +159,7 @@ public:
     }
 
 private:
-    // 0 = OpenMP's default (OMP_NUM_THREADS, else every core).
-    int threads() const {
-#if defined(_OPENMP)
-        return n_threads_ > 0 ? n_threads_ : omp_get_max_threads();
-#else
-        return 1;
-#endif
-    }
+    int threads() const { return cpu::resolve_threads(n_threads_); }
 
     void linear_bf16_weights(const float *x, int64_t n, const Bf16Matrix &w, float *y, bool round_out) {
         const int nt = threads();
@@ -207,7 +176,7 @@ private:
         }
     }
 
-    [[maybe_unused]] int n_threads_;  // unused without OpenMP
+    int n_threads_;
 };
 
 }  // namespace
