@@ -23,5 +23,5 @@ cmake --build "$root/build/release" --target dsv4_cli
 echo
 echo "user: $prompt"
 echo -n "assistant: "
-"$root/build/release/tools/dsv4" run --model "$model" "${tokenizer_args[@]}" --chat --prompt "$prompt" \
+"$root/build/release/tools/dsv4" run --quiet --model "$model" "${tokenizer_args[@]}" --chat --prompt "$prompt" \
       --n-predict "$n_predict" --temp 0.7 --seed 1

@@ -40,7 +40,7 @@ struct Session {
     }
     dsv4_status open(const RunOptions &o) {
         dsv4_model_params mp = dsv4_model_default_params();
-        mp.progress_callback = show_load_progress;
+        if (!o.quiet) mp.progress_callback = show_load_progress;
         if (dsv4_status st = dsv4_model_load(o.model_dir.c_str(), &mp, &model)) return st;
         tok = dsv4_model_tokenizer(model);
         if (!o.tokenizer_path.empty()) {

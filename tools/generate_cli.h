@@ -14,6 +14,7 @@ struct RunOptions {
     float temperature = 0.0f, top_p = 1.0f;
     uint64_t seed = 0;
     bool print_ids = false;                 // `run`: the prompt and generated ids to stderr
+    bool quiet = false;                     // no load progress on stderr
 };
 
 struct BenchOptions {
