@@ -94,7 +94,7 @@ int main(int argc, char **argv) {
 
     dsv4::tools::RunOptions ro;
     auto add_generation = [&](CLI::App *cmd) {
-        cmd->add_option("-m,--model", ro.model_dir, "checkpoint directory")->required();
+        cmd->add_option("-m,--model", ro.model_dir, "checkpoint directory (default: the embedded model, models/README.md)");
         cmd->add_option("--tokenizer", ro.tokenizer_path, "tokenizer.json (default: MODEL/tokenizer.json if present)");
         cmd->add_option("-n,--n-predict", ro.n_predict, "tokens to generate at most")->check(CLI::Range(1, 1 << 20));
         cmd->add_option("--temp", ro.temperature, "temperature (0 = greedy, the default)")->check(CLI::Range(0.0f, 100.0f));
@@ -111,6 +111,9 @@ int main(int argc, char **argv) {
     run->add_option("-p,--prompt", ro.prompt, "prompt text");
     run->add_option("--prompt-ids", ro.prompt_ids, "prompt token ids, comma-separated")->delimiter(',');
     run->add_flag("--chat", ro.chat, "wrap the prompt as a user turn of the chat format");
+    run->add_option("--messages", ro.messages_path, "JSON file: an array of chat messages (tools, tool results) to reply to")
+        ->check(CLI::ExistingFile);
+    run->add_flag("--json", ro.json, "after the reply, print it parsed as an assistant message (one JSON line)");
     run->add_flag("--print-ids", ro.print_ids, "print the prompt and generated token ids to stderr");
     auto *chat = app.add_subcommand("chat", "interactive chat on stdin (one user turn per line; /clear, /exit)");
     add_generation(chat);

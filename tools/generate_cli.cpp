@@ -13,8 +13,12 @@
 #include <fmt/ranges.h>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
+#include <fstream>
+#include <sstream>
 #include <sys/stat.h>
+#include <unistd.h>
 
 namespace dsv4::tools {
 namespace {
@@ -38,10 +42,20 @@ struct Session {
         dsv4_tokenizer_free(own_tok);
         dsv4_model_free(model);
     }
-    dsv4_status open(const RunOptions &o) {
+    // Returns false (with a message printed) when no model directory can be found.
+    bool open(const RunOptions &o) {
+        std::string dir = o.model_dir.empty() ? embedded_model_dir() : o.model_dir;
+        if (dir.empty()) {
+            std::fprintf(stderr, "dsv4: no --model given and the embedded model (%s) is not installed\n", DSV4_EMBEDDED_MODEL);
+            return false;
+        }
+        if (dsv4_status st = load(o, dir)) return report(st), false;
+        return true;
+    }
+    dsv4_status load(const RunOptions &o, const std::string &dir) {
         dsv4_model_params mp = dsv4_model_default_params();
         if (!o.quiet) mp.progress_callback = show_load_progress;
-        if (dsv4_status st = dsv4_model_load(o.model_dir.c_str(), &mp, &model)) return st;
+        if (dsv4_status st = dsv4_model_load(dir.c_str(), &mp, &model)) return st;
         tok = dsv4_model_tokenizer(model);
         if (!o.tokenizer_path.empty()) {
             if (dsv4_status st = dsv4_tokenizer_load(o.tokenizer_path.c_str(), &own_tok)) return st;
@@ -66,6 +80,19 @@ struct Session {
         return dsv4_tokenize(tok, text.data(), text.size(), ids.data(), ids.size(), &n);
     }
 };
+
+// The reply as the chat format parses it (an assistant message), or nullopt when it does not parse.
+std::optional<nlohmann::json> parse_reply(const std::string &text, dsv4_stop_reason stop, bool think) {
+    std::string completion = text + (stop == DSV4_STOP_EOS ? kEos : "");
+    if (think && completion.find("</think>") == std::string::npos) completion = "</think>" + completion;
+    size_t len = 0;
+    (void)dsv4_chat_parse(completion.data(), completion.size(), think, nullptr, 0, &len);
+    std::string parsed(len + 1, '\0');
+    if (dsv4_chat_parse(completion.data(), completion.size(), think, parsed.data(), parsed.size(), &len) != DSV4_OK)
+        return std::nullopt;
+    parsed.resize(len);
+    return nlohmann::json::parse(parsed);
+}
 
 std::string chat_prompt(const nlohmann::json &messages, bool think) {
     dsv4_chat_params p = dsv4_chat_default_params();
@@ -131,17 +158,46 @@ int show_load_progress(uint64_t done, uint64_t total, void *) {
     return 1;
 }
 
+std::string embedded_model_dir() {
+    auto is_model = [](const std::string &dir) {
+        struct stat info{};
+        return stat((dir + "/config.json").c_str(), &info) == 0;
+    };
+    std::string exe(4096, '\0');
+    const ssize_t n = readlink("/proc/self/exe", exe.data(), exe.size() - 1);
+    if (n > 0) {
+        exe.resize(size_t(n));
+        const std::string installed = exe.substr(0, exe.rfind('/')) + "/../share/dsv4/models/" DSV4_EMBEDDED_MODEL;
+        if (is_model(installed)) return installed;
+    }
+    const std::string source = DSV4_SOURCE_MODELS_DIR "/" DSV4_EMBEDDED_MODEL;
+    return is_model(source) ? source : std::string();
+}
+
 int run(const RunOptions &o) {
     Session s;
-    if (dsv4_status st = s.open(o)) return report(st);
+    if (!s.open(o)) return 1;
     std::vector<int32_t> prompt = o.prompt_ids;
-    if (!o.prompt.empty()) {
+    nlohmann::json messages;
+    if (!o.messages_path.empty()) {
+        std::ifstream in(o.messages_path);
+        std::stringstream text;
+        text << in.rdbuf();
+        messages = nlohmann::json::parse(text.str(), nullptr, false);
+        if (!messages.is_array()) {
+            std::fprintf(stderr, "dsv4: %s: not a JSON array of chat messages\n", o.messages_path.c_str());
+            return 1;
+        }
+    } else if (!o.prompt.empty() && o.chat) {
+        messages = nlohmann::json::array({{{"role", "user"}, {"content", o.prompt}}});
+    }
+    if (!o.prompt.empty() || !messages.is_null()) {
         if (!s.tok) {
             std::fprintf(stderr, "dsv4: a text prompt needs a tokenizer (MODEL_DIR/tokenizer.json or --tokenizer)\n");
             return 1;
         }
-        const std::string text = o.chat ? chat_prompt(nlohmann::json::array({{{"role", "user"}, {"content", o.prompt}}}), o.think)
-                                        : o.prompt;
+        const std::string text = messages.is_null() ? o.prompt : chat_prompt(messages, o.think);
+        if (text.empty()) return report(DSV4_ERR_INVALID_ARGUMENT);
         if (dsv4_status st = s.tokenize(text, prompt)) return report(st);
     }
     if (prompt.empty()) prompt = {0};
@@ -157,12 +213,20 @@ int run(const RunOptions &o) {
     else if (o.print_ids)
         fmt::print(stderr, "\nprompt ids  [{}]\ngenerated   [{}]", fmt::join(prompt, ", "), fmt::join(stream.tokens, ", "));
     print_stats(st);
+    if (o.json) {
+        const std::optional<nlohmann::json> reply = parse_reply(stream.text, st.stop_reason, o.think && !messages.is_null());
+        if (!reply) {
+            std::fprintf(stderr, "dsv4: the reply does not parse as an assistant message of the chat format\n");
+            return 1;
+        }
+        std::printf("\n%s\n", reply->dump().c_str());
+    }
     return 0;
 }
 
 int chat(const RunOptions &o) {
     Session s;
-    if (dsv4_status st = s.open(o)) return report(st);
+    if (!s.open(o)) return 1;
     if (!s.tok) {
         std::fprintf(stderr, "dsv4: chat needs a tokenizer (MODEL_DIR/tokenizer.json or --tokenizer)\n");
         return 1;
@@ -206,23 +270,15 @@ int chat(const RunOptions &o) {
             (void)dsv4_chat_stream_finish(stream.chat, show_event, &stream);  // an unfinished reply: what came is shown
             dsv4_chat_stream_free(stream.chat);
         }
+        std::fputc('\n', stdout);  // replies stay apart when stdout is not the terminal
         if (rc) return report(rc);
         print_stats(st);
         std::fprintf(stderr, "[reused %zu of %zu prompt tokens]\n", common, prompt.size());
         cached.assign(prompt.begin(), prompt.end());
         if (!stream.tokens.empty()) cached.insert(cached.end(), stream.tokens.begin(), stream.tokens.end() - 1);
         // The reply joins the conversation as the chat format parses it (content only; reasoning is dropped).
-        std::string completion = stream.text + (st.stop_reason == DSV4_STOP_EOS ? kEos : "");
-        if (think && completion.find("</think>") == std::string::npos) completion = "</think>" + completion;
-        size_t len = 0;
-        (void)dsv4_chat_parse(completion.data(), completion.size(), think, nullptr, 0, &len);
-        std::string parsed(len + 1, '\0');
-        if (dsv4_chat_parse(completion.data(), completion.size(), think, parsed.data(), parsed.size(), &len) == DSV4_OK) {
-            parsed.resize(len);
-            messages.push_back(nlohmann::json::parse(parsed));
-        } else {
-            messages.push_back({{"role", "assistant"}, {"content", stream.text}});
-        }
+        messages.push_back(parse_reply(stream.text, st.stop_reason, think)
+                               .value_or(nlohmann::json{{"role", "assistant"}, {"content", stream.text}}));
     }
     return 0;
 }
@@ -233,7 +289,7 @@ int bench(const BenchOptions &o) {
     ro.threads = o.threads;
     ro.n_ctx = std::max(o.n_prompt + o.n_gen, 1);
     Session s;
-    if (dsv4_status st = s.open(ro)) return report(st);
+    if (!s.open(ro)) return 1;
     dsv4_model_info info{};
     info.struct_size = sizeof info;
     (void)dsv4_model_get_info(s.model, &info);

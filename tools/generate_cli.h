@@ -6,7 +6,9 @@
 namespace dsv4::tools {
 
 struct RunOptions {
-    std::string model_dir, tokenizer_path;  // tokenizer: default MODEL_DIR/tokenizer.json when present
+    std::string model_dir, tokenizer_path;  // model: default embedded_model_dir(); tokenizer: MODEL_DIR/tokenizer.json
+    std::string messages_path;              // `run`: a JSON array of chat messages as the prompt
+    bool json = false;                      // `run`: print the reply parsed as an assistant message (JSON line)
     std::string prompt;                     // text (needs a tokenizer)
     std::vector<int32_t> prompt_ids;        // or token ids
     bool chat = false, think = false;       // wrap the prompt as a user turn of the chat format
@@ -21,6 +23,10 @@ struct BenchOptions {
     std::string model_dir;
     int n_prompt = 128, n_gen = 32, repetitions = 3, threads = 0;
 };
+
+// The embedded default model's directory: share/dsv4/models/NAME beside an installed executable, else the source
+// tree's models/NAME; empty when neither exists.
+std::string embedded_model_dir();
 
 // Progress of a model load on stderr (a dsv4_progress_callback).
 int show_load_progress(uint64_t done, uint64_t total, void *user_data);
