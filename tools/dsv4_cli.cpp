@@ -108,11 +108,12 @@ int main(int argc, char **argv) {
     };
     auto *run = app.add_subcommand("run", "generate from a text prompt (or token ids), streamed");
     add_generation(run);
-    run->add_option("-p,--prompt", ro.prompt, "prompt text");
-    run->add_option("--prompt-ids", ro.prompt_ids, "prompt token ids, comma-separated")->delimiter(',');
+    auto *prompt_text = run->add_option("-p,--prompt", ro.prompt, "prompt text");
+    auto *prompt_ids = run->add_option("--prompt-ids", ro.prompt_ids, "prompt token ids, comma-separated")->delimiter(',');
     run->add_flag("--chat", ro.chat, "wrap the prompt as a user turn of the chat format");
     run->add_option("--messages", ro.messages_path, "JSON file: an array of chat messages (tools, tool results) to reply to")
-        ->check(CLI::ExistingFile);
+        ->check(CLI::ExistingFile)
+        ->excludes(prompt_text, prompt_ids);
     run->add_flag("--json", ro.json, "after the reply, print it parsed as an assistant message (one JSON line)");
     run->add_flag("--print-ids", ro.print_ids, "print the prompt and generated token ids to stderr");
     auto *chat = app.add_subcommand("chat", "interactive chat on stdin (one user turn per line; /clear, /exit)");

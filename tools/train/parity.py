@@ -3,8 +3,8 @@ computed from the exported weights with every reference rounding point (v4model.
 
     python3 tools/train/parity.py MODEL_DIR DATA_DIR OUT_JSON [GREEDY_TOKENS]
 
-DATA_DIR holds heldout.jsonl and prompts.json (make_data.py). Runs on the CPU (torch 1.13) or a GPU; the GPU
-run of train.py writes the same file.
+DATA_DIR holds heldout.jsonl and prompts.json (make_data.py). Runs on the CPU (torch 1.13, with build/venv/bin/python
+for dsv4's tokenizer) or a GPU; the GPU run of train.py writes the same file.
 """
 import json
 import math
@@ -18,6 +18,42 @@ import checkpoint  # noqa: E402
 import v4model  # noqa: E402
 
 SEQ = 1024
+
+
+class _Dsv4Tokenizer:
+    """dsv4's tokenizer behind the part of the `tokenizers` API these scripts use."""
+
+    class Encoding:
+        def __init__(self, ids):
+            self.ids = ids
+
+    def __init__(self, path):
+        import dsv4
+
+        self._tok = dsv4.Tokenizer(str(path))
+
+    def encode(self, text):
+        return self.Encoding(list(self._tok.encode(text)))
+
+    def encode_batch(self, texts):
+        return [self.encode(t) for t in texts]
+
+    def get_vocab_size(self):
+        return self._tok.vocab_size
+
+    def decode(self, ids, skip_special_tokens=False):
+        assert not skip_special_tokens
+        return self._tok.decode(ids)
+
+
+def load_tokenizer(path):
+    """Hugging Face `tokenizers` where installed (the GPU image); else dsv4's own tokenizer, which gives the
+    same ids (tests/python/test_embedded_model.py) and lets Debian's python3-torch train on the CPU."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        return _Dsv4Tokenizer(path)
+    return Tokenizer.from_file(str(path))
 
 
 def documents(path):
@@ -71,12 +107,10 @@ def expectations(model, tok, data_dir, n_greedy):
 
 
 def main(model_dir, data_dir, out_path, n_greedy=64):
-    from tokenizers import Tokenizer
-
     torch.set_grad_enabled(False)
     model, _ = checkpoint.load(Path(model_dir), "cuda" if torch.cuda.is_available() else "cpu")
     model.eval()
-    tok = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
+    tok = load_tokenizer(Path(model_dir) / "tokenizer.json")
     result = expectations(model, tok, Path(data_dir), int(n_greedy))
     Path(out_path).write_text(json.dumps(result) + "\n")
     print(f"perplexity {result['perplexity']:.4f} over {result['scored_tokens']} tokens")

@@ -3,6 +3,11 @@ PyTorch side of the parity checks (held-out perplexity and greedy continuations 
 
     python3 tools/train/train.py --data build/train-data --tokenizer TOKENIZER_JSON --out OUT_DIR --minutes 6
 
+Without a GPU (Debian's python3-torch 1.13) it runs on the CPU, slowly: give it the shipped tokenizer and dsv4's
+tokenizer stands in for `tokenizers` (run it with build/venv/bin/python, which sees both). A smoke run:
+    build/venv/bin/python tools/train/train.py --data build/train-data --tokenizer models/sotu-v4-tiny/tokenizer.json \
+        --out /tmp/tiny-run --minutes 2 --batch 2 --eval-seqs 1 --greedy-tokens 4
+
 The schedule runs on wall-clock time (`--minutes`): warm-up, cosine decay, the indexer's dense warm-up in the
 first 15% and quantisation-aware training (FP8/FP4 weights and activations as the reference rounds them) in
 the last 25%, so a run fits the device's per-command limit whatever the step time turns out to be.
@@ -100,7 +105,6 @@ def main():
     ap.add_argument("--eval-seqs", type=int, default=16, help="held-out windows per kind for the final losses")
     ap.add_argument("--greedy-tokens", type=int, default=64)
     args = ap.parse_args()
-    from tokenizers import Tokenizer
 
     torch.manual_seed(0)
     rng = random.Random(0)
@@ -109,7 +113,7 @@ def main():
     torch.backends.cudnn.allow_tf32 = True
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer.from_file(args.tokenizer)
+    tok = parity.load_tokenizer(args.tokenizer)
     train, _ = load_streams(Path(args.data) / "train.jsonl", tok)
     held, _ = load_streams(Path(args.data) / "heldout.jsonl", tok)
     print({k: len(v) for k, v in train.items()}, {k: len(v) for k, v in held.items()}, flush=True)
@@ -151,7 +155,7 @@ def main():
                     moe.gate.bias += 1e-3 * torch.sign(load.mean() - load)
         if step % 50 == 0:
             entry = {"step": step, "minutes": round((time.time() - start) / 60, 2), "lr": lr,
-                     "train_loss": float(loss), "index_loss": float(index_loss) if index_loss is not None else None}
+                     "train_loss": loss.item(), "index_loss": index_loss.item() if index_loss is not None else None}
             if step % 200 == 0:
                 model.eval()
                 entry["heldout_loss"] = heldout_loss(model, held, device, num, n_seq=4)

@@ -259,6 +259,8 @@ class Compressor(nn.Module):
         B, T, _ = x.shape
         m, c = self.m, self.c
         n = T // m
+        if n == 0:
+            return x.new_zeros(B, 0, c)
         width = self.ape.shape[1]
         a = self.wkv(x[:, :n * m], num).view(B, n, m, width)
         z = self.wgate(x[:, :n * m], num).view(B, n, m, width) + self.ape
@@ -561,7 +563,7 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.head = Linear(cfg.dim, cfg.vocab_size, "bf16")
 
-    def forward(self, ids, num, traces=None):
+    def forward(self, ids, num):
         """ids [B, T] (positions 0..T-1) -> (fp32 logits [B, T, vocab], mean indexer loss)."""
         T = ids.shape[1]
         positions = torch.arange(T)
@@ -570,12 +572,8 @@ class Transformer(nn.Module):
             e = round_bf16(e)
         h = e[:, :, None, :].expand(-1, -1, self.cfg.hc_mult, -1)
         index_losses = []
-        for i, layer in enumerate(self.layers):
-            trace = {} if traces is not None else None
-            h, index_loss = layer(h, ids, positions, num, trace)
-            if trace is not None:
-                trace["h_out"] = h
-                traces.append(trace)
+        for layer in self.layers:
+            h, index_loss = layer(h, ids, positions, num)
             if index_loss is not None:
                 index_losses.append(index_loss)
         y, _, _ = self.hc_head.pre(h)
