@@ -203,7 +203,9 @@ def apply_rope(x, cos, sin, inverse=False):
 
 
 class Linear(nn.Module):
-    """A weight stored as `kind` ('fp8', 'fp4', 'bf16' or 'f32') in the checkpoint."""
+    """A weight stored as `kind` ('fp8', 'fp4' or 'bf16') in the checkpoint. FP8 / FP4 weights run the
+    reference's quantised GEMM (FP8 activations, bf16 output); bf16 ones an fp32 GEMM (compressor, router, head),
+    and the one bf16-output GEMM (the indexer's weights_proj) rounds at its call site."""
 
     def __init__(self, in_dim, out_dim, kind, std=0.02):
         super().__init__()
