@@ -89,9 +89,11 @@ DSV4_TARGET_AVX512BF16 inline bool codes_in_range(const uint8_t *codes, int64_t 
 
 DSV4_TARGET_AVX512BF16 inline float store_bf16(__m512 acc) { return round_bf16(_mm512_reduce_add_ps(acc)); }
 
-// Software prefetch distance along a weight row: the hardware prefetcher alone leaves the kernel latency-bound
-// on cold weights (measured: bench_kernels).
-constexpr int64_t kPrefetchBytes = 1024;
+// Software prefetch: the hardware prefetcher alone leaves the kernels latency-bound on cold weights. A GEMV
+// (one column) prefetches the next row tile (rows r+R.., same columns), where a thread's next loads go: a
+// distance along the row itself falls into the current tile when rows are short. With several columns the
+// step is slower and a fixed distance along the row measured better (bench_kernels).
+constexpr int64_t kPrefetchAlongRow = 1024;
 
 // Low and high bytes of the bf16 values of the 16 e2m1 codes, as vpshufb tables (repeated in every lane).
 constexpr std::array<uint8_t, 16> kFp4LoBytes = {0x00, 0x00, 0x80, 0xc0, 0x00, 0x40, 0x80, 0xc0,
@@ -118,7 +120,7 @@ DSV4_TARGET_AVX512BF16 void fp4_tile(const Fp4Matrix &w, int64_t r, const uint16
         __m512 scale[R];
         for (int j = 0; j < R; ++j) {
             const uint8_t *packed = w.w + (r + j) * (k / 2) + g * 16;
-            _mm_prefetch(reinterpret_cast<const char *>(packed + kPrefetchBytes), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char *>(packed + (NC == 1 ? R * (k / 2) : kPrefetchAlongRow)), _MM_HINT_T0);
             const __m512i bytes = _mm512_loadu_si512(packed);
             const __m512i lo = _mm512_and_si512(bytes, low4), hi = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low4);
             const __m512i lo_l = _mm512_shuffle_epi8(lo_tab, lo), lo_h = _mm512_shuffle_epi8(hi_tab, lo);
@@ -170,7 +172,10 @@ DSV4_TARGET_AVX512BF16 void fp8_tile(const Fp8Matrix &w, int64_t r, const uint16
             const int64_t c = b * kActBlock + q * 32;
             __m512bh wv[R];
             for (int j = 0; j < R; ++j) {
-                const __m512i x = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(w.w + (r + j) * k + c)));
+                const uint8_t *codes = w.w + (r + j) * k + c;
+                if (q % 2 == 0)
+                    _mm_prefetch(reinterpret_cast<const char *>(codes + (NC == 1 ? R * k : kPrefetchAlongRow)), _MM_HINT_T0);
+                const __m512i x = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(codes)));
                 const __m512i lo = _mm512_permutex2var_epi16(s0[j], x, s1[j]);
                 const __m512i hi = _mm512_permutex2var_epi16(s2[j], x, s3[j]);
                 const __m512i v = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(x, bit6), lo, hi);
