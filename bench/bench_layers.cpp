@@ -53,7 +53,7 @@ public:
         timed("linear_f32w", [&] { inner_->linear_f32w(x, n, w, rows, cols, y); });
     }
     void attention(const backend::AttentionProblem &p) override { timed("attention", [&] { inner_->attention(p); }); }
-    void index_scores(const float *q, const float *w, int n_heads, int dim, const float *keys, int64_t n,
+    void index_scores(const float *q, const float *w, int n_heads, int dim, const backend::Fp4Keys &keys, int64_t n,
                       float *scores) override {
         timed("index_scores", [&] { inner_->index_scores(q, w, n_heads, dim, keys, n, scores); });
     }

@@ -81,29 +81,15 @@ void decode_kv_entry(const kvcache::LayerGeometry &g, const uint8_t *entry, floa
     for (int i = 0; i < g.rope_dim; ++i) v[nope + i] = core::load_bf16(entry + nope + blocks, size_t(i));
 }
 
+// The layout Backend::index_scores decodes (backend::Fp4Keys).
 void encode_index_entry(const kvcache::LayerGeometry &g, const float *v, uint8_t *entry) {
+    static_assert(kIndexSimBlock == 32, "Fp4Keys holds one scale per 32 elements");
     const int d = g.index_head_dim;
     std::vector<uint8_t> codes(static_cast<size_t>(d));
     std::vector<int8_t> exps(static_cast<size_t>(d / kIndexSimBlock));
     core::quantize_blocks(BlockFormat::fp4_e2m1, v, size_t(d), kIndexSimBlock, codes.data(), exps.data());
     for (int i = 0; i < d / 2; ++i) entry[i] = uint8_t(codes[size_t(2 * i)] | (codes[size_t(2 * i + 1)] << 4));
     for (size_t b = 0; b < exps.size(); ++b) entry[size_t(d / 2) + b] = core::e8m0_from_exponent(exps[b]);
-}
-
-// Every indexer key is decoded for each scored span, so this runs per key and step: one table lookup per
-// nibble and one scale per block of 32.
-void decode_index_entry(const kvcache::LayerGeometry &g, const uint8_t *entry, float *v) {
-    static constexpr float kFp4[16] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
-                                       -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
-    const int d = g.index_head_dim;
-    for (int b = 0; b < d / kIndexSimBlock; ++b) {
-        const float scale = core::e8m0_to_f32(entry[d / 2 + b]);
-        for (int i = b * kIndexSimBlock; i < (b + 1) * kIndexSimBlock; i += 2) {
-            const uint8_t byte = entry[i / 2];
-            v[i] = kFp4[byte & 0x0f] * scale;
-            v[i + 1] = kFp4[byte >> 4] * scale;
-        }
-    }
 }
 
 std::vector<int32_t> topk_desc(const float *scores, int64_t n, int64_t k) {
@@ -221,12 +207,10 @@ void attention_forward(const LayerContext &ctx, const float *x, int64_t N, const
         // Compressed entries available by the end of the span; each query decodes only those it attends to (all of
         // them in HCA, the indexer's top-k in CSA), so a decode step does not grow with the whole cache.
         const int64_t n_entries = m ? int64_t(cache.kv.size()) : 0;
-        std::vector<float> index_keys;
-        if (m == 4) {
-            index_keys.resize(size_t(n_entries * dI));
-            for (int64_t j = 0; j < n_entries; ++j)
-                decode_index_entry(g, cache.index_keys.entry(size_t(j)), &index_keys[size_t(j * dI)]);
-        }
+        std::vector<const uint8_t *> key_pages;
+        for (const auto &page : cache.index_keys.pages()) key_pages.push_back(page->data());
+        const backend::Fp4Keys index_keys{key_pages.data(), int64_t(kvcache::PagedEntries::kPageEntries),
+                                          int64_t(cache.index_keys.entry_bytes())};
         const int64_t topk_width = m == 4 ? std::min<int64_t>(cfg.index_topk, n_entries) : 0;
         std::vector<float> span_scores(size_t(s.n * n_entries), -INFINITY);
         std::vector<int32_t> span_topk(size_t(s.n * topk_width), -1);
@@ -253,7 +237,7 @@ void attention_forward(const LayerContext &ctx, const float *x, int64_t N, const
             std::vector<int32_t> selected;
             if (m == 4) {
                 float *score = span_scores.data() + t * n_entries;
-                be.index_scores(&qI[size_t(i * nI * dI)], &omega[size_t(i * nI)], nI, dI, index_keys.data(), n_avail, score);
+                be.index_scores(&qI[size_t(i * nI * dI)], &omega[size_t(i * nI)], nI, dI, index_keys, n_avail, score);
                 selected = topk_desc(score, n_avail, cfg.index_topk);
                 std::copy(selected.begin(), selected.end(), span_topk.data() + t * topk_width);
             } else if (m) {

@@ -37,9 +37,8 @@ void attention_forward(const LayerContext &ctx, const float *x, int64_t n_rows, 
 // Lossless cache entry codecs (exposed for tests): FP8 nope dims + e8m0 per 64 + bf16 rope dims.
 void encode_kv_entry(const kvcache::LayerGeometry &g, const float *values, uint8_t *entry);
 void decode_kv_entry(const kvcache::LayerGeometry &g, const uint8_t *entry, float *values);
-// FP4 codes + e8m0 per 32.
+// FP4 codes + e8m0 per 32 (backend::Fp4Keys decodes them).
 void encode_index_entry(const kvcache::LayerGeometry &g, const float *values, uint8_t *entry);
-void decode_index_entry(const kvcache::LayerGeometry &g, const uint8_t *entry, float *values);
 
 // Top-k indices of scores, sorted by descending score, ties broken by the lower index (spec §6, §17.3).
 std::vector<int32_t> topk_desc(const float *scores, int64_t n, int64_t k);

@@ -24,6 +24,15 @@ struct AttentionProblem {
     float *out = nullptr;            // bf16 values [n_heads, head_dim]
 };
 
+// Indexer keys as the KV cache stores them: per entry, dim/2 bytes of packed e2m1 codes (element 2c in the low
+// nibble) then dim/32 e8m0 scales, in pages of entries_per_page entries. Backends decode while they score, so a
+// decode step reads the compact cache once instead of a decoded copy of it.
+struct Fp4Keys {
+    const uint8_t *const *pages;
+    int64_t entries_per_page, entry_bytes;
+    const uint8_t *entry(int64_t j) const { return pages[j / entries_per_page] + (j % entries_per_page) * entry_bytes; }
+};
+
 class Backend {
 public:
     virtual ~Backend() = default;
@@ -43,8 +52,8 @@ public:
     // Sparse attention with sink over an explicit row list, online softmax in chunks of 64 rows (spec §4.5).
     virtual void attention(const AttentionProblem &p) = 0;
     // Lightning-indexer scores of one query over n keys (spec §6): for key j,
-    // score[j] = bf16(Σ_h bf16(relu(bf16(q_h · k_j)) · w_h)), q [n_heads, dim], w [n_heads], keys [n, dim].
-    virtual void index_scores(const float *q, const float *w, int n_heads, int dim, const float *keys, int64_t n,
+    // score[j] = bf16(Σ_h bf16(relu(bf16(q_h · k_j)) · w_h)), q [n_heads, dim], w [n_heads], keys as cached.
+    virtual void index_scores(const float *q, const float *w, int n_heads, int dim, const Fp4Keys &keys, int64_t n,
                               float *scores) = 0;
 };
 

@@ -64,6 +64,10 @@ uint8_t f32_to_fp4_e2m1(float f) {
     return uint8_t(sign | code);
 }
 
+void decode_fp4_blocks32(const uint8_t *packed, const uint8_t *scales, size_t n, float *out) {
+    for (size_t i = 0; i < n; ++i) out[i] = kFp4Table[fp4_unpack(packed, i)] * e8m0_to_f32(scales[i / 32]);
+}
+
 float e8m0_to_f32(uint8_t code) { return code == 0xff ? NAN : std::ldexp(1.0f, int(code) - 127); }
 
 uint8_t e8m0_from_exponent(int exponent) { return uint8_t(std::clamp(exponent, -127, 127) + 127); }

@@ -42,6 +42,9 @@ inline uint8_t fp4_unpack(const uint8_t *packed, size_t i) {
     return (i & 1) ? uint8_t(byte >> 4) : uint8_t(byte & 0x0f);
 }
 
+// n values stored as packed e2m1 codes (fp4_unpack order) with one e8m0 scale per 32: out[i] = value · scale.
+void decode_fp4_blocks32(const uint8_t *packed, const uint8_t *scales, size_t n, float *out);
+
 // ---- e8m0 (ue8m0): value 2^(e-127); 0xff is NaN ------------------------------------------------------
 float e8m0_to_f32(uint8_t code);
 // The e8m0 code of 2^exponent; exponent must lie in [-127, 127].

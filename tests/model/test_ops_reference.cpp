@@ -245,12 +245,31 @@ TEST_CASE("lightning-indexer scores equal the float64 reference with the referen
     INFO("backend " << isa);
     for (int trial = 0; trial < 6; ++trial) {
         const int heads = trial % 2 ? 64 : randint(1, 20), dim = 128;
-        const int64_t n = randint(1, 300);
-        const auto q = bf16_vector(size_t(heads * dim), 1.0f), keys = bf16_vector(size_t(n * dim), 1.0f);
+        const int64_t n = randint(1, 300), per_page = randint(1, 70), entry_bytes = dim / 2 + dim / 32 + 3;
+        const auto q = bf16_vector(size_t(heads * dim), 1.0f);
+        // Keys as the cache stores them, in pages: random e2m1 codes, e8m0 scales around 1; the float copy is
+        // what they decode to.
+        std::vector<std::vector<uint8_t>> pages(size_t((n + per_page - 1) / per_page),
+                                                std::vector<uint8_t>(size_t(per_page * entry_bytes)));
+        std::vector<float> keys(size_t(n * dim));
+        for (int64_t j = 0; j < n; ++j) {
+            uint8_t *entry = pages[size_t(j / per_page)].data() + (j % per_page) * entry_bytes;
+            for (int b = 0; b < dim / 32; ++b) entry[dim / 2 + b] = uint8_t(randint(120, 130));
+            for (int c = 0; c < dim; c += 2) {
+                const int lo = randint(0, 15), hi = randint(0, 15);
+                entry[c / 2] = uint8_t(lo | hi << 4);
+                const double scale = std::ldexp(1.0, entry[dim / 2 + c / 32] - 127);
+                keys[size_t(j * dim + c)] = float(core::fp4_e2m1_to_f32(uint8_t(lo)) * scale);
+                keys[size_t(j * dim + c + 1)] = float(core::fp4_e2m1_to_f32(uint8_t(hi)) * scale);
+            }
+        }
+        std::vector<const uint8_t *> page_ptrs;
+        for (const auto &page : pages) page_ptrs.push_back(page.data());
+        const backend::Fp4Keys fp4_keys{page_ptrs.data(), per_page, entry_bytes};
         std::vector<float> w(static_cast<size_t>(heads));
         for (float &v : w) v = core::round_bf16(randn(0.1f));
         std::vector<float> scores(static_cast<size_t>(n));
-        be->index_scores(q.data(), w.data(), heads, dim, keys.data(), n, scores.data());
+        be->index_scores(q.data(), w.data(), heads, dim, fp4_keys, n, scores.data());
         for (int64_t j = 0; j < n; ++j) {
             // float64 dots, then the reference's bf16 roundings; fp32 summation order may move a dot across a
             // bf16 rounding boundary, so allow one bf16 ulp per head term plus the final rounding.

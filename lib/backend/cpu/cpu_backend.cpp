@@ -79,14 +79,20 @@ public:
         }
     }
 
-    void index_scores(const float *q, const float *w, int n_heads, int dim, const float *keys, int64_t n,
+    void index_scores(const float *q, const float *w, int n_heads, int dim, const Fp4Keys &keys, int64_t n,
                       float *scores) override {
-        if (!has_kernels() || n_heads > 64) return reference_->index_scores(q, w, n_heads, dim, keys, n, scores);
+        if (!has_kernels() || n_heads > 64 || dim % 32 || dim > cpu::kIndexMaxDim)
+            return reference_->index_scores(q, w, n_heads, dim, keys, n, scores);
         // Heads padded to a multiple of 16 with zero queries and weights: a padded head adds bf16(relu(0)·0) = 0.
+        // The kernel decodes each block of 32 key elements as its 16 even then its 16 odd elements; q's rows
+        // follow that order, so only the fp32 summation order of the dots changes.
         const int padded = (n_heads + 15) / 16 * 16;
         qt_.assign(size_t(padded) * size_t(dim) + size_t(padded), 0.0f);
         for (int h = 0; h < n_heads; ++h)
-            for (int c = 0; c < dim; ++c) qt_[size_t(c) * size_t(padded) + size_t(h)] = q[h * dim + c];
+            for (int p = 0; p < dim; ++p) {
+                const int t = p % 32, c = p - t + (t < 16 ? 2 * t : 2 * (t - 16) + 1);
+                qt_[size_t(p) * size_t(padded) + size_t(h)] = q[h * dim + c];
+            }
         float *wp = qt_.data() + size_t(padded) * size_t(dim);
         std::copy_n(w, n_heads, wp);
         const float *qt = qt_.data();

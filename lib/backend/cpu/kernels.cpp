@@ -458,16 +458,43 @@ DSV4_TARGET_AVX512BF16 void index_keys_block(const float *qt, const float *w, in
         scores[k] = round_bf16(_mm512_reduce_add_ps(total));
     }
 }
+
+// KB cached keys decoded into buf [KB, dim], each block of 32 as its 16 even then its 16 odd elements (values
+// times their power-of-two scale: exact).
+template <int KB>
+DSV4_TARGET_AVX512BF16 void decode_keys(const Fp4Keys &keys, int64_t j, int dim, float *buf) {
+    const __m512 table = _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, -0.0f, -0.5f, -1.0f, -1.5f, -2.0f,
+                                        -3.0f, -4.0f, -6.0f);
+    const __m512i low4 = _mm512_set1_epi32(0x0f);
+    for (int k = 0; k < KB; ++k) {
+        const uint8_t *entry = keys.entry(j + k);
+        for (int g = 0; g < dim / 32; ++g) {
+            const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(entry + g * 16)));
+            const __m512 scale = _mm512_set1_ps(e8m0_to_f32(entry[dim / 2 + g]));
+            float *out = buf + int64_t(k) * dim + g * 32;
+            _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_and_si512(codes, low4), table), scale));
+            _mm512_storeu_ps(out + 16, _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(codes, 4), table), scale));
+        }
+    }
+}
+
+template <int KB>
+DSV4_TARGET_AVX512BF16 void index_fp4_keys_block(const float *qt, const float *w, int n_heads, int dim,
+                                                 const Fp4Keys &keys, int64_t j, float *scores) {
+    alignas(64) float buf[KB * kIndexMaxDim];
+    decode_keys<KB>(keys, j, dim, buf);
+    index_keys_block<KB>(qt, w, n_heads, dim, buf, scores + j);
+}
 }  // namespace
 
-DSV4_TARGET_AVX512BF16 void index_scores_avx512(const float *qt, const float *w, int n_heads, int dim, const float *keys,
-                                                int64_t j0, int64_t j1, float *scores) {
+DSV4_TARGET_AVX512BF16 void index_scores_avx512(const float *qt, const float *w, int n_heads, int dim,
+                                                const Fp4Keys &keys, int64_t j0, int64_t j1, float *scores) {
     int64_t j = j0;
     if (n_heads <= 32)
-        for (; j + 4 <= j1; j += 4) index_keys_block<4>(qt, w, n_heads, dim, keys + j * dim, scores + j);
+        for (; j + 4 <= j1; j += 4) index_fp4_keys_block<4>(qt, w, n_heads, dim, keys, j, scores);
     else
-        for (; j + 2 <= j1; j += 2) index_keys_block<2>(qt, w, n_heads, dim, keys + j * dim, scores + j);
-    for (; j < j1; ++j) index_keys_block<1>(qt, w, n_heads, dim, keys + j * dim, scores + j);
+        for (; j + 2 <= j1; j += 2) index_fp4_keys_block<2>(qt, w, n_heads, dim, keys, j, scores);
+    for (; j < j1; ++j) index_fp4_keys_block<1>(qt, w, n_heads, dim, keys, j, scores);
 }
 
 }  // namespace dsv4::backend::cpu

@@ -10,6 +10,7 @@
 #pragma once
 #include <cstdint>
 
+#include "backend/backend.h"
 #include "core/matrix.h"
 
 namespace dsv4::backend::cpu {
@@ -52,8 +53,11 @@ void scale_f32_avx512(float *acc, float alpha, int n);
 void axpy_f32_avx512(float *acc, float p, const float *v, int n);
 
 // Lightning-indexer scores of keys [j0, j1) (the contract of Backend::index_scores); qt is q transposed,
-// [dim, n_heads], n_heads a multiple of 16. The sum over heads runs in vector order.
-void index_scores_avx512(const float *qt, const float *w, int n_heads, int dim, const float *keys, int64_t j0,
+// [dim, n_heads] with n_heads a multiple of 16 and, within each 32 dims, the even dims first, then the odd ones
+// (the order the FP4 keys decode in). dim a multiple of 32, at most kIndexMaxDim. The sum over heads runs in
+// vector order.
+constexpr int kIndexMaxDim = 256;
+void index_scores_avx512(const float *qt, const float *w, int n_heads, int dim, const Fp4Keys &keys, int64_t j0,
                          int64_t j1, float *scores);
 
 }  // namespace dsv4::backend::cpu

@@ -143,11 +143,13 @@ public:
                 });
     }
 
-    void index_scores(const float *q, const float *w, int n_heads, int dim, const float *keys, int64_t n,
+    void index_scores(const float *q, const float *w, int n_heads, int dim, const Fp4Keys &keys, int64_t n,
                       float *scores) override {
 #pragma omp parallel for num_threads(threads()) schedule(static)
         for (int64_t j = 0; j < n; ++j) {
-            const float *kj = keys + j * dim;
+            std::vector<float> kj(static_cast<size_t>(dim));
+            const uint8_t *entry = keys.entry(j);
+            decode_fp4_blocks32(entry, entry + dim / 2, size_t(dim), kj.data());
             float total = 0.0f;
             for (int h = 0; h < n_heads; ++h) {
                 float dot = 0.0f;
