@@ -96,10 +96,12 @@ std::vector<int32_t> topk_desc(const float *scores, int64_t n, int64_t k) {
     std::vector<int32_t> idx(static_cast<size_t>(n));
     std::iota(idx.begin(), idx.end(), 0);
     k = std::min(k, n);
-    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
-        return scores[a] > scores[b] || (scores[a] == scores[b] && a < b);
-    });
+    // A strict total order (score, then index), so selecting the k first and then sorting them is exact; linear in n
+    // where a partial sort is n·log k, and n is every compressed entry of the context.
+    auto before = [&](int32_t a, int32_t b) { return scores[a] > scores[b] || (scores[a] == scores[b] && a < b); };
+    std::nth_element(idx.begin(), idx.begin() + k, idx.end(), before);
     idx.resize(size_t(k));
+    std::sort(idx.begin(), idx.end(), before);
     return idx;
 }
 

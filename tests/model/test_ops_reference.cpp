@@ -1,8 +1,10 @@
 // Every operator against an independent float64 reference written from the spec, at random shapes and seeds:
 // FP8 / FP4 block-scaled GEMMs, sparse attention with sink, mHC (hc_pre with Sinkhorn, hc_post), the router,
 // a SwiGLU expert with the clamp, and the compressors and indexer of the tiny model (observed in a real run).
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <numeric>
 #include <random>
 
 #include "attention/attention.h"
@@ -286,6 +288,20 @@ TEST_CASE("lightning-indexer scores equal the float64 reference with the referen
         }
     }
   }
+}
+
+TEST_CASE("indexer top-k: descending scores, ties to the lower index, as a full sort orders them", "[ops]") {
+    for (int trial = 0; trial < 20; ++trial) {
+        const int64_t n = randint(1, 400), k = randint(1, 600);
+        std::vector<float> scores(static_cast<size_t>(n));
+        // few distinct values (bf16 scores tie often), some -inf (entries masked out)
+        for (float &v : scores) v = randint(0, 9) == 0 ? -INFINITY : float(randint(-4, 4));
+        std::vector<int32_t> order(static_cast<size_t>(n));
+        std::iota(order.begin(), order.end(), 0);
+        std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return scores[size_t(a)] > scores[size_t(b)]; });
+        order.resize(size_t(std::min(n, k)));
+        REQUIRE(attention::topk_desc(scores.data(), n, k) == order);
+    }
 }
 
 TEST_CASE("mHC: hc_pre with Sinkhorn and hc_post equal the float64 reference", "[ops]") {
