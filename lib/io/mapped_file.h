@@ -3,7 +3,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
-#include <vector>
 
 namespace dsv4::io {
 
@@ -23,8 +22,8 @@ private:
     std::string path_;
     const uint8_t *data_ = nullptr;
     size_t size_ = 0;
-    void *map_ = nullptr;
-    std::vector<uint8_t> buffer_;  // used when not mapped
+    void *map_ = nullptr;  // the file mapping, or the anonymous memory the file was read into
+    size_t map_bytes_ = 0;
 };
 
 // Reads a whole (small) file; throws like MappedFile.
