@@ -25,41 +25,60 @@ inline int resolve_threads(int n_threads) {
 // Rows per online-softmax chunk of the attention (spec §4.5).
 constexpr int64_t kAttentionChunk = 64;
 
-// The reference's sparse attention with sink for head h of p: online softmax over chunks of 64 rows, P rounded
-// to bf16 before P·V, fp32 accumulation. The inner loops over head_dim are the caller's: dot(q, k) returns
-// q·k, scale(acc, alpha) does acc *= alpha, axpy(acc, prob, v) does acc += prob·v element by element.
-// acc holds head_dim floats and scores kAttentionChunk, both scratch.
-template <typename Dot, typename Scale, typename Axpy>
-void attention_head(const AttentionProblem &p, int h, float *acc, float *scores, Dot &&dot, Scale &&scale,
-                    Axpy &&axpy) {
+// Heads per block of the attention: a block's heads share every row they load.
+constexpr int kMaxHeadBlock = 4;
+
+// The reference's sparse attention with sink for heads [h0, h0 + nh) of p (nh <= kMaxHeadBlock): online softmax
+// over chunks of 64 rows, P rounded to bf16 before P·V, fp32 accumulation. Each head runs the reference's
+// operations in the reference's order; a block only lets them share each loaded row. The inner loops over
+// head_dim are the caller's: dots(h0, nh, k, out) writes q_h·k for the block's heads, scale(acc, alpha) does
+// acc *= alpha, axpys(acc, nh, probs, v) does acc_h += probs[h]·v element by element for each head.
+// acc holds nh·head_dim floats and scores nh·kAttentionChunk, both scratch.
+template <typename Dots, typename Scale, typename Axpys>
+void attention_heads(const AttentionProblem &p, int h0, int nh, float *acc, float *scores, Dots &&dots, Scale &&scale,
+                     Axpys &&axpys) {
     const int d = p.head_dim;
-    const float *q = p.q + int64_t(h) * d;
-    std::fill_n(acc, d, 0.0f);
-    float m = -INFINITY, l = 0.0f;
+    std::fill_n(acc, size_t(nh) * size_t(d), 0.0f);
+    float m[kMaxHeadBlock], l[kMaxHeadBlock], dot[kMaxHeadBlock], prob[kMaxHeadBlock];
+    std::fill_n(m, nh, -INFINITY);
+    std::fill_n(l, nh, 0.0f);
     for (int64_t c0 = 0; c0 < p.n_rows; c0 += kAttentionChunk) {
         const int64_t c1 = std::min(p.n_rows, c0 + kAttentionChunk);
-        float chunk_max = -INFINITY;
+        float chunk_max[kMaxHeadBlock];
+        std::fill_n(chunk_max, nh, -INFINITY);
         for (int64_t j = c0; j < c1; ++j) {
-            const float s = p.valid[j] ? dot(q, p.kv + j * d) * p.scale : -INFINITY;
-            scores[j - c0] = s;
-            chunk_max = std::max(chunk_max, s);
+            if (p.valid[j]) dots(h0, nh, p.kv + j * d, dot);
+            for (int h = 0; h < nh; ++h) {
+                const float s = p.valid[j] ? dot[h] * p.scale : -INFINITY;
+                scores[h * kAttentionChunk + (j - c0)] = s;
+                chunk_max[h] = std::max(chunk_max[h], s);
+            }
         }
-        const float m_new = std::max(m, chunk_max);
-        if (m_new == -INFINITY) continue;  // nothing valid yet
-        const float alpha = m == -INFINITY ? 0.0f : std::exp(m - m_new);
-        l *= alpha;
-        scale(acc, alpha);
+        // The heads see the same valid rows, so all of them or none have seen one by now.
+        if (std::max(m[0], chunk_max[0]) == -INFINITY) continue;
+        float m_new[kMaxHeadBlock];
+        for (int h = 0; h < nh; ++h) {
+            m_new[h] = std::max(m[h], chunk_max[h]);
+            const float alpha = m[h] == -INFINITY ? 0.0f : std::exp(m[h] - m_new[h]);
+            l[h] *= alpha;
+            scale(acc + size_t(h) * size_t(d), alpha);
+        }
         for (int64_t j = c0; j < c1; ++j) {
             if (!p.valid[j]) continue;
-            const float prob = std::exp(scores[j - c0] - m_new);
-            l += prob;
-            axpy(acc, core::round_bf16(prob), p.kv + j * d);  // P is bf16 in the P·V product
+            for (int h = 0; h < nh; ++h) {
+                prob[h] = std::exp(scores[h * kAttentionChunk + (j - c0)] - m_new[h]);
+                l[h] += prob[h];
+                prob[h] = core::round_bf16(prob[h]);  // P is bf16 in the P·V product
+            }
+            axpys(acc, nh, prob, p.kv + j * d);
         }
-        m = m_new;
+        std::copy_n(m_new, nh, m);
     }
-    l += std::exp(p.sink[h] - m);
-    float *o = p.out + int64_t(h) * d;
-    for (int t = 0; t < d; ++t) o[t] = core::round_bf16(acc[t] / l);
+    for (int h = 0; h < nh; ++h) {
+        const float total = l[h] + std::exp(p.sink[h0 + h] - m[h]);
+        float *o = p.out + int64_t(h0 + h) * d;
+        for (int t = 0; t < d; ++t) o[t] = core::round_bf16(acc[size_t(h) * size_t(d) + size_t(t)] / total);
+    }
 }
 
 }  // namespace dsv4::backend::cpu

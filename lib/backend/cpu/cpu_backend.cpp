@@ -58,24 +58,28 @@ public:
     void linear_f32w(const float *x, int64_t n, const float *w, int64_t rows, int64_t cols, float *y) override {
         reference_->linear_f32w(x, n, w, rows, cols, y);
     }
-    // The reference's attention (cpu::attention_head) with the inner loops over head_dim vectorised; only the
-    // q·k summation order differs.
+    // The reference's attention (cpu::attention_heads) with the inner loops over head_dim vectorised and heads
+    // in blocks that share each row they load (each head re-reading every row cost more than the arithmetic at
+    // long contexts); only the q·k summation order differs from the reference.
     void attention(const AttentionProblem &p) override {
         if (!has_kernels() || p.head_dim % 16) return reference_->attention(p);
         const int d = p.head_dim, nt = threads();
-        const size_t row = size_t(d) + size_t(cpu::kAttentionChunk);
-        scratch_.resize(size_t(nt) * row);
+        const int block = std::clamp(p.n_heads / nt, 1, cpu::kMaxHeadBlock), n_blocks = (p.n_heads + block - 1) / block;
+        const size_t per_thread = size_t(block) * (size_t(d) + size_t(cpu::kAttentionChunk));
+        scratch_.resize(size_t(nt) * per_thread);
 #pragma omp parallel for num_threads(nt) schedule(static)
-        for (int h = 0; h < p.n_heads; ++h) {
+        for (int b = 0; b < n_blocks; ++b) {
 #if defined(_OPENMP)
-            float *acc = scratch_.data() + size_t(omp_get_thread_num()) * row;
+            float *acc = scratch_.data() + size_t(omp_get_thread_num()) * per_thread;
 #else
             float *acc = scratch_.data();
 #endif
-            cpu::attention_head(
-                p, h, acc, acc + d, [d](const float *q, const float *k) { return cpu::dot_f32_avx512(q, k, d); },
+            const int h0 = b * block, nh = std::min(block, p.n_heads - h0);
+            cpu::attention_heads(
+                p, h0, nh, acc, acc + size_t(block) * size_t(d),
+                [&p, d](int first, int n, const float *k, float *out) { cpu::dot_heads_f32_avx512(p.q + int64_t(first) * d, n, k, d, out); },
                 [d](float *a, float alpha) { cpu::scale_f32_avx512(a, alpha, d); },
-                [d](float *a, float prob, const float *v) { cpu::axpy_f32_avx512(a, prob, v, d); });
+                [d](float *a, int n, const float *probs, const float *v) { cpu::axpy_heads_f32_avx512(a, n, probs, v, d); });
         }
     }
 

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <vector>
 
+#include "backend/cpu/common.h"
 #include "core/numeric.h"
 
 namespace dsv4::backend::cpu {
@@ -401,15 +402,35 @@ DSV4_TARGET_AVX512BF16 void f32_rows_avx512bf16(const Bf16Matrix &w, const float
                      f32_tile<1, 4>>(w, x, n, r0, r1, y);
 }
 
-DSV4_TARGET_AVX512BF16 float dot_f32_avx512(const float *a, const float *b, int n) {
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+namespace {
+template <int NH>
+DSV4_TARGET_AVX512BF16 void dot_heads(const float *q, const float *v, int n, float *out) {
+    __m512 s0[NH], s1[NH];
+    for (int h = 0; h < NH; ++h) s0[h] = s1[h] = _mm512_setzero_ps();
     int i = 0;
     for (; i + 32 <= n; i += 32) {
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
-        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+        const __m512 v0 = _mm512_loadu_ps(v + i), v1 = _mm512_loadu_ps(v + i + 16);
+        for (int h = 0; h < NH; ++h) {
+            s0[h] = _mm512_fmadd_ps(_mm512_loadu_ps(q + h * n + i), v0, s0[h]);
+            s1[h] = _mm512_fmadd_ps(_mm512_loadu_ps(q + h * n + i + 16), v1, s1[h]);
+        }
     }
-    for (; i < n; i += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
-    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+    for (; i < n; i += 16) {
+        const __m512 v0 = _mm512_loadu_ps(v + i);
+        for (int h = 0; h < NH; ++h) s0[h] = _mm512_fmadd_ps(_mm512_loadu_ps(q + h * n + i), v0, s0[h]);
+    }
+    for (int h = 0; h < NH; ++h) out[h] = _mm512_reduce_add_ps(_mm512_add_ps(s0[h], s1[h]));
+}
+}  // namespace
+
+DSV4_TARGET_AVX512BF16 void dot_heads_f32_avx512(const float *q, int nh, const float *v, int n, float *out) {
+    static_assert(kMaxHeadBlock == 4, "one instantiation per block size");
+    switch (nh) {
+    case 4: return dot_heads<4>(q, v, n, out);
+    case 3: return dot_heads<3>(q, v, n, out);
+    case 2: return dot_heads<2>(q, v, n, out);
+    default: return dot_heads<1>(q, v, n, out);
+    }
 }
 
 DSV4_TARGET_AVX512BF16 void scale_f32_avx512(float *acc, float alpha, int n) {
@@ -417,11 +438,17 @@ DSV4_TARGET_AVX512BF16 void scale_f32_avx512(float *acc, float alpha, int n) {
     for (int i = 0; i < n; i += 16) _mm512_storeu_ps(acc + i, _mm512_mul_ps(_mm512_loadu_ps(acc + i), va));
 }
 
-DSV4_TARGET_AVX512BF16 void axpy_f32_avx512(float *acc, float p, const float *v, int n) {
-    const __m512 vp = _mm512_set1_ps(p);
+DSV4_TARGET_AVX512BF16 void axpy_heads_f32_avx512(float *acc, int nh, const float *probs, const float *v, int n) {
+    __m512 vp[kMaxHeadBlock];
+    for (int h = 0; h < nh; ++h) vp[h] = _mm512_set1_ps(probs[h]);
     // mul then add, not FMA: the reference rounds the product before the sum
-    for (int i = 0; i < n; i += 16)
-        _mm512_storeu_ps(acc + i, _mm512_add_ps(_mm512_loadu_ps(acc + i), _mm512_mul_ps(vp, _mm512_loadu_ps(v + i))));
+    for (int i = 0; i < n; i += 16) {
+        const __m512 vi = _mm512_loadu_ps(v + i);
+        for (int h = 0; h < nh; ++h) {
+            float *a = acc + int64_t(h) * n + i;
+            _mm512_storeu_ps(a, _mm512_add_ps(_mm512_loadu_ps(a), _mm512_mul_ps(vp[h], vi)));
+        }
+    }
 }
 
 namespace {

@@ -46,11 +46,12 @@ void fp8_rows_generic(const core::Fp8Matrix &w, const uint16_t *act, int64_t n, 
 void bf16_rows_avx512bf16(const core::Bf16Matrix &w, const uint16_t *x, int64_t n, int64_t r0, int64_t r1, float *y);
 void f32_rows_avx512bf16(const core::Bf16Matrix &w, const float *x, int64_t n, int64_t r0, int64_t r1, float *y);
 
-// Vector helpers of the attention kernel (n a multiple of 16): Σ a[i]·b[i] in fp32 (any order), and
-// acc[i] = acc[i]·alpha (scale) or acc[i] + p·v[i] (axpy), each element in the reference's order.
-float dot_f32_avx512(const float *a, const float *b, int n);
+// Vector helpers of the attention kernel (n a multiple of 16), for nh <= kMaxHeadBlock heads sharing one row v:
+// out[h] = Σ q_h[i]·v[i] in fp32 (any order; q_h = q + h·n), acc_h[i] = acc_h[i] + probs[h]·v[i] (acc_h =
+// acc + h·n, each element in the reference's order), and acc[i] = acc[i]·alpha.
+void dot_heads_f32_avx512(const float *q, int nh, const float *v, int n, float *out);
+void axpy_heads_f32_avx512(float *acc, int nh, const float *probs, const float *v, int n);
 void scale_f32_avx512(float *acc, float alpha, int n);
-void axpy_f32_avx512(float *acc, float p, const float *v, int n);
 
 // Lightning-indexer scores of keys [j0, j1) (the contract of Backend::index_scores); qt is q transposed,
 // [dim, n_heads] with n_heads a multiple of 16 and, within each 32 dims, the even dims first, then the odd ones

@@ -128,18 +128,19 @@ public:
         Scratch acc_scratch(nt, d), score_scratch(nt, cpu::kAttentionChunk);
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (int h = 0; h < p.n_heads; ++h)
-            cpu::attention_head(
-                p, h, acc_scratch.row(), score_scratch.row(),
-                [d](const float *q, const float *k) {
+            cpu::attention_heads(
+                p, h, 1, acc_scratch.row(), score_scratch.row(),
+                [&p, d](int h0, int, const float *k, float *out) {
+                    const float *q = p.q + int64_t(h0) * d;
                     float dot = 0.0f;
                     for (int t = 0; t < d; ++t) dot += q[t] * k[t];
-                    return dot;
+                    out[0] = dot;
                 },
                 [d](float *acc, float alpha) {
                     for (int t = 0; t < d; ++t) acc[t] *= alpha;
                 },
-                [d](float *acc, float prob, const float *v) {
-                    for (int t = 0; t < d; ++t) acc[t] += prob * v[t];
+                [d](float *acc, int, const float *prob, const float *v) {
+                    for (int t = 0; t < d; ++t) acc[t] += prob[0] * v[t];
                 });
     }
 
