@@ -146,11 +146,13 @@ public:
 
     void index_scores(const float *q, const float *w, int n_heads, int dim, const Fp4Keys &keys, int64_t n,
                       float *scores) override {
-#pragma omp parallel for num_threads(threads()) schedule(static)
+        const int nt = threads();
+        Scratch key_scratch(nt, dim);
+#pragma omp parallel for num_threads(nt) schedule(static)
         for (int64_t j = 0; j < n; ++j) {
-            std::vector<float> kj(static_cast<size_t>(dim));
+            float *kj = key_scratch.row();
             const uint8_t *entry = keys.entry(j);
-            decode_fp4_blocks32(entry, entry + dim / 2, size_t(dim), kj.data());
+            decode_fp4_blocks32(entry, entry + dim / 2, size_t(dim), kj);
             float total = 0.0f;
             for (int h = 0; h < n_heads; ++h) {
                 float dot = 0.0f;
