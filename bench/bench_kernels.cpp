@@ -55,8 +55,9 @@ int main(int argc, char **argv) {
             const size_t s_bytes = fp4 ? size_t(s.rows * s.cols / 32) : size_t((s.rows + 127) / 128 * ((s.cols + 127) / 128));
             const size_t per = w_bytes + s_bytes;
             const size_t copies = std::max<size_t>(2, pool_bytes / per);
-            std::vector<uint8_t> pool(copies * per);
-            for (size_t i = 0; i < pool.size(); i += 4096) pool[i] = uint8_t(rng());  // touch every page
+            bench::HugeBuffer huge(copies * per);
+            uint8_t *pool = huge.data();
+            for (size_t i = 0; i < copies * per; i += 4096) pool[i] = uint8_t(rng());  // touch every page
             for (size_t c = 0; c < copies; ++c)  // scales near 2^0 (the kernels' common case)
                 std::memset(&pool[c * per + w_bytes], 120 + int(c % 8), s_bytes);
             std::vector<core::ExpertMatrix> mats(copies);

@@ -38,19 +38,20 @@ public:
     explicit TimingBackend(std::unique_ptr<backend::Backend> inner) : inner_(std::move(inner)) {}
     std::string name() const override { return inner_->name(); }
     void linear_fp8(const float *x, int64_t n, const core::Fp8Matrix &w, float *y) override {
-        timed("linear_fp8", [&] { inner_->linear_fp8(x, n, w, y); });
+        timed("linear_fp8", [&] { inner_->linear_fp8(x, n, w, y); }, n * w.rows * w.cols);
     }
     void linear_expert(const float *x, int64_t n, const core::ExpertMatrix &w, float *y) override {
-        timed("linear_expert", [&] { inner_->linear_expert(x, n, w, y); });
+        const int64_t macs = n * (w.format == core::ExpertFormat::fp8 ? w.fp8.rows * w.fp8.cols : w.fp4.rows * w.fp4.cols);
+        timed("linear_expert", [&] { inner_->linear_expert(x, n, w, y); }, macs);
     }
     void linear_bf16(const float *x, int64_t n, const core::Bf16Matrix &w, float *y) override {
-        timed("linear_bf16", [&] { inner_->linear_bf16(x, n, w, y); });
+        timed("linear_bf16", [&] { inner_->linear_bf16(x, n, w, y); }, n * w.rows * w.cols);
     }
     void linear_f32(const float *x, int64_t n, const core::Bf16Matrix &w, float *y) override {
-        timed("linear_f32", [&] { inner_->linear_f32(x, n, w, y); });
+        timed("linear_f32", [&] { inner_->linear_f32(x, n, w, y); }, n * w.rows * w.cols);
     }
     void linear_f32w(const float *x, int64_t n, const float *w, int64_t rows, int64_t cols, float *y) override {
-        timed("linear_f32w", [&] { inner_->linear_f32w(x, n, w, rows, cols, y); });
+        timed("linear_f32w", [&] { inner_->linear_f32w(x, n, w, rows, cols, y); }, n * rows * cols);
     }
     void attention(const backend::AttentionProblem &p) override { timed("attention", [&] { inner_->attention(p); }); }
     void index_scores(const float *q, const float *w, int n_heads, int dim, const backend::Fp4Keys &keys, int64_t n,
@@ -59,13 +60,15 @@ public:
     }
 
     std::map<std::string, double> seconds;
+    std::map<std::string, double> macs;  // multiply-adds of the linears
 
 private:
     template <typename F>
-    void timed(const char *op, F &&f) {
+    void timed(const char *op, F &&f, int64_t n_macs = 0) {
         const auto t0 = Clock::now();
         f();
         seconds[op] += seconds_since(t0);
+        macs[op] += double(n_macs);
     }
     std::unique_ptr<backend::Backend> inner_;
 };
@@ -157,6 +160,21 @@ size_t touch_weights(const model::Model &m) {
 
 }  // namespace
 
+// Time per backend operation (per call of `runs`), its share of `total_s`, and, given the peak, the GFLOP/s of
+// the linears as a share of it.
+void print_ops(const TimingBackend &timing, double total_s, int runs, double peak) {
+    double in_backend = 0;
+    for (const auto &[op, sec] : timing.seconds) {
+        fmt::print("  {:<14} {:8.2f} ms  {:5.1f}%", op, sec / runs * 1e3, 100 * sec / runs / total_s);
+        const double gflops = 2 * timing.macs.at(op) / sec / 1e9;
+        if (peak > 0 && timing.macs.at(op) > 0) fmt::print("  {:7.1f} GFLOP/s = {:4.1f}% of the peak", gflops, 100 * gflops / peak);
+        fmt::print("\n");
+        in_backend += sec / runs;
+    }
+    fmt::print("  {:<14} {:8.2f} ms  {:5.1f}%  (model code outside the backend: routing, norms, mHC, cache decode)\n",
+               "other", (total_s - in_backend) * 1e3, 100 * (total_s - in_backend) / total_s);
+}
+
 int run(int argc, char **argv) {
     if (argc < 2) {
         std::fprintf(stderr, "usage: %s CHECKPOINT_DIR [CONTEXTS=1024,16384,65536] [DECODE_STEPS=16] [THREADS=0]\n", argv[0]);
@@ -219,11 +237,14 @@ int run(int argc, char **argv) {
     std::uniform_int_distribution<int32_t> token(0, c.vocab_size - 1);
     std::vector<int32_t> prompt(static_cast<size_t>(1024));
     for (int32_t &t : prompt) t = token(rng);
+    timing->seconds.clear();
+    timing->macs.clear();
     const auto t_prefill = Clock::now();
     for (int p0 = 0; p0 < 1024; p0 += 256) ctx.decode(prompt.data() + p0, nullptr, nullptr, 0, nullptr, 256);
-    const double prefill_tps = 1024 / seconds_since(t_prefill);
+    const double prefill_s = seconds_since(t_prefill), prefill_tps = 1024 / prefill_s;
     fmt::print("prefill 1024 tokens       {:8.1f} tokens/s = {:.1f} GFLOP/s of layer weights = {:.1f}% of the peak\n",
                prefill_tps, prefill_tps * 2 * layer_macs / 1e9, 100 * prefill_tps * 2 * layer_macs / 1e9 / peak);
+    print_ops(*timing, prefill_s, 1, peak);
     fmt::print("bytes one decode step reads {:6.1f} MB (layers {:.1f} MB, LM head {:.1f} MB): {:.2f} ms at the bandwidth\n",
                step_bytes / 1e6, layer_bytes / 1e6, head_bytes / 1e6, step_bytes / bw / 1e6);
 
@@ -257,13 +278,7 @@ int run(int argc, char **argv) {
         }
         fmt::print("\ndecode at {:6} context: {:8.2f} ms/step ({:.1f} tokens/s) = {:.2f}x the bandwidth time, {:.2f}x the "
                    "first context\n", L, step_s * 1e3, 1 / step_s, step_s / (step_bytes / bw / 1e9), step_s / first_step);
-        double in_backend = 0;
-        for (const auto &[op, sec] : timing->seconds) {
-            fmt::print("  {:<14} {:8.2f} ms  {:5.1f}%\n", op, sec / steps * 1e3, 100 * sec / steps / step_s);
-            in_backend += sec / steps;
-        }
-        fmt::print("  {:<14} {:8.2f} ms  {:5.1f}%  (model code outside the backend: routing, norms, mHC, cache decode)\n",
-                   "other", (step_s - in_backend) * 1e3, 100 * (step_s - in_backend) / step_s);
+        print_ops(*timing, step_s, steps, 0);
         if (L != contexts.front()) continue;
         // Whole-model projection from the first context: the full model's layers at this run's bytes per layer
         // kind and measured/limit ratio (window layers: an HCA layer without its compressor, a slight overestimate).

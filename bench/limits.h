@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <sys/mman.h>
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
@@ -29,6 +30,28 @@ inline int max_threads() {
 #endif
 }
 
+// Anonymous memory on 2 MiB boundaries asked for as transparent huge pages, as the loader holds weights (see
+// io/MappedFile): the bandwidth and the kernels are measured on the page size decode runs on.
+class HugeBuffer {
+public:
+    explicit HugeBuffer(size_t bytes) : bytes_(bytes + kHuge) {
+        map_ = ::mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (map_ == MAP_FAILED) std::abort();
+        data_ = reinterpret_cast<uint8_t *>((reinterpret_cast<uintptr_t>(map_) + kHuge - 1) & ~(kHuge - 1));
+        (void)::madvise(data_, bytes, MADV_HUGEPAGE);
+    }
+    ~HugeBuffer() { ::munmap(map_, bytes_); }
+    HugeBuffer(const HugeBuffer &) = delete;
+    HugeBuffer &operator=(const HugeBuffer &) = delete;
+    uint8_t *data() { return data_; }
+
+private:
+    static constexpr size_t kHuge = size_t(2) << 20;
+    size_t bytes_;
+    void *map_;
+    uint8_t *data_;
+};
+
 __attribute__((target("avx512f"))) inline uint64_t sum_stream(const uint8_t *p, size_t bytes, int threads) {
     uint64_t total = 0;
     const int64_t lines = int64_t(bytes / 64);
@@ -45,7 +68,8 @@ __attribute__((target("avx512f"))) inline uint64_t sum_stream(const uint8_t *p, 
 // Read bandwidth in GB/s: a streaming read of a 2 GiB buffer (far beyond the caches), best of `repeats`.
 inline double read_bandwidth(int threads, int repeats) {
     const size_t bytes = size_t(2) << 30;
-    auto *buf = static_cast<uint8_t *>(std::aligned_alloc(64, bytes));
+    HugeBuffer huge(bytes);
+    uint8_t *buf = huge.data();
     std::memset(buf, 1, bytes);
     double best = 0;
     volatile uint64_t sink = 0;
@@ -54,7 +78,6 @@ inline double read_bandwidth(int threads, int repeats) {
         sink = sink + sum_stream(buf, bytes, threads);
         best = std::max(best, double(bytes) / seconds_since(t0) / 1e9);
     }
-    std::free(buf);
     return best;
 }
 

@@ -68,11 +68,20 @@ void decode_fp4_blocks32(const uint8_t *packed, const uint8_t *scales, size_t n,
     for (size_t i = 0; i < n; ++i) out[i] = kFp4Table[fp4_unpack(packed, i)] * e8m0_to_f32(scales[i / 32]);
 }
 
-float e8m0_to_f32(uint8_t code) { return code == 0xff ? NAN : std::ldexp(1.0f, int(code) - 127); }
+float e8m0_to_f32(uint8_t code) {
+    if (code == 0xff) return NAN;
+    return code == 0 ? 0x1p-127f : exp2i(int(code) - 127);
+}
 
 uint8_t e8m0_from_exponent(int exponent) { return uint8_t(std::clamp(exponent, -127, 127) + 127); }
 
-float exp2i(int e) { return std::ldexp(1.0f, e); }
+float exp2i(int e) {
+    if (e < -126 || e > 127) return std::ldexp(1.0f, e);  // subnormal (or overflow)
+    const uint32_t bits = uint32_t(e + 127) << 23;      // decoders call this per block: no libm call
+    float v;
+    std::memcpy(&v, &bits, 4);
+    return v;
+}
 
 int pow2_scale_exponent(float amax, float q_max) {
     float v = amax * (1.0f / q_max);

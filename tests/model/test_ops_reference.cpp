@@ -86,9 +86,15 @@ TEST_CASE("the kernels' activation quantisation equals act_quant value for value
         const float spread = float(std::ldexp(1.0, randint(-30, 10)));
         for (float &v : x) v = core::round_bf16(randn(1.0f) * float(std::ldexp(1.0, randint(-12, 0))) * spread);
         if (trial % 7 == 0) std::fill(x.begin(), x.end(), 0.0f);
-        std::vector<uint16_t> natural(x.size()), lanes(x.size());
+        std::vector<uint16_t> natural(x.size()), lanes(x.size()), natural_vec(x.size()), lanes_vec(x.size());
         backend::cpu::quantize_activations(x.data(), n, k, backend::cpu::ActLayout::natural, natural.data());
         backend::cpu::quantize_activations(x.data(), n, k, backend::cpu::ActLayout::fp4_lanes, lanes.data());
+        if (backend::cpu::detect_isa() >= backend::cpu::Isa::avx512_bf16) {
+            backend::cpu::quantize_activations_avx512(x.data(), n, k, backend::cpu::ActLayout::natural, natural_vec.data());
+            backend::cpu::quantize_activations_avx512(x.data(), n, k, backend::cpu::ActLayout::fp4_lanes, lanes_vec.data());
+            REQUIRE(natural_vec == natural);
+            REQUIRE(lanes_vec == lanes);
+        }
         std::vector<uint8_t> codes(static_cast<size_t>(k));
         std::vector<int8_t> exps(static_cast<size_t>(k / 128));
         for (int64_t i = 0; i < n; ++i) {
@@ -159,7 +165,7 @@ TEST_CASE("FP4 expert GEMM (per-32 scales, checkpoint nibble order) equals the f
   }
 }
 
-TEST_CASE("bf16-weight linears (bf16 output, fp32 output) equal the float64 reference", "[ops]") {
+TEST_CASE("bf16-weight linears (bf16 output, fp32 output) and the fp32-weight linear equal the float64 reference", "[ops]") {
   for (auto &[isa, be] : quantized_backends()) {
     INFO("backend " << isa);
     for (int trial = 0; trial < 8; ++trial) {
@@ -170,22 +176,29 @@ TEST_CASE("bf16-weight linears (bf16 output, fp32 output) equal the float64 refe
         const auto xb = bf16_vector(size_t(n * cols), 1.0f);  // linear_bf16 takes bf16 values
         std::vector<float> xf(size_t(n * cols));
         for (float &v : xf) v = randn(1.0f);                   // linear_f32 takes any fp32
-        std::vector<float> yb(static_cast<size_t>(n * rows)), yf(yb.size());
+        std::vector<float> w32(w.size());  // fp32 weights (mHC mixes) with more than bf16's mantissa
+        for (float &v : w32) v = randn(0.05f);
+        std::vector<float> yb(static_cast<size_t>(n * rows)), yf(yb.size()), y32(yb.size());
         be->linear_bf16(xb.data(), n, m, yb.data());
         be->linear_f32(xf.data(), n, m, yf.data());
+        be->linear_f32w(xf.data(), n, w32.data(), rows, cols, y32.data());
         for (int64_t i = 0; i < n; ++i)
             for (int64_t r = 0; r < rows; ++r) {
-                double rb = 0, rf = 0, mag = 0;
+                double rb = 0, rf = 0, mag = 0, r32 = 0, mag32 = 0;
                 for (int64_t c = 0; c < cols; ++c) {
-                    const double wv = core::bf16_to_f32(w[size_t(r * cols + c)]);
+                    const double wv = core::bf16_to_f32(w[size_t(r * cols + c)]), xv = xf[size_t(i * cols + c)];
                     rb += double(xb[size_t(i * cols + c)]) * wv;
-                    rf += double(xf[size_t(i * cols + c)]) * wv;
-                    mag += std::fabs(double(xf[size_t(i * cols + c)]) * wv);
+                    rf += xv * wv;
+                    mag += std::fabs(xv * wv);
+                    r32 += xv * w32[size_t(r * cols + c)];
+                    mag32 += std::fabs(xv * w32[size_t(r * cols + c)]);
                 }
                 require_bf16_close(yb[size_t(i * rows + r)], rb, 1e-6);
                 INFO("row " << r << " col " << i);
-                // any fp32 summation order: at most cols roundings of 2^-24 relative to the running magnitude
+                // any fp32 summation order: at most cols roundings of 2^-24 relative to the running magnitude (plus
+                // the rounding of each fp32 product for fp32 weights)
                 REQUIRE(std::fabs(double(yf[size_t(i * rows + r)]) - rf) <= double(cols) * 0x1p-24 * mag + 1e-9);
+                REQUIRE(std::fabs(double(y32[size_t(i * rows + r)]) - r32) <= double(cols + 1) * 0x1p-24 * mag32 + 1e-9);
             }
     }
   }

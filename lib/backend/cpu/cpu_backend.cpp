@@ -27,9 +27,7 @@ public:
 
     void linear_fp8(const float *x, int64_t n, const Fp8Matrix &w, float *y) override {
         if (!has_kernels()) return reference_->linear_fp8(x, n, w, y);
-        act_.resize(size_t(n * w.cols));
-        cpu::quantize_activations(x, n, w.cols, cpu::ActLayout::natural, act_.data());
-        const uint16_t *act = act_.data();
+        const uint16_t *act = quantized(x, n, w.cols, cpu::ActLayout::natural);
         for_row_tiles(w.rows, [&](int64_t r0, int64_t r1) { cpu::fp8_rows_avx512bf16(w, act, n, r0, r1, y); });
     }
 
@@ -38,9 +36,7 @@ public:
         const Fp4Matrix &m = w.fp4;
         if (!has_kernels() || m.cols % 128)  // the kernels' layout needs blocks of 4 groups
             return reference_->linear_expert(x, n, w, y);
-        act_.resize(size_t(n * m.cols));
-        cpu::quantize_activations(x, n, m.cols, cpu::ActLayout::fp4_lanes, act_.data());
-        const uint16_t *act = act_.data();
+        const uint16_t *act = quantized(x, n, m.cols, cpu::ActLayout::fp4_lanes);
         for_row_tiles(m.rows, [&](int64_t r0, int64_t r1) { cpu::fp4_rows_avx512bf16(m, act, n, r0, r1, y); });
     }
 
@@ -56,7 +52,8 @@ public:
         for_row_tiles(w.rows, [&](int64_t r0, int64_t r1) { cpu::f32_rows_avx512bf16(w, x, n, r0, r1, y); });
     }
     void linear_f32w(const float *x, int64_t n, const float *w, int64_t rows, int64_t cols, float *y) override {
-        reference_->linear_f32w(x, n, w, rows, cols, y);
+        if (!has_kernels() || cols % 16) return reference_->linear_f32w(x, n, w, rows, cols, y);
+        for_row_tiles(rows, [&](int64_t r0, int64_t r1) { cpu::f32w_rows_avx512(w, cols, x, n, r0, r1, rows, y); }, 4);
     }
     // The reference's attention (cpu::attention_heads) with the inner loops over head_dim vectorised and heads
     // in blocks that share each row they load (each head re-reading every row cost more than the arithmetic at
@@ -114,10 +111,21 @@ private:
     int threads() const { return cpu::resolve_threads(n_threads_); }
     // Splits rows into tiles over the threads; f must not throw (it runs inside an OpenMP region).
     template <typename F>
-    void for_row_tiles(int64_t rows, F &&f) {
-        const int64_t tiles = (rows + kRowTile - 1) / kRowTile;
+    void for_row_tiles(int64_t rows, F &&f, int64_t tile = kRowTile) {
+        const int64_t tiles = (rows + tile - 1) / tile;
 #pragma omp parallel for num_threads(threads()) schedule(static)
-        for (int64_t t = 0; t < tiles; ++t) f(t * kRowTile, std::min(rows, (t + 1) * kRowTile));
+        for (int64_t t = 0; t < tiles; ++t) f(t * tile, std::min(rows, (t + 1) * tile));
+    }
+    // x [n, k] quantised to FP8 as the reference's act_quant, as bf16 bits in act_ (rows split over the threads).
+    const uint16_t *quantized(const float *x, int64_t n, int64_t k, cpu::ActLayout layout) {
+        act_.resize(size_t(n * k));
+        uint16_t *act = act_.data();
+#pragma omp parallel for num_threads(threads()) schedule(static) if (n > 1)
+        for (int64_t i = 0; i < n; ++i) {
+            if (k % 128) cpu::quantize_activations(x + i * k, 1, k, layout, act + i * k);  // a partial last block
+            else cpu::quantize_activations_avx512(x + i * k, 1, k, layout, act + i * k);
+        }
+        return act;
     }
 
     std::unique_ptr<Backend> reference_;

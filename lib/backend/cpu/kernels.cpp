@@ -71,9 +71,9 @@ constexpr std::array<uint16_t, 128> make_fp8_magnitude_lut() {
 }
 constexpr std::array<uint16_t, 128> kFp8Lut = make_fp8_magnitude_lut();
 
-// Scale codes the kernels take directly: FP8 folds 2^(code-127) into bf16 exponents, which keeps every
+// Scale codes the kernels take directly: FP4 and FP8 fold 2^(code-127) into bf16 exponents, which keeps every
 // nonzero decoded value normal for codes in [lo, hi]; other rows take the exact scalar path.
-constexpr int kFp4CodeLo = 1, kFp4CodeHi = 254;    // FP4: the scale 2^(code-127) as a normal fp32
+constexpr int kFp4CodeLo = 2, kFp4CodeHi = 252;    // e2m1 magnitudes 0.5 .. 6: exponents -1 .. 2
 constexpr int kFp8CodeLo = 10, kFp8CodeHi = 246;   // e4m3 magnitudes 2^-9 .. 448: bf16 exponents 118 .. 135
 
 DSV4_TARGET_AVX512BF16 inline bool codes_in_range(const uint8_t *codes, int64_t n, int lo, int hi) {
@@ -96,55 +96,81 @@ DSV4_TARGET_AVX512BF16 inline float store_bf16(__m512 acc) { return round_bf16(_
 // step is slower and a fixed distance along the row measured better (bench_kernels).
 constexpr int64_t kPrefetchAlongRow = 1024;
 
-// Low and high bytes of the bf16 values of the 16 e2m1 codes, as vpshufb tables (repeated in every lane).
-constexpr std::array<uint8_t, 16> kFp4LoBytes = {0x00, 0x00, 0x80, 0xc0, 0x00, 0x40, 0x80, 0xc0,
-                                                 0x00, 0x00, 0x80, 0xc0, 0x00, 0x40, 0x80, 0xc0};
-constexpr std::array<uint8_t, 16> kFp4HiBytes = {0x00, 0x3f, 0x3f, 0x3f, 0x40, 0x40, 0x40, 0x40,
-                                                 0x80, 0xbf, 0xbf, 0xbf, 0xc0, 0xc0, 0xc0, 0xc0};
+// bf16 bits of the 16 e2m1 codes, twice: vpermw reads the low 5 bits of each index word, so bit 4 (the next
+// code's lowest bit) must not matter.
+constexpr std::array<uint16_t, 32> kFp4Bf16 = {
+    0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0, 0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000, 0xc040, 0xc080, 0xc0c0,
+    0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0, 0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000, 0xc040, 0xc080, 0xc0c0};
+// vpshufb controls that put byte L of a broadcast dword into every dword (or word) of 128-bit lane L.
+constexpr std::array<uint8_t, 64> make_lane_spread(int width) {
+    std::array<uint8_t, 64> ctrl{};
+    for (int i = 0; i < 64; ++i) ctrl[size_t(i)] = i % width == 0 ? uint8_t(i / 16) : 0x80;
+    return ctrl;
+}
+constexpr std::array<uint8_t, 64> kLaneToDwords = make_lane_spread(4), kLaneToWords = make_lane_spread(2);
 
-// R weight rows × NC activation columns per pass; 64 packed bytes (4 groups, one per 128-bit lane) per step.
-// The codes are decoded with in-lane shuffles (vpshufb on nibbles, then byte interleaves) into four bf16
-// vectors; vdpbf16ps sums each group's 32 exact products in its lane, and the fp32 partial is scaled by the
-// group's power of two and accumulated, as the reference does. The R·NC accumulators are independent chains.
+// Decodes 64 packed bytes of one row (4 groups, 128 codes) into four bf16 vectors: read as 32 words, word j
+// holds codes 4j..4j+3 in its nibbles, so vector q = table[word >> 4q] holds code 4j+q in word j (the fp4_lanes
+// order), and group L lies in 128-bit lane L. With Fold, each group's 2^(code-127) is added to the nonzero
+// values' exponents (exact for codes in [kFp4CodeLo, kFp4CodeHi]); codes4 holds the four groups' scale codes.
+template <bool Fold>
+DSV4_TARGET_AVX512BF16 inline void fp4_decode64(const uint8_t *packed, uint32_t codes4, __m512i table, __m512i out[4]) {
+    const __m512i bytes = _mm512_loadu_si512(packed);
+    out[0] = _mm512_permutexvar_epi16(bytes, table);
+    out[1] = _mm512_permutexvar_epi16(_mm512_srli_epi16(bytes, 4), table);
+    out[2] = _mm512_permutexvar_epi16(_mm512_srli_epi16(bytes, 8), table);
+    out[3] = _mm512_permutexvar_epi16(_mm512_srli_epi16(bytes, 12), table);
+    if constexpr (Fold) {
+        const __m512i spread = _mm512_shuffle_epi8(_mm512_set1_epi32(int(codes4)), _mm512_loadu_si512(kLaneToWords.data()));
+        const __m512i delta = _mm512_slli_epi16(_mm512_sub_epi16(spread, _mm512_set1_epi16(127)), 7);
+        const __m512i magnitude = _mm512_set1_epi16(0x7fff);
+        for (int q = 0; q < 4; ++q) out[q] = _mm512_mask_add_epi16(out[q], _mm512_test_epi16_mask(out[q], magnitude), out[q], delta);
+    }
+}
+
+// R weight rows × NC activation columns per pass; 64 packed bytes (4 groups) per step, decoded once for the NC
+// columns. Up to two columns: vdpbf16ps sums each group's 32 exact products in its lane and the fp32 partial is
+// scaled by the group's power of two (an FMA per step and column). Four or more: the scales are folded into the
+// decoded values, which saves that FMA per column (only the summation order differs). The R·NC accumulators are
+// independent chains.
 template <int R, int NC>
 DSV4_TARGET_AVX512BF16 void fp4_tile(const Fp4Matrix &w, int64_t r, const uint16_t *act, float *y) {
+    constexpr bool kFold = NC >= 4;  // measured: the FMA is cheaper than folding at one and two columns
     const int64_t groups = w.cols / 32, k = w.cols;
-    const __m512i low4 = _mm512_set1_epi8(0x0f);
-    const __m512i lo_tab = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i *>(kFp4LoBytes.data())));
-    const __m512i hi_tab = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i *>(kFp4HiBytes.data())));
-    const __m512i lane_of_dword = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m512i table = _mm512_loadu_si512(kFp4Bf16.data());
     __m512 acc[R][NC];
     for (int j = 0; j < R; ++j)
         for (int i = 0; i < NC; ++i) acc[j][i] = _mm512_setzero_ps();
     for (int64_t g = 0; g < groups; g += 4) {
-        __m512bh wv[R][4];
+        __m512i wv[R][4];
         __m512 scale[R];
         for (int j = 0; j < R; ++j) {
             const uint8_t *packed = w.w + (r + j) * (k / 2) + g * 16;
             _mm_prefetch(reinterpret_cast<const char *>(packed + (NC == 1 ? R * (k / 2) : kPrefetchAlongRow)), _MM_HINT_T0);
-            const __m512i bytes = _mm512_loadu_si512(packed);
-            const __m512i lo = _mm512_and_si512(bytes, low4), hi = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low4);
-            const __m512i lo_l = _mm512_shuffle_epi8(lo_tab, lo), lo_h = _mm512_shuffle_epi8(hi_tab, lo);
-            const __m512i hi_l = _mm512_shuffle_epi8(lo_tab, hi), hi_h = _mm512_shuffle_epi8(hi_tab, hi);
-            wv[j][0] = (__m512bh)_mm512_unpacklo_epi8(lo_l, lo_h);
-            wv[j][1] = (__m512bh)_mm512_unpackhi_epi8(lo_l, lo_h);
-            wv[j][2] = (__m512bh)_mm512_unpacklo_epi8(hi_l, hi_h);
-            wv[j][3] = (__m512bh)_mm512_unpackhi_epi8(hi_l, hi_h);
-            // 2^(code-127) of the four groups, each repeated over its lane's four floats
             uint32_t codes;
             std::memcpy(&codes, w.scale + (r + j) * groups + g, 4);
-            const __m512i c = _mm512_permutexvar_epi32(lane_of_dword, _mm512_cvtepu8_epi32(_mm_cvtsi32_si128(int(codes))));
-            scale[j] = _mm512_castsi512_ps(_mm512_slli_epi32(c, 23));
+            fp4_decode64<kFold>(packed, codes, table, wv[j]);
+            if constexpr (!kFold) {  // 2^(code-127) of the four groups, each over its lane's four floats
+                const __m512i c = _mm512_shuffle_epi8(_mm512_set1_epi32(int(codes)), _mm512_loadu_si512(kLaneToDwords.data()));
+                scale[j] = _mm512_castsi512_ps(_mm512_slli_epi32(c, 23));
+            }
         }
         for (int i = 0; i < NC; ++i) {
             const uint16_t *a = act + i * k + g * 32;
-            __m512 part[R];
-            for (int q = 0; q < 4; ++q) {  // one activation load serves the R rows
-                const __m512bh aq = (__m512bh)_mm512_loadu_si512(a + q * 32);
-                for (int j = 0; j < R; ++j)
-                    part[j] = _mm512_dpbf16_ps(q ? part[j] : _mm512_setzero_ps(), aq, wv[j][q]);
+            if constexpr (kFold) {
+                for (int q = 0; q < 4; ++q) {
+                    const __m512bh aq = (__m512bh)_mm512_loadu_si512(a + q * 32);
+                    for (int j = 0; j < R; ++j) acc[j][i] = _mm512_dpbf16_ps(acc[j][i], aq, (__m512bh)wv[j][q]);
+                }
+            } else {
+                __m512 part[R];
+                for (int q = 0; q < 4; ++q) {  // one activation load serves the R rows
+                    const __m512bh aq = (__m512bh)_mm512_loadu_si512(a + q * 32);
+                    for (int j = 0; j < R; ++j)
+                        part[j] = _mm512_dpbf16_ps(q ? part[j] : _mm512_setzero_ps(), aq, (__m512bh)wv[j][q]);
+                }
+                for (int j = 0; j < R; ++j) acc[j][i] = _mm512_fmadd_ps(part[j], scale[j], acc[j][i]);
             }
-            for (int j = 0; j < R; ++j) acc[j][i] = _mm512_fmadd_ps(part[j], scale[j], acc[j][i]);
         }
     }
     for (int j = 0; j < R; ++j)
@@ -302,6 +328,59 @@ void quantize_activations(const float *x, int64_t n, int64_t k, ActLayout layout
             }
         }
     }
+}
+
+DSV4_TARGET_AVX512BF16 void quantize_activations_avx512(const float *x, int64_t n, int64_t k, ActLayout layout,
+                                                        uint16_t *out) {
+    const __m512 fp8_max = _mm512_set1_ps(kFp8Max), neg_max = _mm512_set1_ps(-kFp8Max);
+    const __m512 subnormal_below = _mm512_set1_ps(0x1p-6f), magic = _mm512_set1_ps(24576.0f);
+    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), half_ulp = _mm512_set1_epi32(0x7ffff);
+    const __m512i one = _mm512_set1_epi32(1), keep = _mm512_set1_epi32(int(0xfff00000u));
+    for (int64_t i = 0; i < n; ++i) {
+        const float *row = x + i * k;
+        uint16_t *o = out + i * k;
+        for (int64_t b0 = 0; b0 < k; b0 += kActBlock) {
+            __m512 vmax = _mm512_setzero_ps();
+            for (int64_t c = b0; c < b0 + kActBlock; c += 16)
+                vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(row + c)));
+            const int e = pow2_scale_exponent(std::max(_mm512_reduce_max_ps(vmax), 1e-4f), kFp8Max);
+            const __m512 inv_s = _mm512_set1_ps(exp2i(-e)), scale = _mm512_set1_ps(exp2i(e));
+            alignas(64) uint16_t block[kActBlock];
+            for (int64_t c = 0; c < kActBlock; c += 16) {
+                // round_to_e4m3, lane by lane: RNE to 3 mantissa bits on the bits, or to multiples of 2^-9 below 2^-6
+                const __m512 q = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_loadu_ps(row + b0 + c), inv_s), neg_max), fp8_max);
+                const __m512i qb = _mm512_castps_si512(q), ab = _mm512_and_si512(qb, abs_mask);
+                const __m512 a = _mm512_castsi512_ps(ab);
+                const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(ab, 20), one);
+                const __m512i rn = _mm512_and_si512(_mm512_add_epi32(ab, _mm512_add_epi32(half_ulp, odd)), keep);
+                const __m512 rs = _mm512_sub_ps(_mm512_add_ps(a, magic), magic);
+                const __m512 r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, subnormal_below, _CMP_LT_OQ), _mm512_castsi512_ps(rn), rs);
+                const __m512i signed_r = _mm512_or_si512(_mm512_castps_si512(r), _mm512_andnot_si512(abs_mask, qb));
+                const __m512 v = _mm512_mul_ps(_mm512_castsi512_ps(signed_r), scale);
+                _mm256_store_si256(reinterpret_cast<__m256i *>(block + c),
+                                   _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(v), 16)));
+            }
+            if (layout == ActLayout::natural) std::memcpy(o + b0, block, sizeof(block));
+            else
+                for (int64_t c = 0; c < kActBlock; ++c) o[b0 + fp4_lane_index(c)] = block[c];
+        }
+    }
+}
+
+DSV4_TARGET_AVX512BF16 void f32w_rows_avx512(const float *w, int64_t cols, const float *x, int64_t n, int64_t r0,
+                                             int64_t r1, int64_t ldy, float *y) {
+    for (int64_t r = r0; r < r1; ++r)
+        for (int64_t i = 0; i < n; ++i) {
+            const float *wr = w + r * cols, *xi = x + i * cols;
+            __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+            int64_t c = 0;
+            for (; c + 32 <= cols; c += 32) {
+                acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + c), _mm512_loadu_ps(xi + c), acc0);
+                acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + c + 16), _mm512_loadu_ps(xi + c + 16), acc1);
+            }
+            for (; c < cols; c += 16) acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + c), _mm512_loadu_ps(xi + c), acc0);
+            y[i * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+        }
 }
 
 void fp4_rows_generic(const Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y) {

@@ -16,21 +16,19 @@
 namespace dsv4::backend::cpu {
 
 // FP8 activations are stored in natural order. FP4 activations follow the order in which the kernel decodes
-// 64 packed bytes (4 groups of 32, one per 128-bit lane) with in-lane byte shuffles: see fp4_lane_index.
+// 64 packed bytes (4 groups of 32): see fp4_lane_index.
 enum class ActLayout { natural, fp4_lanes };
 
 // Position of element c (of a row whose length is a multiple of 128) in the fp4_lanes layout. Within each block
-// of 128 (4 groups), four vectors of 32 words: [even elements 0..14 | 16..30 | odd 1..15 | 17..31], each vector
-// holding 8 words per group, group L in 128-bit lane L.
-inline int64_t fp4_lane_index(int64_t c) {
-    const int64_t lane = (c & 127) >> 5, e = c & 31;
-    const int64_t vec = ((e & 1) << 1) | (e >> 4), m = (e & 15) >> 1;
-    return (c & ~int64_t(127)) + vec * 32 + lane * 8 + m;
-}
+// of 128 (4 groups), four vectors of 32 words: vector q holds elements q, 4 + q, 8 + q, ..., 124 + q, so group L
+// fills 128-bit lane L of every vector.
+inline int64_t fp4_lane_index(int64_t c) { return (c & ~int64_t(127)) + (c & 3) * 32 + ((c & 127) >> 2); }
 
 // Quantises n rows of k values to FP8 in 128-blocks (the reference's act_quant) and writes the dequantised
 // values as bf16 bits in the given layout: out[n, k] (k a multiple of 128 for fp4_lanes).
 void quantize_activations(const float *x, int64_t n, int64_t k, ActLayout layout, uint16_t *out);
+// The same, vectorised (k a multiple of 128; finite x): equal value for value.
+void quantize_activations_avx512(const float *x, int64_t n, int64_t k, ActLayout layout, uint16_t *out);
 
 // y[i, r] = bf16(Σ_c act[i, c] · w[r, c]) for rows r0 <= r < r1 and every i < n. act in the layout named
 // above. Rows whose scales would leave bf16's exponent range after folding take an exact scalar path.
@@ -45,6 +43,9 @@ void fp8_rows_generic(const core::Fp8Matrix &w, const uint16_t *act, int64_t n, 
 // f32_rows: x is fp32, y = x · wᵀ in fp32 (FMA on the widened weights).
 void bf16_rows_avx512bf16(const core::Bf16Matrix &w, const uint16_t *x, int64_t n, int64_t r0, int64_t r1, float *y);
 void f32_rows_avx512bf16(const core::Bf16Matrix &w, const float *x, int64_t n, int64_t r0, int64_t r1, float *y);
+// fp32 weights w [rows, cols] (cols a multiple of 16): y[i·ldy + r] = x_i · w_r in fp32, rows [r0, r1).
+void f32w_rows_avx512(const float *w, int64_t cols, const float *x, int64_t n, int64_t r0, int64_t r1, int64_t ldy,
+                      float *y);
 
 // Vector helpers of the attention kernel (n a multiple of 16), for nh <= kMaxHeadBlock heads sharing one row v:
 // out[h] = Σ q_h[i]·v[i] in fp32 (any order; q_h = q + h·n), acc_h[i] = acc_h[i] + probs[h]·v[i] (acc_h =
