@@ -1,9 +1,12 @@
 // Quantised GEMV/GEMM kernels against this machine's own limits, measured in the same run:
 //   1. read bandwidth: a streaming read of a multi-GB buffer (1 thread, and all threads);
-//   2. FP4 (per-32 e8m0) and FP8 (128x128 e8m0) linears at the V4 expert shapes, cold weights (a pool of
+//   2. bf16 and int8 dot-product peaks (all threads);
+//   3. FP4 (per-32 e8m0) and FP8 (128x128 e8m0) linears at the V4 expert shapes, cold weights (a pool of
 //      distinct matrices larger than the caches, visited in turn), n = 1, 2, 4, 8, 16 activation columns,
-//      through the backend interface (activation quantisation included);
-// each figure as GB/s of weight bytes read and its ratio to the read bandwidth of the same thread count.
+//      through the backend interface (activation quantisation included): GB/s of weight bytes read and the ratio
+//      to the read bandwidth of the same thread count; the time relative to n = 1, and the least it could be
+//      (n columns' multiply-adds at the bf16 peak, over the n = 1 time);
+//   4. the same linears as prefill GEMMs (64, 256 and 1024 columns, all threads): GFLOP/s and share of the bf16 peak.
 // Usage: bench_kernels [POOL_MIB=1024] [REPEATS=3]. DSV4_MAX_CPU_ISA selects a lower kernel path.
 #include <algorithm>
 #include <cstdio>
@@ -11,6 +14,7 @@
 #include <cstring>
 #include <fmt/format.h>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "backend/backend.h"
@@ -41,14 +45,19 @@ int main(int argc, char **argv) {
 
     // 1. read bandwidth
     const double bw1 = bench::read_bandwidth(1, repeats), bwn = bench::read_bandwidth(all, repeats);
-    fmt::print("read bandwidth: {:.1f} GB/s (1 thread), {:.1f} GB/s ({} threads)\n\n", bw1, bwn, all);
+    fmt::print("read bandwidth: {:.1f} GB/s (1 thread), {:.1f} GB/s ({} threads)\n", bw1, bwn, all);
+    // 2. compute peaks
+    const double peak1 = bench::bf16_peak_gflops(1), peakn = bench::bf16_peak_gflops(all);
+    fmt::print("bf16 dot peak: {:.1f} GFLOP/s (1 thread), {:.1f} GFLOP/s ({} threads); int8 dot peak {:.1f} GOP/s ({} "
+               "threads)\n\n", peak1, peakn, all, bench::int8_peak_gops(all), all);
 
     // 2. FP4 / FP8 linears at the expert shapes, cold weights
     const Shape shapes[] = {{"Flash w1/w3 2048x4096", 2048, 4096}, {"Flash w2   4096x2048", 4096, 2048},
                             {"Pro   w1/w3 3072x7168", 3072, 7168}, {"Pro   w2   7168x3072", 7168, 3072}};
     std::mt19937 rng(7);
-    fmt::print("{:<24} {:>4} {:>3} {:>4} {:>10} {:>9} {:>8} {:>10}\n", "shape", "fmt", "n", "thr", "us/call",
-               "GB/s", "of bw", "vs n=1");
+    std::vector<std::string> gemm_rows;
+    fmt::print("{:<24} {:>4} {:>3} {:>4} {:>10} {:>9} {:>8} {:>10} {:>8}\n", "shape", "fmt", "n", "thr", "us/call",
+               "GB/s", "of bw", "vs n=1", "floor");
     for (const Shape &s : shapes) {
         for (const bool fp4 : {true, false}) {
             const size_t w_bytes = size_t(s.rows * s.cols) / (fp4 ? 2 : 1);
@@ -86,11 +95,32 @@ int main(int argc, char **argv) {
                     }
                     if (n == 1) t_n1 = best;
                     const double gbs = double(per) / best / 1e9;
-                    fmt::print("{:<24} {:>4} {:>3} {:>4} {:>10.1f} {:>9.1f} {:>7.0f}% {:>9.2f}x\n", s.name,
-                               fp4 ? "FP4" : "FP8", n, threads, best * 1e6, gbs, 100 * gbs / bw, best / t_n1);
+                    const double t_compute = 2.0 * double(n * s.rows * s.cols) / ((threads == 1 ? peak1 : peakn) * 1e9);
+                    fmt::print("{:<24} {:>4} {:>3} {:>4} {:>10.1f} {:>9.1f} {:>7.0f}% {:>9.2f}x {:>7.2f}x\n", s.name,
+                               fp4 ? "FP4" : "FP8", n, threads, best * 1e6, gbs, 100 * gbs / bw, best / t_n1,
+                               std::max(1.0, t_compute / t_n1));
                 }
+            }
+            // prefill GEMMs: one matrix, every thread
+            auto be = backend::make_cpu_backend(all, isa);
+            for (const int n : {64, 256, 1024}) {
+                std::vector<float> x(size_t(n * s.cols)), y(size_t(n * s.rows));
+                for (float &v : x) v = std::normal_distribution<float>(0, 1)(rng);
+                be->linear_expert(x.data(), n, mats[0], y.data());
+                double best = 1e30;
+                for (int r = 0; r < repeats; ++r) {
+                    const auto t0 = Clock::now();
+                    be->linear_expert(x.data(), n, mats[0], y.data());
+                    best = std::min(best, seconds_since(t0));
+                }
+                const double gflops = 2.0 * double(n * s.rows * s.cols) / best / 1e9;
+                gemm_rows.push_back(fmt::format("{:<24} {:>4} {:>5} {:>4} {:>10.1f} {:>9.1f} {:>8.1f}%", s.name,
+                                                fp4 ? "FP4" : "FP8", n, all, best * 1e6, gflops, 100 * gflops / peakn));
             }
         }
     }
+    fmt::print("\n{:<24} {:>4} {:>5} {:>4} {:>10} {:>9} {:>9}\n", "prefill GEMM", "fmt", "n", "thr", "us/call", "GFLOP/s",
+               "of peak");
+    for (const std::string &row : gemm_rows) fmt::print("{}\n", row);
     return 0;
 }

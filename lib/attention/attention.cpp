@@ -223,8 +223,9 @@ void attention_forward(const LayerContext &ctx, const float *x, int64_t N, const
         std::vector<uint8_t> valid;
         for (int64_t t = 0; t < s.n; ++t) {
             const int64_t i = s.row0 + t, pos = s.start_pos + t;
-            // Window part: always W slots, oldest → newest, -1 padding while pos < W-1 (spec §7).
-            rows.assign(size_t(W) * d, 0.0f);
+            // Window part: always W slots, oldest → newest, -1 padding while pos < W-1 (spec §7). The attention
+            // never reads an invalid slot, so rows are not cleared (and never shrink: no refill per query).
+            if (rows.size() < size_t(W) * d) rows.resize(size_t(W) * d);
             valid.assign(size_t(W), 0);
             const int64_t w0 = std::max<int64_t>(0, pos - W + 1);
             for (int64_t p = w0; p <= pos; ++p) {
@@ -248,7 +249,7 @@ void attention_forward(const LayerContext &ctx, const float *x, int64_t N, const
                 selected.resize(size_t(n_avail));
                 std::iota(selected.begin(), selected.end(), 0);
             }
-            rows.resize(size_t(W + int64_t(selected.size())) * d);
+            if (rows.size() < size_t(W + int64_t(selected.size())) * d) rows.resize(size_t(W + int64_t(selected.size())) * d);
             for (size_t k = 0; k < selected.size(); ++k) {
                 decode_kv_entry(g, cache.kv.entry(size_t(selected[k])), &rows[(size_t(W) + k) * d]);
                 valid.push_back(1);

@@ -114,7 +114,7 @@ TEST_CASE("FP8 block-scaled GEMM equals the float64 reference", "[ops]") {
   for (auto &[isa, be] : quantized_backends()) {
     INFO("backend " << isa);
     for (int trial = 0; trial < 6; ++trial) {
-        const int64_t n = trial == 5 ? 16 : randint(1, 11), rows = 64 * randint(1, 5) + randint(0, 63), cols = 128 * randint(1, 3);
+        const int64_t n = trial >= 4 ? randint(16, 60) : randint(1, 11), rows = 64 * randint(1, 5) + randint(0, 63), cols = 128 * randint(1, 3);
         std::vector<uint8_t> w(static_cast<size_t>(rows * cols)), s(static_cast<size_t>((rows + 127) / 128 * (cols / 128)));
         for (auto &c : w) c = uint8_t(randint(0, 255) & 0xf7 ? randint(0, 0x7e) | (randint(0, 1) << 7) : 0);
         for (auto &c : s) c = scale_code(120, 130);
@@ -139,7 +139,7 @@ TEST_CASE("FP4 expert GEMM (per-32 scales, checkpoint nibble order) equals the f
   for (auto &[isa, be] : quantized_backends()) {
     INFO("backend " << isa);
     for (int trial = 0; trial < 6; ++trial) {
-        const int64_t n = trial == 5 ? 16 : randint(1, 11), rows = randint(1, 200), cols = 128 * randint(1, 3);
+        const int64_t n = trial >= 4 ? randint(16, 60) : randint(1, 11), rows = randint(1, 200), cols = 128 * randint(1, 3);
         std::vector<uint8_t> w(static_cast<size_t>(rows * cols / 2)), s(static_cast<size_t>(rows * cols / 32));
         for (auto &c : w) c = uint8_t(randint(0, 255));
         for (auto &c : s) c = scale_code(118, 128);
@@ -169,7 +169,7 @@ TEST_CASE("bf16-weight linears (bf16 output, fp32 output) and the fp32-weight li
   for (auto &[isa, be] : quantized_backends()) {
     INFO("backend " << isa);
     for (int trial = 0; trial < 8; ++trial) {
-        const int64_t n = trial == 7 ? 9 : randint(1, 5), rows = randint(1, 70), cols = 32 * randint(1, 40);
+        const int64_t n = trial == 7 ? randint(16, 60) : trial == 6 ? 9 : randint(1, 5), rows = randint(1, 70), cols = 32 * randint(1, 40);
         std::vector<uint16_t> w(static_cast<size_t>(rows * cols));
         for (auto &v : w) v = core::f32_to_bf16(randn(0.05f));
         const core::Bf16Matrix m{reinterpret_cast<const uint8_t *>(w.data()), rows, cols};

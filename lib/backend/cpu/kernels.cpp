@@ -177,24 +177,35 @@ DSV4_TARGET_AVX512BF16 void fp4_tile(const Fp4Matrix &w, int64_t r, const uint16
         for (int i = 0; i < NC; ++i) y[int64_t(i) * w.rows + r + j] = store_bf16(acc[j][i]);
 }
 
+// The e4m3 magnitude table with a block's scale 2^(code-127) folded into the exponents (entry 0 stays zero).
+struct Fp8Table {
+    __m512i t[4];
+};
+DSV4_TARGET_AVX512BF16 inline Fp8Table fp8_scaled_table(uint8_t scale_code) {
+    const __m512i delta = _mm512_set1_epi16(short((int(scale_code) - 127) << 7));
+    Fp8Table s;
+    for (int q = 0; q < 4; ++q) s.t[q] = _mm512_add_epi16(_mm512_loadu_si512(kFp8Lut.data() + 32 * q), delta);
+    s.t[0] = _mm512_mask_blend_epi16(1, s.t[0], _mm512_setzero_si512());
+    return s;
+}
+// 32 e4m3 codes to bf16 with the table's scale folded in (exact for scale codes in [kFp8CodeLo, kFp8CodeHi]).
+DSV4_TARGET_AVX512BF16 inline __m512i fp8_decode32(const uint8_t *codes, const Fp8Table &s) {
+    const __m512i x = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(codes)));
+    const __m512i lo = _mm512_permutex2var_epi16(s.t[0], x, s.t[1]);
+    const __m512i hi = _mm512_permutex2var_epi16(s.t[2], x, s.t[3]);
+    const __m512i v = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(x, _mm512_set1_epi16(0x40)), lo, hi);
+    return _mm512_or_si512(v, _mm512_slli_epi16(_mm512_and_si512(x, _mm512_set1_epi16(0x80)), 8));
+}
+
 template <int R, int NC>
 DSV4_TARGET_AVX512BF16 void fp8_tile(const Fp8Matrix &w, int64_t r, const uint16_t *act, float *y) {
     const int64_t k = w.cols;
-    const __m512i t0 = _mm512_loadu_si512(kFp8Lut.data()), t1 = _mm512_loadu_si512(kFp8Lut.data() + 32);
-    const __m512i t2 = _mm512_loadu_si512(kFp8Lut.data() + 64), t3 = _mm512_loadu_si512(kFp8Lut.data() + 96);
-    const __m512i bit6 = _mm512_set1_epi16(0x40), sign = _mm512_set1_epi16(0x80);
     __m512 acc[R][NC];
     for (int j = 0; j < R; ++j)
         for (int i = 0; i < NC; ++i) acc[j][i] = _mm512_setzero_ps();
     for (int64_t b = 0; b * kActBlock < k; ++b) {
-        __m512i s0[R], s1[R], s2[R], s3[R];  // the magnitude table with this block's scale folded in
-        for (int j = 0; j < R; ++j) {
-            const __m512i delta = _mm512_set1_epi16(short((int(w.scale[((r + j) / 128) * w.scale_cols() + b]) - 127) << 7));
-            s0[j] = _mm512_mask_add_epi16(t0, 0xfffffffe, t0, delta);  // entry 0 is zero and stays zero
-            s1[j] = _mm512_add_epi16(t1, delta);
-            s2[j] = _mm512_add_epi16(t2, delta);
-            s3[j] = _mm512_add_epi16(t3, delta);
-        }
+        // the R rows of a tile lie in one 128-row scale block (tiles start at multiples of 4)
+        const Fp8Table table = fp8_scaled_table(w.scale[(r / 128) * w.scale_cols() + b]);
         for (int q = 0; q < 4; ++q) {
             const int64_t c = b * kActBlock + q * 32;
             __m512bh wv[R];
@@ -202,11 +213,7 @@ DSV4_TARGET_AVX512BF16 void fp8_tile(const Fp8Matrix &w, int64_t r, const uint16
                 const uint8_t *codes = w.w + (r + j) * k + c;
                 if (q % 2 == 0)
                     _mm_prefetch(reinterpret_cast<const char *>(codes + (NC == 1 ? R * k : kPrefetchAlongRow)), _MM_HINT_T0);
-                const __m512i x = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(codes)));
-                const __m512i lo = _mm512_permutex2var_epi16(s0[j], x, s1[j]);
-                const __m512i hi = _mm512_permutex2var_epi16(s2[j], x, s3[j]);
-                const __m512i v = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(x, bit6), lo, hi);
-                wv[j] = (__m512bh)_mm512_or_si512(v, _mm512_slli_epi16(_mm512_and_si512(x, sign), 8));
+                wv[j] = (__m512bh)fp8_decode32(codes, table);
             }
             for (int i = 0; i < NC; ++i) {
                 const __m512bh a = (__m512bh)_mm512_loadu_si512(act + i * k + c);
@@ -479,6 +486,96 @@ DSV4_TARGET_AVX512BF16 void f32_rows_avx512bf16(const Bf16Matrix &w, const float
                                                  float *y) {
     bf16_weight_rows<float, f32_tile<4, 1>, f32_tile<4, 2>, f32_tile<4, 4>, f32_tile<1, 1>, f32_tile<1, 2>,
                      f32_tile<1, 4>>(w, x, n, r0, r1, y);
+}
+
+namespace {
+
+// R panel rows (bf16, stride k) × NC activation columns (bf16, stride k): y[i·ldy + j] = bf16(Σ w_j·act_i), with
+// the scales already in the panel. Per 32 elements: R + NC loads for R·NC vdpbf16ps. (Passes over slices of k
+// that keep a tile in L1 measured no faster: the L2 feeds this loop.)
+template <int R, int NC>
+DSV4_TARGET_AVX512BF16 void panel_tile(const uint16_t *w, int64_t k, const uint16_t *act, float *y, int64_t ldy) {
+    __m512 acc[R][NC];
+    for (int j = 0; j < R; ++j)
+        for (int i = 0; i < NC; ++i) acc[j][i] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < k; c += 32) {
+        __m512bh wv[R];
+        for (int j = 0; j < R; ++j) wv[j] = (__m512bh)_mm512_loadu_si512(w + j * k + c);
+        for (int i = 0; i < NC; ++i) {
+            const __m512bh a = (__m512bh)_mm512_loadu_si512(act + i * k + c);
+            for (int j = 0; j < R; ++j) acc[j][i] = _mm512_dpbf16_ps(acc[j][i], a, wv[j]);
+        }
+    }
+    for (int j = 0; j < R; ++j)
+        for (int i = 0; i < NC; ++i) y[int64_t(i) * ldy + j] = store_bf16(acc[j][i]);
+}
+
+// Columns per block of a panel GEMM: a block's activations (48 x k bf16, 384 KiB at k = 4096) and the panel stay in
+// L2 while every row of the panel passes over them.
+constexpr int64_t kPanelColumns = 48;
+
+template <int R>
+DSV4_TARGET_AVX512BF16 void panel_rows(const uint16_t *w, int64_t k, const uint16_t *act, int64_t i0, int64_t i1,
+                                       float *y, int64_t ldy) {
+    int64_t i = i0;
+    for (; i + 6 <= i1; i += 6) panel_tile<R, 6>(w, k, act + i * k, y + i * ldy, ldy);
+    for (; i + 2 <= i1; i += 2) panel_tile<R, 2>(w, k, act + i * k, y + i * ldy, ldy);
+    for (; i < i1; ++i) panel_tile<R, 1>(w, k, act + i * k, y + i * ldy, ldy);
+}
+
+// rows x k bf16 panel times n columns: y[i·ldy + r] for r < rows, i < n.
+DSV4_TARGET_AVX512BF16 void panel_gemm(const uint16_t *w, int64_t rows, int64_t k, const uint16_t *act, int64_t n,
+                                       float *y, int64_t ldy) {
+    for (int64_t i0 = 0; i0 < n; i0 += kPanelColumns) {
+        const int64_t i1 = std::min(n, i0 + kPanelColumns);
+        int64_t r = 0;
+        for (; r + 4 <= rows; r += 4) panel_rows<4>(w + r * k, k, act, i0, i1, y + r, ldy);
+        for (; r < rows; ++r) panel_rows<1>(w + r * k, k, act, i0, i1, y + r, ldy);
+    }
+}
+
+}  // namespace
+
+DSV4_TARGET_AVX512BF16 bool fp4_gemm_avx512bf16(const Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0,
+                                                int64_t r1, float *y, uint16_t *panel) {
+    const int64_t k = w.cols, groups = k / 32;
+    for (int64_t r = r0; r < r1; ++r)
+        if (!fp4_row_foldable(w, r)) return false;
+    const __m512i table = _mm512_loadu_si512(kFp4Bf16.data());
+    for (int64_t r = r0; r < r1; ++r)
+        for (int64_t g = 0; g < groups; g += 4) {
+            uint32_t codes;
+            std::memcpy(&codes, w.scale + r * groups + g, 4);
+            __m512i v[4];
+            fp4_decode64<true>(w.w + r * (k / 2) + g * 16, codes, table, v);
+            for (int q = 0; q < 4; ++q) _mm512_storeu_si512(panel + (r - r0) * k + g * 32 + q * 32, v[q]);
+        }
+    panel_gemm(panel, r1 - r0, k, act, n, y + r0, w.rows);
+    return true;
+}
+
+DSV4_TARGET_AVX512BF16 bool fp8_gemm_avx512bf16(const Fp8Matrix &w, const uint16_t *act, int64_t n, int64_t r0,
+                                                int64_t r1, float *y, uint16_t *panel) {
+    const int64_t k = w.cols;
+    for (int64_t r = r0; r < r1; ++r)
+        if (!fp8_row_foldable(w, r)) return false;
+    for (int64_t b = 0; b * kActBlock < k; ++b)
+        for (int64_t r = r0; r < r1;) {  // rows of one 128-row scale block share the table
+            const Fp8Table table = fp8_scaled_table(w.scale[(r / 128) * w.scale_cols() + b]);
+            const int64_t block_end = std::min(r1, (r / 128 + 1) * 128);
+            for (; r < block_end; ++r)
+                for (int q = 0; q < 4; ++q) {
+                    const int64_t c = b * kActBlock + q * 32;
+                    _mm512_storeu_si512(panel + (r - r0) * k + c, fp8_decode32(w.w + r * k + c, table));
+                }
+        }
+    panel_gemm(panel, r1 - r0, k, act, n, y + r0, w.rows);
+    return true;
+}
+
+DSV4_TARGET_AVX512BF16 void bf16_gemm_avx512bf16(const Bf16Matrix &w, const uint16_t *x, int64_t n, int64_t r0,
+                                                 int64_t r1, float *y) {
+    panel_gemm(reinterpret_cast<const uint16_t *>(w.w) + r0 * w.cols, r1 - r0, w.cols, x, n, y + r0, w.rows);
 }
 
 namespace {
