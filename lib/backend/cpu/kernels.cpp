@@ -89,6 +89,12 @@ DSV4_TARGET_AVX512BF16 inline bool codes_in_range(const uint8_t *codes, int64_t 
 }
 
 DSV4_TARGET_AVX512BF16 inline float store_bf16(__m512 acc) { return round_bf16(_mm512_reduce_add_ps(acc)); }
+DSV4_TARGET_AVX512BF16 inline __m512 round_bf16_ps(__m512 x) {
+    const __m512i b = _mm512_castps_si512(x);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+    const __m512i r = _mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb));
+    return _mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32(int(0xffff0000u))));
+}
 
 // Software prefetch: the hardware prefetcher alone leaves the kernels latency-bound on cold weights. A GEMV
 // (one column) prefetches the next row tile (rows r+R.., same columns), where a thread's next loads go: a
@@ -490,54 +496,107 @@ DSV4_TARGET_AVX512BF16 void f32_rows_avx512bf16(const Bf16Matrix &w, const float
 
 namespace {
 
-// R panel rows (bf16, stride k) × NC activation columns (bf16, stride k): y[i·ldy + j] = bf16(Σ w_j·act_i), with
-// the scales already in the panel. Per 32 elements: R + NC loads for R·NC vdpbf16ps. (Passes over slices of k
-// that keep a tile in L1 measured no faster: the L2 feeds this loop.)
-template <int R, int NC>
-DSV4_TARGET_AVX512BF16 void panel_tile(const uint16_t *w, int64_t k, const uint16_t *act, float *y, int64_t ldy) {
-    __m512 acc[R][NC];
-    for (int j = 0; j < R; ++j)
-        for (int i = 0; i < NC; ++i) acc[j][i] = _mm512_setzero_ps();
-    for (int64_t c = 0; c < k; c += 32) {
-        __m512bh wv[R];
-        for (int j = 0; j < R; ++j) wv[j] = (__m512bh)_mm512_loadu_si512(w + j * k + c);
-        for (int i = 0; i < NC; ++i) {
-            const __m512bh a = (__m512bh)_mm512_loadu_si512(act + i * k + c);
-            for (int j = 0; j < R; ++j) acc[j][i] = _mm512_dpbf16_ps(acc[j][i], a, wv[j]);
+// Packed panels of the GEMM path: up to kPackRows weight rows in groups of 16, each group stored as k/2 vectors of
+// 16 dwords, vector p holding elements (2p, 2p+1) of the group's 16 rows (a row's elements in its activations'
+// layout). One vdpbf16ps of a broadcast activation pair with vector p then adds that pair's products to 16 rows'
+// sums: no horizontal sums, and per pair of k only NG vector loads and MR broadcasts for MR·NG instructions (a
+// row-by-row dot-product tile measured 60-75% of the peak hot, this layout above 100% of the 12-chain probe).
+constexpr int kPackGroups = 4;
+
+// 16 rows of decoded bf16 (row stride k) into one packed group: 16x16 dword transposes.
+DSV4_TARGET_AVX512BF16 void pack_group(const uint16_t *rows16, int64_t k, uint32_t *group) {
+    for (int64_t p0 = 0; p0 < k / 2; p0 += 16) {
+        __m512i v[16], t[16];
+        for (int j = 0; j < 16; ++j) v[j] = _mm512_loadu_si512(rows16 + j * k + 2 * p0);
+        // dwords: unpack pairs of rows, then pairs of pairs (64-bit), then 128-bit lanes across registers
+        for (int j = 0; j < 16; j += 2) {
+            t[j] = _mm512_unpacklo_epi32(v[j], v[j + 1]);
+            t[j + 1] = _mm512_unpackhi_epi32(v[j], v[j + 1]);
+        }
+        for (int j = 0; j < 16; j += 4) {
+            v[j] = _mm512_unpacklo_epi64(t[j], t[j + 2]);
+            v[j + 1] = _mm512_unpackhi_epi64(t[j], t[j + 2]);
+            v[j + 2] = _mm512_unpacklo_epi64(t[j + 1], t[j + 3]);
+            v[j + 3] = _mm512_unpackhi_epi64(t[j + 1], t[j + 3]);
+        }
+        // v[4b + c] now holds, in 128-bit lane L, dword 4L + c of rows 4b..4b+3: a 4x4 transpose of lanes across
+        // v[c], v[4 + c], v[8 + c], v[12 + c] gives dword 4L + c of all 16 rows
+        const __m512i lo_lanes = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0), hi_lanes = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+        for (int c = 0; c < 4; ++c) {
+            const __m512i a0 = _mm512_permutex2var_epi64(v[c], lo_lanes, v[4 + c]), a1 = _mm512_permutex2var_epi64(v[c], hi_lanes, v[4 + c]);
+            const __m512i b0 = _mm512_permutex2var_epi64(v[8 + c], lo_lanes, v[12 + c]), b1 = _mm512_permutex2var_epi64(v[8 + c], hi_lanes, v[12 + c]);
+            _mm512_storeu_si512(group + (p0 + c) * 16, _mm512_shuffle_i64x2(a0, b0, 0x44));
+            _mm512_storeu_si512(group + (p0 + 4 + c) * 16, _mm512_shuffle_i64x2(a0, b0, 0xee));
+            _mm512_storeu_si512(group + (p0 + 8 + c) * 16, _mm512_shuffle_i64x2(a1, b1, 0x44));
+            _mm512_storeu_si512(group + (p0 + 12 + c) * 16, _mm512_shuffle_i64x2(a1, b1, 0xee));
         }
     }
-    for (int j = 0; j < R; ++j)
-        for (int i = 0; i < NC; ++i) y[int64_t(i) * ldy + j] = store_bf16(acc[j][i]);
 }
 
-// Columns per block of a panel GEMM: a block's activations (48 x k bf16, 384 KiB at k = 4096) and the panel stay in
-// L2 while every row of the panel passes over them.
-constexpr int64_t kPanelColumns = 48;
-
-template <int R>
-DSV4_TARGET_AVX512BF16 void panel_rows(const uint16_t *w, int64_t k, const uint16_t *act, int64_t i0, int64_t i1,
-                                       float *y, int64_t ldy) {
-    int64_t i = i0;
-    for (; i + 6 <= i1; i += 6) panel_tile<R, 6>(w, k, act + i * k, y + i * ldy, ldy);
-    for (; i + 2 <= i1; i += 2) panel_tile<R, 2>(w, k, act + i * k, y + i * ldy, ldy);
-    for (; i < i1; ++i) panel_tile<R, 1>(w, k, act + i * k, y + i * ldy, ldy);
+// MR activation columns × NG packed groups (NG·16 rows): y[i·ldy + r] = bf16 of the sum, rows < valid.
+template <int MR, int NG>
+DSV4_TARGET_AVX512BF16 void packed_tile(const uint32_t *packed, int64_t k, const uint16_t *act, float *y, int64_t ldy,
+                                        int64_t valid) {
+    __m512 acc[MR][NG];
+    for (int i = 0; i < MR; ++i)
+        for (int g = 0; g < NG; ++g) acc[i][g] = _mm512_setzero_ps();
+    const int64_t pairs = k / 2;
+    for (int64_t p = 0; p < pairs; ++p) {
+        __m512bh b[NG];
+        for (int g = 0; g < NG; ++g) b[g] = (__m512bh)_mm512_loadu_si512(packed + (g * pairs + p) * 16);
+        for (int i = 0; i < MR; ++i) {
+            int32_t pair;
+            std::memcpy(&pair, act + i * k + 2 * p, 4);
+            const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
+            for (int g = 0; g < NG; ++g) acc[i][g] = _mm512_dpbf16_ps(acc[i][g], a, b[g]);
+        }
+    }
+    for (int i = 0; i < MR; ++i)
+        for (int g = 0; g < NG; ++g) {
+            const int64_t left = valid - g * 16;
+            const __mmask16 keep = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
+            _mm512_mask_storeu_ps(y + i * ldy + g * 16, keep, round_bf16_ps(acc[i][g]));
+        }
 }
 
-// rows x k bf16 panel times n columns: y[i·ldy + r] for r < rows, i < n.
-DSV4_TARGET_AVX512BF16 void panel_gemm(const uint16_t *w, int64_t rows, int64_t k, const uint16_t *act, int64_t n,
-                                       float *y, int64_t ldy) {
-    for (int64_t i0 = 0; i0 < n; i0 += kPanelColumns) {
-        const int64_t i1 = std::min(n, i0 + kPanelColumns);
-        int64_t r = 0;
-        for (; r + 4 <= rows; r += 4) panel_rows<4>(w + r * k, k, act, i0, i1, y + r, ldy);
-        for (; r < rows; ++r) panel_rows<1>(w + r * k, k, act, i0, i1, y + r, ldy);
+template <int NG>
+DSV4_TARGET_AVX512BF16 void packed_columns(const uint32_t *packed, int64_t k, const uint16_t *act, int64_t n, float *y,
+                                           int64_t ldy, int64_t valid) {
+    constexpr int kMR = NG >= 3 ? 6 : NG == 2 ? 10 : 16;  // accumulators MR·NG within the 32 registers
+    int64_t i = 0;
+    for (; i + kMR <= n; i += kMR) packed_tile<kMR, NG>(packed, k, act + i * k, y + i * ldy, ldy, valid);
+    for (; i + 2 <= n; i += 2) packed_tile<2, NG>(packed, k, act + i * k, y + i * ldy, ldy, valid);
+    if (i < n) packed_tile<1, NG>(packed, k, act + i * k, y + i * ldy, ldy, valid);
+}
+
+// rows (<= kPackRows) decoded bf16 rows [rows, k] -> packed panel (scratch.packed); then the panel times all n
+// columns. A partial last group is completed with zero rows in scratch.decoded (their sums are never stored).
+DSV4_TARGET_AVX512BF16 void packed_gemm(const uint16_t *decoded, int64_t rows, int64_t k, const uint16_t *act, int64_t n,
+                                        float *y, int64_t ldy, const GemmScratch &scratch) {
+    const int groups = int((rows + 15) / 16);
+    uint32_t *packed = scratch.packed;
+    for (int g = 0; g < groups; ++g) {
+        const uint16_t *group = decoded + g * 16 * k;
+        if ((g + 1) * 16 > rows) {
+            uint16_t *padded = scratch.decoded + g * 16 * k;
+            if (padded != group) std::memcpy(padded, group, size_t((rows - g * 16) * k) * 2);
+            std::memset(padded + (rows - g * 16) * k, 0, size_t(((g + 1) * 16 - rows) * k) * 2);
+            group = padded;
+        }
+        pack_group(group, k, packed + g * 16 * (k / 2));
+    }
+    switch (groups) {
+    case 4: return packed_columns<4>(packed, k, act, n, y, ldy, rows);
+    case 3: return packed_columns<3>(packed, k, act, n, y, ldy, rows);
+    case 2: return packed_columns<2>(packed, k, act, n, y, ldy, rows);
+    default: return packed_columns<1>(packed, k, act, n, y, ldy, rows);
     }
 }
 
 }  // namespace
 
 DSV4_TARGET_AVX512BF16 bool fp4_gemm_avx512bf16(const Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0,
-                                                int64_t r1, float *y, uint16_t *panel) {
+                                                int64_t r1, float *y, const GemmScratch &scratch) {
     const int64_t k = w.cols, groups = k / 32;
     for (int64_t r = r0; r < r1; ++r)
         if (!fp4_row_foldable(w, r)) return false;
@@ -548,14 +607,14 @@ DSV4_TARGET_AVX512BF16 bool fp4_gemm_avx512bf16(const Fp4Matrix &w, const uint16
             std::memcpy(&codes, w.scale + r * groups + g, 4);
             __m512i v[4];
             fp4_decode64<true>(w.w + r * (k / 2) + g * 16, codes, table, v);
-            for (int q = 0; q < 4; ++q) _mm512_storeu_si512(panel + (r - r0) * k + g * 32 + q * 32, v[q]);
+            for (int q = 0; q < 4; ++q) _mm512_storeu_si512(scratch.decoded + (r - r0) * k + g * 32 + q * 32, v[q]);
         }
-    panel_gemm(panel, r1 - r0, k, act, n, y + r0, w.rows);
+    packed_gemm(scratch.decoded, r1 - r0, k, act, n, y + r0, w.rows, scratch);
     return true;
 }
 
 DSV4_TARGET_AVX512BF16 bool fp8_gemm_avx512bf16(const Fp8Matrix &w, const uint16_t *act, int64_t n, int64_t r0,
-                                                int64_t r1, float *y, uint16_t *panel) {
+                                                int64_t r1, float *y, const GemmScratch &scratch) {
     const int64_t k = w.cols;
     for (int64_t r = r0; r < r1; ++r)
         if (!fp8_row_foldable(w, r)) return false;
@@ -566,16 +625,16 @@ DSV4_TARGET_AVX512BF16 bool fp8_gemm_avx512bf16(const Fp8Matrix &w, const uint16
             for (; r < block_end; ++r)
                 for (int q = 0; q < 4; ++q) {
                     const int64_t c = b * kActBlock + q * 32;
-                    _mm512_storeu_si512(panel + (r - r0) * k + c, fp8_decode32(w.w + r * k + c, table));
+                    _mm512_storeu_si512(scratch.decoded + (r - r0) * k + c, fp8_decode32(w.w + r * k + c, table));
                 }
         }
-    panel_gemm(panel, r1 - r0, k, act, n, y + r0, w.rows);
+    packed_gemm(scratch.decoded, r1 - r0, k, act, n, y + r0, w.rows, scratch);
     return true;
 }
 
 DSV4_TARGET_AVX512BF16 void bf16_gemm_avx512bf16(const Bf16Matrix &w, const uint16_t *x, int64_t n, int64_t r0,
-                                                 int64_t r1, float *y) {
-    panel_gemm(reinterpret_cast<const uint16_t *>(w.w) + r0 * w.cols, r1 - r0, w.cols, x, n, y + r0, w.rows);
+                                                 int64_t r1, float *y, const GemmScratch &scratch) {
+    packed_gemm(reinterpret_cast<const uint16_t *>(w.w) + r0 * w.cols, r1 - r0, w.cols, x, n, y + r0, w.rows, scratch);
 }
 
 namespace {
@@ -628,12 +687,6 @@ DSV4_TARGET_AVX512BF16 void axpy_heads_f32_avx512(float *acc, int nh, const floa
 }
 
 namespace {
-DSV4_TARGET_AVX512BF16 inline __m512 round_bf16_ps(__m512 x) {
-    const __m512i b = _mm512_castps_si512(x);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
-    const __m512i r = _mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb));
-    return _mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32(int(0xffff0000u))));
-}
 
 // KB keys at once against every head block: KB · (n_heads/16) accumulators share each loaded column of q.
 template <int KB>
