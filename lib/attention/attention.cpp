@@ -1,3 +1,4 @@
+#include "core/scratch.h"
 #include "attention/attention.h"
 
 #include <algorithm>
@@ -118,19 +119,19 @@ void attention_forward(const LayerContext &ctx, const float *x, int64_t N, const
     const int layer = ctx.layer;
 
     // Query path (spec §4.2).
-    std::vector<float> qa(static_cast<size_t>(N * Rq)), q_r(static_cast<size_t>(N * Rq)), q(size_t(N) * H * d);
+    core::FloatBuffer qa(static_cast<size_t>(N * Rq)), q_r(static_cast<size_t>(N * Rq)), q(size_t(N) * H * d);
     be.linear_fp8(x, N, w.wq_a, qa.data());
     for (int64_t i = 0; i < N; ++i) core::rms_norm(&qa[size_t(i * Rq)], size_t(Rq), w.q_norm.data(), eps, &q_r[size_t(i * Rq)]);
     be.linear_fp8(q_r.data(), N, w.wq_b, q.data());
 
     // KV path (spec §4.3).
-    std::vector<float> kv_raw(static_cast<size_t>(N * d)), kv(static_cast<size_t>(N * d));
+    core::FloatBuffer kv_raw(static_cast<size_t>(N * d)), kv(static_cast<size_t>(N * d));
     be.linear_fp8(x, N, w.wkv, kv_raw.data());
     for (int64_t i = 0; i < N; ++i) core::rms_norm(&kv_raw[size_t(i * d)], size_t(d), w.kv_norm.data(), eps, &kv[size_t(i * d)]);
 
     // Compressor projections in fp32 (spec §5.2), indexer queries and head weights (spec §6).
     const int kappa = m == 4 ? 2 : 1;
-    std::vector<float> comp_a, comp_z, idx_a, idx_z, qI, omega;
+    core::FloatBuffer comp_a, comp_z, idx_a, idx_z, qI, omega;
     if (m) {
         comp_a.resize(size_t(N) * kappa * d);
         comp_z.resize(comp_a.size());
@@ -177,7 +178,7 @@ void attention_forward(const LayerContext &ctx, const float *x, int64_t N, const
         model::observe(ctx.observer, "index_weights", layer, DSV4_DTYPE_BF16, N, nI, omega.data());
     }
 
-    std::vector<float> o(size_t(N) * H * d);
+    core::FloatBuffer o(size_t(N) * H * d);
     for (const Span &s : spans) {
         kvcache::LayerCache &cache = *s.cache;
         const kvcache::LayerGeometry &g = cache.geo;
@@ -216,7 +217,7 @@ void attention_forward(const LayerContext &ctx, const float *x, int64_t N, const
         const backend::Fp4Keys index_keys{key_pages.data(), int64_t(kvcache::PagedEntries::kPageEntries),
                                           int64_t(cache.index_keys.entry_bytes())};
         const int64_t topk_width = m == 4 ? std::min<int64_t>(cfg.index_topk, n_entries) : 0;
-        std::vector<float> span_scores(size_t(s.n * n_entries), -INFINITY);
+        core::FloatBuffer span_scores(size_t(s.n * n_entries), -INFINITY);
         std::vector<int32_t> span_topk(size_t(s.n * topk_width), -1);
 
         std::vector<float> rows, head_dot(static_cast<size_t>(nI));
@@ -283,7 +284,7 @@ void attention_forward(const LayerContext &ctx, const float *x, int64_t N, const
     // Grouped low-rank output projection (spec §4.6): group g of H/G heads through rows g·R_o.. of wo_a.
     const int G = cfg.o_groups, Ro = cfg.o_lora_rank;
     const int64_t group_in = int64_t(H / G) * d;
-    std::vector<float> group_x(static_cast<size_t>(N * group_in)), group_z(static_cast<size_t>(N * Ro)), z(size_t(N) * G * Ro);
+    core::FloatBuffer group_x(static_cast<size_t>(N * group_in)), group_z(static_cast<size_t>(N * Ro)), z(size_t(N) * G * Ro);
     for (int g = 0; g < G; ++g) {
         for (int64_t i = 0; i < N; ++i)
             std::copy_n(&o[size_t(i * H * d + g * group_in)], group_in, &group_x[size_t(i * group_in)]);

@@ -1,3 +1,4 @@
+#include "core/scratch.h"
 #include "model/model.h"
 
 #include <algorithm>
@@ -52,7 +53,7 @@ void Model::residual_step(backend::Backend &be, int layer, const char *tag, cons
     const io::ModelConfig &c = config_;
     const int hc = c.hc_mult, D = c.dim;
     const std::string t(tag);
-    std::vector<float> x(static_cast<size_t>(N * D)), xn(static_cast<size_t>(N * D)), y(static_cast<size_t>(N * D));
+    core::FloatBuffer x(static_cast<size_t>(N * D)), xn(static_cast<size_t>(N * D)), y(static_cast<size_t>(N * D));
     HcMix mix = hc_pre(be, hc_weights, h, N, hc, D, c.norm_eps, c.hc_eps, c.hc_sinkhorn_iters, x.data());
     observe(obs, "hc_" + t + "_pre", layer, DSV4_DTYPE_F32, N, hc, mix.pre.data());
     observe(obs, "hc_" + t + "_post", layer, DSV4_DTYPE_F32, N, hc, mix.post.data());
@@ -86,11 +87,12 @@ bool Model::forward(backend::Backend &be, const int32_t *tokens, int64_t N, cons
                     std::vector<float> &h, const Observer *obs, const std::function<bool()> &should_abort) const {
     const io::ModelConfig &c = config_;
     const int hc = c.hc_mult, D = c.dim;
+    const core::ScratchScope reuse;  // the layers' temporaries reuse each other's memory
     h.assign(size_t(N) * hc * D, 0.0f);
     for (int64_t i = 0; i < N; ++i)
         for (int k = 0; k < hc; ++k)
             for (int j = 0; j < D; ++j) h[size_t((i * hc + k) * D + j)] = core::load_bf16(weights_.embed.w, size_t(tokens[i]) * D + j);
-    std::vector<float> mid(h.size());
+    core::FloatBuffer mid(h.size());
     std::vector<attention::Span> layer_spans(spans.size());
     for (int il = 0; il < c.n_layers; ++il) {
         if (should_abort && should_abort()) return false;

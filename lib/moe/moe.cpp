@@ -1,3 +1,4 @@
+#include "core/scratch.h"
 #include "moe/moe.h"
 
 #include <algorithm>
@@ -57,15 +58,15 @@ void moe_forward(const MoeContext &ctx, const float *x, const int32_t *tokens, i
     const io::ModelConfig &cfg = ctx.config;
     const int E = cfg.n_routed_experts, k = cfg.n_activated_experts, D = cfg.dim, I = cfg.moe_inter_dim;
     backend::Backend &be = ctx.backend;
-    std::vector<float> scores(static_cast<size_t>(N * E)), weights(static_cast<size_t>(N * k));
+    core::FloatBuffer scores(static_cast<size_t>(N * E)), weights(static_cast<size_t>(N * k));
     std::vector<int32_t> ids(static_cast<size_t>(N * k));
     route(ctx, x, tokens, N, scores.data(), ids.data(), weights.data());
     model::observe(ctx.observer, "gate_scores", ctx.layer, DSV4_DTYPE_F32, N, E, scores.data());
     model::observe(ctx.observer, "gate_ids", ctx.layer, DSV4_DTYPE_I32, N, k, ids.data());
     model::observe(ctx.observer, "gate_weights", ctx.layer, DSV4_DTYPE_F32, N, k, weights.data());
 
-    std::vector<float> acc(size_t(N * D), 0.0f);
-    std::vector<float> xe, g, u, a, out, rw;
+    core::FloatBuffer acc(size_t(N * D), 0.0f);
+    core::FloatBuffer xe, g, u, a, out, rw;
     std::vector<int64_t> rows;
     for (int e = 0; e < E; ++e) {  // expert-id order fixes the fp32 summation order (spec §8.3)
         rows.clear();

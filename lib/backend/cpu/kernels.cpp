@@ -107,41 +107,37 @@ constexpr int64_t kPrefetchAlongRow = 1024;
 constexpr std::array<uint16_t, 32> kFp4Bf16 = {
     0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0, 0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000, 0xc040, 0xc080, 0xc0c0,
     0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0, 0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000, 0xc040, 0xc080, 0xc0c0};
-// vpshufb controls that put byte L of a broadcast dword into every dword (or word) of 128-bit lane L.
-constexpr std::array<uint8_t, 64> make_lane_spread(int width) {
+// vpshufb control that puts byte L of a broadcast dword into every word of 128-bit lane L.
+constexpr std::array<uint8_t, 64> make_lane_spread() {
     std::array<uint8_t, 64> ctrl{};
-    for (int i = 0; i < 64; ++i) ctrl[size_t(i)] = i % width == 0 ? uint8_t(i / 16) : 0x80;
+    for (int i = 0; i < 64; ++i) ctrl[size_t(i)] = i % 2 == 0 ? uint8_t(i / 16) : 0x80;
     return ctrl;
 }
-constexpr std::array<uint8_t, 64> kLaneToDwords = make_lane_spread(4), kLaneToWords = make_lane_spread(2);
+constexpr std::array<uint8_t, 64> kLaneToWords = make_lane_spread();
 
-// Decodes 64 packed bytes of one row (4 groups, 128 codes) into four bf16 vectors: read as 32 words, word j
-// holds codes 4j..4j+3 in its nibbles, so vector q = table[word >> 4q] holds code 4j+q in word j (the fp4_lanes
-// order), and group L lies in 128-bit lane L. With Fold, each group's 2^(code-127) is added to the nonzero
-// values' exponents (exact for codes in [kFp4CodeLo, kFp4CodeHi]); codes4 holds the four groups' scale codes.
-template <bool Fold>
+// Decodes 64 packed bytes of one row (4 groups, 128 codes) into four bf16 vectors with each group's scale
+// 2^(code-127) added to the nonzero values' exponents (exact for codes in [kFp4CodeLo, kFp4CodeHi]): read as 32
+// words, word j holds codes 4j..4j+3 in its nibbles, so vector q = table[word >> 4q] holds code 4j+q in word j
+// (the fp4_lanes order), and group L lies in 128-bit lane L. codes4 holds the four groups' scale codes.
 DSV4_TARGET_AVX512BF16 inline void fp4_decode64(const uint8_t *packed, uint32_t codes4, __m512i table, __m512i out[4]) {
     const __m512i bytes = _mm512_loadu_si512(packed);
     out[0] = _mm512_permutexvar_epi16(bytes, table);
     out[1] = _mm512_permutexvar_epi16(_mm512_srli_epi16(bytes, 4), table);
     out[2] = _mm512_permutexvar_epi16(_mm512_srli_epi16(bytes, 8), table);
     out[3] = _mm512_permutexvar_epi16(_mm512_srli_epi16(bytes, 12), table);
-    if constexpr (Fold) {
-        const __m512i spread = _mm512_shuffle_epi8(_mm512_set1_epi32(int(codes4)), _mm512_loadu_si512(kLaneToWords.data()));
-        const __m512i delta = _mm512_slli_epi16(_mm512_sub_epi16(spread, _mm512_set1_epi16(127)), 7);
-        const __m512i magnitude = _mm512_set1_epi16(0x7fff);
-        for (int q = 0; q < 4; ++q) out[q] = _mm512_mask_add_epi16(out[q], _mm512_test_epi16_mask(out[q], magnitude), out[q], delta);
-    }
+    const __m512i spread = _mm512_shuffle_epi8(_mm512_set1_epi32(int(codes4)), _mm512_loadu_si512(kLaneToWords.data()));
+    const __m512i delta = _mm512_slli_epi16(_mm512_sub_epi16(spread, _mm512_set1_epi16(127)), 7);
+    const __m512i magnitude = _mm512_set1_epi16(0x7fff);
+    for (int q = 0; q < 4; ++q) out[q] = _mm512_mask_add_epi16(out[q], _mm512_test_epi16_mask(out[q], magnitude), out[q], delta);
 }
 
 // R weight rows × NC activation columns per pass; 64 packed bytes (4 groups) per step, decoded once for the NC
-// columns. Up to two columns: vdpbf16ps sums each group's 32 exact products in its lane and the fp32 partial is
-// scaled by the group's power of two (an FMA per step and column). Four or more: the scales are folded into the
-// decoded values, which saves that FMA per column (only the summation order differs). The R·NC accumulators are
-// independent chains.
+// columns. Every output sums its products in the same order whatever NC (and the GEMM path's panels keep it):
+// results do not depend on how many columns a call has, so chunked prefill equals one-shot prefill bit for bit.
+// (Scaling each group's partial by an FMA instead of folding measured ~1.5x faster hot at one column, about
+// the same on cold weights, but gives a different order.) The R·NC accumulators are independent chains.
 template <int R, int NC>
 DSV4_TARGET_AVX512BF16 void fp4_tile(const Fp4Matrix &w, int64_t r, const uint16_t *act, float *y) {
-    constexpr bool kFold = NC >= 4;  // measured: the FMA is cheaper than folding at one and two columns
     const int64_t groups = w.cols / 32, k = w.cols;
     const __m512i table = _mm512_loadu_si512(kFp4Bf16.data());
     __m512 acc[R][NC];
@@ -149,33 +145,18 @@ DSV4_TARGET_AVX512BF16 void fp4_tile(const Fp4Matrix &w, int64_t r, const uint16
         for (int i = 0; i < NC; ++i) acc[j][i] = _mm512_setzero_ps();
     for (int64_t g = 0; g < groups; g += 4) {
         __m512i wv[R][4];
-        __m512 scale[R];
         for (int j = 0; j < R; ++j) {
             const uint8_t *packed = w.w + (r + j) * (k / 2) + g * 16;
             _mm_prefetch(reinterpret_cast<const char *>(packed + (NC == 1 ? R * (k / 2) : kPrefetchAlongRow)), _MM_HINT_T0);
             uint32_t codes;
             std::memcpy(&codes, w.scale + (r + j) * groups + g, 4);
-            fp4_decode64<kFold>(packed, codes, table, wv[j]);
-            if constexpr (!kFold) {  // 2^(code-127) of the four groups, each over its lane's four floats
-                const __m512i c = _mm512_shuffle_epi8(_mm512_set1_epi32(int(codes)), _mm512_loadu_si512(kLaneToDwords.data()));
-                scale[j] = _mm512_castsi512_ps(_mm512_slli_epi32(c, 23));
-            }
+            fp4_decode64(packed, codes, table, wv[j]);
         }
         for (int i = 0; i < NC; ++i) {
             const uint16_t *a = act + i * k + g * 32;
-            if constexpr (kFold) {
-                for (int q = 0; q < 4; ++q) {
-                    const __m512bh aq = (__m512bh)_mm512_loadu_si512(a + q * 32);
-                    for (int j = 0; j < R; ++j) acc[j][i] = _mm512_dpbf16_ps(acc[j][i], aq, (__m512bh)wv[j][q]);
-                }
-            } else {
-                __m512 part[R];
-                for (int q = 0; q < 4; ++q) {  // one activation load serves the R rows
-                    const __m512bh aq = (__m512bh)_mm512_loadu_si512(a + q * 32);
-                    for (int j = 0; j < R; ++j)
-                        part[j] = _mm512_dpbf16_ps(q ? part[j] : _mm512_setzero_ps(), aq, (__m512bh)wv[j][q]);
-                }
-                for (int j = 0; j < R; ++j) acc[j][i] = _mm512_fmadd_ps(part[j], scale[j], acc[j][i]);
+            for (int q = 0; q < 4; ++q) {  // one activation load serves the R rows
+                const __m512bh aq = (__m512bh)_mm512_loadu_si512(a + q * 32);
+                for (int j = 0; j < R; ++j) acc[j][i] = _mm512_dpbf16_ps(acc[j][i], aq, (__m512bh)wv[j][q]);
             }
         }
     }
@@ -380,22 +361,6 @@ DSV4_TARGET_AVX512BF16 void quantize_activations_avx512(const float *x, int64_t 
     }
 }
 
-DSV4_TARGET_AVX512BF16 void f32w_rows_avx512(const float *w, int64_t cols, const float *x, int64_t n, int64_t r0,
-                                             int64_t r1, int64_t ldy, float *y) {
-    for (int64_t r = r0; r < r1; ++r)
-        for (int64_t i = 0; i < n; ++i) {
-            const float *wr = w + r * cols, *xi = x + i * cols;
-            __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-            int64_t c = 0;
-            for (; c + 32 <= cols; c += 32) {
-                acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + c), _mm512_loadu_ps(xi + c), acc0);
-                acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + c + 16), _mm512_loadu_ps(xi + c + 16), acc1);
-            }
-            for (; c < cols; c += 16) acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + c), _mm512_loadu_ps(xi + c), acc0);
-            y[i * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-        }
-}
-
 void fp4_rows_generic(const Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y) {
     for (int64_t r = r0; r < r1; ++r)
         for (int64_t i = 0; i < n; ++i) y[i * w.rows + r] = round_bf16(fp4_row_dot(w, r, act + i * w.cols));
@@ -496,107 +461,57 @@ DSV4_TARGET_AVX512BF16 void f32_rows_avx512bf16(const Bf16Matrix &w, const float
 
 namespace {
 
-// Packed panels of the GEMM path: up to kPackRows weight rows in groups of 16, each group stored as k/2 vectors of
-// 16 dwords, vector p holding elements (2p, 2p+1) of the group's 16 rows (a row's elements in its activations'
-// layout). One vdpbf16ps of a broadcast activation pair with vector p then adds that pair's products to 16 rows'
-// sums: no horizontal sums, and per pair of k only NG vector loads and MR broadcasts for MR·NG instructions (a
-// row-by-row dot-product tile measured 60-75% of the peak hot, this layout above 100% of the 12-chain probe).
-constexpr int kPackGroups = 4;
-
-// 16 rows of decoded bf16 (row stride k) into one packed group: 16x16 dword transposes.
-DSV4_TARGET_AVX512BF16 void pack_group(const uint16_t *rows16, int64_t k, uint32_t *group) {
-    for (int64_t p0 = 0; p0 < k / 2; p0 += 16) {
-        __m512i v[16], t[16];
-        for (int j = 0; j < 16; ++j) v[j] = _mm512_loadu_si512(rows16 + j * k + 2 * p0);
-        // dwords: unpack pairs of rows, then pairs of pairs (64-bit), then 128-bit lanes across registers
-        for (int j = 0; j < 16; j += 2) {
-            t[j] = _mm512_unpacklo_epi32(v[j], v[j + 1]);
-            t[j + 1] = _mm512_unpackhi_epi32(v[j], v[j + 1]);
-        }
-        for (int j = 0; j < 16; j += 4) {
-            v[j] = _mm512_unpacklo_epi64(t[j], t[j + 2]);
-            v[j + 1] = _mm512_unpackhi_epi64(t[j], t[j + 2]);
-            v[j + 2] = _mm512_unpacklo_epi64(t[j + 1], t[j + 3]);
-            v[j + 3] = _mm512_unpackhi_epi64(t[j + 1], t[j + 3]);
-        }
-        // v[4b + c] now holds, in 128-bit lane L, dword 4L + c of rows 4b..4b+3: a 4x4 transpose of lanes across
-        // v[c], v[4 + c], v[8 + c], v[12 + c] gives dword 4L + c of all 16 rows
-        const __m512i lo_lanes = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0), hi_lanes = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
-        for (int c = 0; c < 4; ++c) {
-            const __m512i a0 = _mm512_permutex2var_epi64(v[c], lo_lanes, v[4 + c]), a1 = _mm512_permutex2var_epi64(v[c], hi_lanes, v[4 + c]);
-            const __m512i b0 = _mm512_permutex2var_epi64(v[8 + c], lo_lanes, v[12 + c]), b1 = _mm512_permutex2var_epi64(v[8 + c], hi_lanes, v[12 + c]);
-            _mm512_storeu_si512(group + (p0 + c) * 16, _mm512_shuffle_i64x2(a0, b0, 0x44));
-            _mm512_storeu_si512(group + (p0 + 4 + c) * 16, _mm512_shuffle_i64x2(a0, b0, 0xee));
-            _mm512_storeu_si512(group + (p0 + 8 + c) * 16, _mm512_shuffle_i64x2(a1, b1, 0x44));
-            _mm512_storeu_si512(group + (p0 + 12 + c) * 16, _mm512_shuffle_i64x2(a1, b1, 0xee));
+// R panel rows (bf16, stride k) × NC activation columns (bf16, stride k): y[i·ldy + j] = bf16(Σ w_j·act_i), with
+// the scales already in the panel. Per 32 elements: R + NC loads for R·NC vdpbf16ps. Each output sums in the
+// *_rows kernels' order, so results do not depend on the number of columns. (Passes over slices of k with the
+// accumulators parked in between, to keep a tile in L1, measured slower; a layout of element pairs of 16 rows
+// multiplied by broadcast activation pairs reached 75-88% of the peak instead of 41-50%, but sums in another
+// order than any GEMV can afford.)
+template <int R, int NC>
+DSV4_TARGET_AVX512BF16 void panel_tile(const uint16_t *w, int64_t k, const uint16_t *act, float *y, int64_t ldy) {
+    __m512 acc[R][NC];
+    for (int j = 0; j < R; ++j)
+        for (int i = 0; i < NC; ++i) acc[j][i] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < k; c += 32) {
+        __m512bh wv[R];
+        for (int j = 0; j < R; ++j) wv[j] = (__m512bh)_mm512_loadu_si512(w + j * k + c);
+        for (int i = 0; i < NC; ++i) {
+            const __m512bh a = (__m512bh)_mm512_loadu_si512(act + i * k + c);
+            for (int j = 0; j < R; ++j) acc[j][i] = _mm512_dpbf16_ps(acc[j][i], a, wv[j]);
         }
     }
+    for (int j = 0; j < R; ++j)
+        for (int i = 0; i < NC; ++i) y[int64_t(i) * ldy + j] = store_bf16(acc[j][i]);
 }
 
-// MR activation columns × NG packed groups (NG·16 rows): y[i·ldy + r] = bf16 of the sum, rows < valid.
-template <int MR, int NG>
-DSV4_TARGET_AVX512BF16 void packed_tile(const uint32_t *packed, int64_t k, const uint16_t *act, float *y, int64_t ldy,
-                                        int64_t valid) {
-    __m512 acc[MR][NG];
-    for (int i = 0; i < MR; ++i)
-        for (int g = 0; g < NG; ++g) acc[i][g] = _mm512_setzero_ps();
-    const int64_t pairs = k / 2;
-    for (int64_t p = 0; p < pairs; ++p) {
-        __m512bh b[NG];
-        for (int g = 0; g < NG; ++g) b[g] = (__m512bh)_mm512_loadu_si512(packed + (g * pairs + p) * 16);
-        for (int i = 0; i < MR; ++i) {
-            int32_t pair;
-            std::memcpy(&pair, act + i * k + 2 * p, 4);
-            const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
-            for (int g = 0; g < NG; ++g) acc[i][g] = _mm512_dpbf16_ps(acc[i][g], a, b[g]);
-        }
-    }
-    for (int i = 0; i < MR; ++i)
-        for (int g = 0; g < NG; ++g) {
-            const int64_t left = valid - g * 16;
-            const __mmask16 keep = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
-            _mm512_mask_storeu_ps(y + i * ldy + g * 16, keep, round_bf16_ps(acc[i][g]));
-        }
+// Columns per block of a panel GEMM: a block's activations (24 x k bf16, 192 KiB at k = 4096) and the panel (see
+// gemm_panel_rows) stay in L2 while every row of the panel passes over them.
+constexpr int64_t kPanelColumns = 24;
+
+template <int R>
+DSV4_TARGET_AVX512BF16 void panel_rows(const uint16_t *w, int64_t k, const uint16_t *act, int64_t i0, int64_t i1,
+                                       float *y, int64_t ldy) {
+    int64_t i = i0;
+    for (; i + 6 <= i1; i += 6) panel_tile<R, 6>(w, k, act + i * k, y + i * ldy, ldy);
+    for (; i + 2 <= i1; i += 2) panel_tile<R, 2>(w, k, act + i * k, y + i * ldy, ldy);
+    for (; i < i1; ++i) panel_tile<R, 1>(w, k, act + i * k, y + i * ldy, ldy);
 }
 
-template <int NG>
-DSV4_TARGET_AVX512BF16 void packed_columns(const uint32_t *packed, int64_t k, const uint16_t *act, int64_t n, float *y,
-                                           int64_t ldy, int64_t valid) {
-    constexpr int kMR = NG >= 3 ? 6 : NG == 2 ? 10 : 16;  // accumulators MR·NG within the 32 registers
-    int64_t i = 0;
-    for (; i + kMR <= n; i += kMR) packed_tile<kMR, NG>(packed, k, act + i * k, y + i * ldy, ldy, valid);
-    for (; i + 2 <= n; i += 2) packed_tile<2, NG>(packed, k, act + i * k, y + i * ldy, ldy, valid);
-    if (i < n) packed_tile<1, NG>(packed, k, act + i * k, y + i * ldy, ldy, valid);
-}
-
-// rows (<= kPackRows) decoded bf16 rows [rows, k] -> packed panel (scratch.packed); then the panel times all n
-// columns. A partial last group is completed with zero rows in scratch.decoded (their sums are never stored).
-DSV4_TARGET_AVX512BF16 void packed_gemm(const uint16_t *decoded, int64_t rows, int64_t k, const uint16_t *act, int64_t n,
-                                        float *y, int64_t ldy, const GemmScratch &scratch) {
-    const int groups = int((rows + 15) / 16);
-    uint32_t *packed = scratch.packed;
-    for (int g = 0; g < groups; ++g) {
-        const uint16_t *group = decoded + g * 16 * k;
-        if ((g + 1) * 16 > rows) {
-            uint16_t *padded = scratch.decoded + g * 16 * k;
-            if (padded != group) std::memcpy(padded, group, size_t((rows - g * 16) * k) * 2);
-            std::memset(padded + (rows - g * 16) * k, 0, size_t(((g + 1) * 16 - rows) * k) * 2);
-            group = padded;
-        }
-        pack_group(group, k, packed + g * 16 * (k / 2));
-    }
-    switch (groups) {
-    case 4: return packed_columns<4>(packed, k, act, n, y, ldy, rows);
-    case 3: return packed_columns<3>(packed, k, act, n, y, ldy, rows);
-    case 2: return packed_columns<2>(packed, k, act, n, y, ldy, rows);
-    default: return packed_columns<1>(packed, k, act, n, y, ldy, rows);
+// rows x k bf16 panel times n columns: y[i·ldy + r] for r < rows, i < n.
+DSV4_TARGET_AVX512BF16 void panel_gemm(const uint16_t *w, int64_t rows, int64_t k, const uint16_t *act, int64_t n,
+                                       float *y, int64_t ldy) {
+    for (int64_t i0 = 0; i0 < n; i0 += kPanelColumns) {
+        const int64_t i1 = std::min(n, i0 + kPanelColumns);
+        int64_t r = 0;
+        for (; r + 4 <= rows; r += 4) panel_rows<4>(w + r * k, k, act, i0, i1, y + r, ldy);
+        for (; r < rows; ++r) panel_rows<1>(w + r * k, k, act, i0, i1, y + r, ldy);
     }
 }
 
 }  // namespace
 
 DSV4_TARGET_AVX512BF16 bool fp4_gemm_avx512bf16(const Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0,
-                                                int64_t r1, float *y, const GemmScratch &scratch) {
+                                                int64_t r1, float *y, uint16_t *panel) {
     const int64_t k = w.cols, groups = k / 32;
     for (int64_t r = r0; r < r1; ++r)
         if (!fp4_row_foldable(w, r)) return false;
@@ -606,15 +521,15 @@ DSV4_TARGET_AVX512BF16 bool fp4_gemm_avx512bf16(const Fp4Matrix &w, const uint16
             uint32_t codes;
             std::memcpy(&codes, w.scale + r * groups + g, 4);
             __m512i v[4];
-            fp4_decode64<true>(w.w + r * (k / 2) + g * 16, codes, table, v);
-            for (int q = 0; q < 4; ++q) _mm512_storeu_si512(scratch.decoded + (r - r0) * k + g * 32 + q * 32, v[q]);
+            fp4_decode64(w.w + r * (k / 2) + g * 16, codes, table, v);
+            for (int q = 0; q < 4; ++q) _mm512_storeu_si512(panel + (r - r0) * k + g * 32 + q * 32, v[q]);
         }
-    packed_gemm(scratch.decoded, r1 - r0, k, act, n, y + r0, w.rows, scratch);
+    panel_gemm(panel, r1 - r0, k, act, n, y + r0, w.rows);
     return true;
 }
 
 DSV4_TARGET_AVX512BF16 bool fp8_gemm_avx512bf16(const Fp8Matrix &w, const uint16_t *act, int64_t n, int64_t r0,
-                                                int64_t r1, float *y, const GemmScratch &scratch) {
+                                                int64_t r1, float *y, uint16_t *panel) {
     const int64_t k = w.cols;
     for (int64_t r = r0; r < r1; ++r)
         if (!fp8_row_foldable(w, r)) return false;
@@ -625,16 +540,16 @@ DSV4_TARGET_AVX512BF16 bool fp8_gemm_avx512bf16(const Fp8Matrix &w, const uint16
             for (; r < block_end; ++r)
                 for (int q = 0; q < 4; ++q) {
                     const int64_t c = b * kActBlock + q * 32;
-                    _mm512_storeu_si512(scratch.decoded + (r - r0) * k + c, fp8_decode32(w.w + r * k + c, table));
+                    _mm512_storeu_si512(panel + (r - r0) * k + c, fp8_decode32(w.w + r * k + c, table));
                 }
         }
-    packed_gemm(scratch.decoded, r1 - r0, k, act, n, y + r0, w.rows, scratch);
+    panel_gemm(panel, r1 - r0, k, act, n, y + r0, w.rows);
     return true;
 }
 
 DSV4_TARGET_AVX512BF16 void bf16_gemm_avx512bf16(const Bf16Matrix &w, const uint16_t *x, int64_t n, int64_t r0,
-                                                 int64_t r1, float *y, const GemmScratch &scratch) {
-    packed_gemm(reinterpret_cast<const uint16_t *>(w.w) + r0 * w.cols, r1 - r0, w.cols, x, n, y + r0, w.rows, scratch);
+                                                 int64_t r1, float *y) {
+    panel_gemm(reinterpret_cast<const uint16_t *>(w.w) + r0 * w.cols, r1 - r0, w.cols, x, n, y + r0, w.rows);
 }
 
 namespace {

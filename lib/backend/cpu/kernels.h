@@ -38,20 +38,22 @@ void fp8_rows_avx512bf16(const core::Fp8Matrix &w, const uint16_t *act, int64_t 
 void fp4_rows_generic(const core::Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y);
 void fp8_rows_generic(const core::Fp8Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y);
 
-// The same products for many columns (prefill, large batches), rows [r0, r1) with r1 - r0 <= kPackRows: the rows
-// are decoded once into scratch.decoded (bf16, the scales folded into the exponents: exact), packed into
-// scratch.packed (pairs of elements of 16 rows per vector) and multiplied with all n columns (vdpbf16ps on a
-// broadcast activation pair). False, with nothing written, if a row's scales cannot be folded (the caller takes
-// the *_rows path). cols a multiple of 128.
-constexpr int64_t kPackRows = 64;
-struct GemmScratch {
-    uint16_t *decoded;  // kPackRows x cols
-    uint32_t *packed;   // kPackRows x cols / 2
-};
+// The same products for many columns (prefill, large batches): rows [r0, r1) are decoded once into `panel`
+// ((r1 - r0) x cols bf16, the scales folded into the exponents: exact) and the panel is multiplied with all n
+// columns in blocks that stay in L2, each output summed in the order of the *_rows kernels (so results do not
+// depend on n). False, with nothing written, if a row's scales cannot be folded (the caller takes the *_rows
+// path). cols a multiple of 128.
 bool fp4_gemm_avx512bf16(const core::Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y,
-                         const GemmScratch &scratch);
+                         uint16_t *panel);
 bool fp8_gemm_avx512bf16(const core::Fp8Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y,
-                         const GemmScratch &scratch);
+                         uint16_t *panel);
+// Rows per panel of the *_gemm paths for rows of `cols` elements: as many as keep the decoded panel within 512 KiB
+// (in L2 beside a column block), 16 to 64. Each panel reads every column's activations once, so taller panels
+// read them fewer times.
+inline int64_t gemm_panel_rows(int64_t cols) {
+    const int64_t rows = (int64_t(512) << 10) / (2 * cols) / 16 * 16;
+    return rows < 16 ? 16 : rows > 64 ? 64 : rows;
+}
 // Columns from which the *_gemm paths beat the tiles that decode the weights for every 8 columns (bench_kernels).
 constexpr int64_t kGemmMinColumns = 16;
 
@@ -59,14 +61,9 @@ constexpr int64_t kGemmMinColumns = 16;
 // bf16_rows: x holds bf16 bits, y = bf16(x · wᵀ) (exact products, fp32 sums: vdpbf16ps);
 // f32_rows: x is fp32, y = x · wᵀ in fp32 (FMA on the widened weights).
 void bf16_rows_avx512bf16(const core::Bf16Matrix &w, const uint16_t *x, int64_t n, int64_t r0, int64_t r1, float *y);
-// bf16_rows for many columns (from kGemmMinColumns), r1 - r0 <= kPackRows: the weight rows are packed as above
-// (scratch.decoded holds only a partial last group of 16; cols a multiple of 32).
-void bf16_gemm_avx512bf16(const core::Bf16Matrix &w, const uint16_t *x, int64_t n, int64_t r0, int64_t r1, float *y,
-                          const GemmScratch &scratch);
+// bf16_rows for many columns (from kGemmMinColumns): the weight rows are the panel.
+void bf16_gemm_avx512bf16(const core::Bf16Matrix &w, const uint16_t *x, int64_t n, int64_t r0, int64_t r1, float *y);
 void f32_rows_avx512bf16(const core::Bf16Matrix &w, const float *x, int64_t n, int64_t r0, int64_t r1, float *y);
-// fp32 weights w [rows, cols] (cols a multiple of 16): y[i·ldy + r] = x_i · w_r in fp32, rows [r0, r1).
-void f32w_rows_avx512(const float *w, int64_t cols, const float *x, int64_t n, int64_t r0, int64_t r1, int64_t ldy,
-                      float *y);
 
 // Vector helpers of the attention kernel (n a multiple of 16), for nh <= kMaxHeadBlock heads sharing one row v:
 // out[h] = Σ q_h[i]·v[i] in fp32 (any order; q_h = q + h·n), acc_h[i] = acc_h[i] + probs[h]·v[i] (acc_h =
