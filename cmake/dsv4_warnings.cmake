@@ -4,7 +4,10 @@ function(dsv4_target_settings target)
     $<$<COMPILE_LANG_AND_ID:CXX,GNU,Clang>:-Wall -Wextra -Wshadow -Wnon-virtual-dtor -Wno-unused-parameter>
     $<$<COMPILE_LANG_AND_ID:C,GNU,Clang>:-Wall -Wextra -Wpedantic>
     # GCC 12 reports false positives inside libstdc++'s string code at -O3 (GCC bugs 105329, 105651, 107138).
-    $<$<COMPILE_LANG_AND_ID:CXX,GNU>:-Wno-restrict -Wno-stringop-overflow -Wno-array-bounds>)
+    $<$<COMPILE_LANG_AND_ID:CXX,GNU>:-Wno-restrict -Wno-stringop-overflow -Wno-array-bounds>
+    # A product rounds before its sum, as in the reference, unless the code asks for an FMA: GCC otherwise fuses
+    # a*b + c (intrinsics included) wherever the target has FMA, e.g. in the AVX-512 kernels or with -march=native.
+    $<$<COMPILE_LANG_AND_ID:CXX,GNU,Clang>:-ffp-contract=off>)
   if(DSV4_WERROR)
     target_compile_options(${target} PRIVATE -Werror)
   endif()

@@ -63,9 +63,20 @@ public:
         for_row_tiles(w.rows, [&](int64_t r0, int64_t r1) { cpu::f32_rows_avx512bf16(w, x, n, r0, r1, y); });
     }
     // The reference's order (one running sum per output): the mHC mixes feed Sinkhorn and the router, and a
-    // vectorised order moved layer 1's gate scores of the tiny-flash fixture to 15x their golden tolerance.
+    // dot-product order moved layer 1's gate scores of the tiny-flash fixture to 15x their golden tolerance.
+    // From 16 columns the same sums run 16 columns to a vector (x transposed first); leftover columns and single
+    // tokens take the reference loop.
     void linear_f32w(const float *x, int64_t n, const float *w, int64_t rows, int64_t cols, float *y) override {
-        reference_->linear_f32w(x, n, w, rows, cols, y);
+        const int64_t vec = has_kernels() ? n / 16 * 16 : 0;
+        if (vec > 0) {
+            xt_.resize(size_t(vec * cols));
+            float *xt = xt_.data();
+#pragma omp parallel for num_threads(threads()) schedule(static)
+            for (int64_t c = 0; c < cols; ++c)
+                for (int64_t i = 0; i < vec; ++i) xt[c * vec + i] = x[i * cols + c];
+            for_row_tiles(rows, [&](int64_t r0, int64_t r1) { cpu::f32w_columns_avx512(xt, vec, w, cols, r0, r1, y, rows); }, 1);
+        }
+        if (vec < n) reference_->linear_f32w(x + vec * cols, n - vec, w, rows, cols, y + vec * rows);
     }
     // The reference's attention (cpu::attention_heads) with the inner loops over head_dim vectorised and heads
     // in blocks that share each row they load (each head re-reading every row cost more than the arithmetic at
@@ -161,6 +172,7 @@ private:
     std::vector<uint16_t> panels_;  // per-thread decoded weight rows of the GEMM path
     std::vector<float> scratch_; // per-thread attention rows: accumulator [head_dim] + scores [64]
     std::vector<float> qt_;      // the indexer query transposed, [dim, heads padded to 16], then the weights
+    std::vector<float> xt_;      // linear_f32w's input transposed, [cols, columns]
 };
 
 }  // namespace

@@ -361,6 +361,29 @@ DSV4_TARGET_AVX512BF16 void quantize_activations_avx512(const float *x, int64_t 
     }
 }
 
+DSV4_TARGET_AVX512BF16 void f32w_columns_avx512(const float *xt, int64_t n, const float *w, int64_t cols, int64_t r0,
+                                                int64_t r1, float *y, int64_t ldy) {
+    for (int64_t r = r0; r < r1; ++r) {
+        const float *wr = w + r * cols;
+        for (int64_t i0 = 0; i0 < n; i0 += 64) {
+            __m512 acc[4];
+            for (int b = 0; b < 4; ++b) acc[b] = _mm512_setzero_ps();
+            const int blocks = int(std::min<int64_t>(4, (n - i0) / 16));
+            for (int64_t c = 0; c < cols; ++c) {
+                const __m512 wc = _mm512_set1_ps(wr[c]);
+                const float *xc = xt + c * n + i0;
+                for (int b = 0; b < blocks; ++b)  // mul, then add: the reference's rounding, no FMA
+                    acc[b] = _mm512_add_ps(acc[b], _mm512_mul_ps(_mm512_loadu_ps(xc + 16 * b), wc));
+            }
+            for (int b = 0; b < blocks; ++b) {
+                alignas(64) float out[16];
+                _mm512_store_ps(out, acc[b]);
+                for (int l = 0; l < 16; ++l) y[(i0 + 16 * b + l) * ldy + r] = out[l];
+            }
+        }
+    }
+}
+
 void fp4_rows_generic(const Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y) {
     for (int64_t r = r0; r < r1; ++r)
         for (int64_t i = 0; i < n; ++i) y[i * w.rows + r] = round_bf16(fp4_row_dot(w, r, act + i * w.cols));
