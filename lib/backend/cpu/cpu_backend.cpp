@@ -69,15 +69,23 @@ public:
     void linear_f32w(const float *x, int64_t n, const float *w, int64_t rows, int64_t cols, float *y) override {
         const int64_t vec = has_kernels() ? n / 16 * 16 : 0;
         if (vec > 0) {
-            xt_.resize(size_t(vec * cols));
-            float *xt = xt_.data();
+            const int64_t blocks = (vec + cpu::kF32wBlock - 1) / cpu::kF32wBlock;
+            const size_t per_thread = size_t(cpu::kF32wBlock) * size_t(cols);
+            xt_.resize(size_t(threads()) * per_thread);
 #pragma omp parallel for num_threads(threads()) schedule(static)
-            for (int64_t c = 0; c < cols; ++c)
-                for (int64_t i = 0; i < vec; ++i) xt[c * vec + i] = x[i * cols + c];
-            for_row_tiles(rows, [&](int64_t r0, int64_t r1) { cpu::f32w_columns_avx512(xt, vec, w, cols, r0, r1, y, rows); }, 1);
+            for (int64_t b = 0; b < blocks; ++b) {
+#if defined(_OPENMP)
+                float *xt = xt_.data() + size_t(omp_get_thread_num()) * per_thread;
+#else
+                float *xt = xt_.data();
+#endif
+                const int64_t i0 = b * cpu::kF32wBlock, nb = std::min(cpu::kF32wBlock, vec - i0);
+                cpu::f32w_block_avx512(x + i0 * cols, nb, w, rows, cols, y + i0 * rows, xt);
+            }
         }
         if (vec < n) reference_->linear_f32w(x + vec * cols, n - vec, w, rows, cols, y + vec * rows);
     }
+
     // The reference's attention (cpu::attention_heads) with the inner loops over head_dim vectorised and heads
     // in blocks that share each row they load (each head re-reading every row cost more than the arithmetic at
     // long contexts); only the q·k summation order differs from the reference.
@@ -172,7 +180,7 @@ private:
     std::vector<uint16_t> panels_;  // per-thread decoded weight rows of the GEMM path
     std::vector<float> scratch_; // per-thread attention rows: accumulator [head_dim] + scores [64]
     std::vector<float> qt_;      // the indexer query transposed, [dim, heads padded to 16], then the weights
-    std::vector<float> xt_;      // linear_f32w's input transposed, [cols, columns]
+    std::vector<float> xt_;      // per-thread linear_f32w input blocks transposed, [cols, kF32wBlock]
 };
 
 }  // namespace

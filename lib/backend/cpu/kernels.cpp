@@ -361,26 +361,48 @@ DSV4_TARGET_AVX512BF16 void quantize_activations_avx512(const float *x, int64_t 
     }
 }
 
-DSV4_TARGET_AVX512BF16 void f32w_columns_avx512(const float *xt, int64_t n, const float *w, int64_t cols, int64_t r0,
-                                                int64_t r1, float *y, int64_t ldy) {
-    for (int64_t r = r0; r < r1; ++r) {
-        const float *wr = w + r * cols;
-        for (int64_t i0 = 0; i0 < n; i0 += 64) {
-            __m512 acc[4];
-            for (int b = 0; b < 4; ++b) acc[b] = _mm512_setzero_ps();
-            const int blocks = int(std::min<int64_t>(4, (n - i0) / 16));
-            for (int64_t c = 0; c < cols; ++c) {
-                const __m512 wc = _mm512_set1_ps(wr[c]);
-                const float *xc = xt + c * n + i0;
-                for (int b = 0; b < blocks; ++b)  // mul, then add: the reference's rounding, no FMA
-                    acc[b] = _mm512_add_ps(acc[b], _mm512_mul_ps(_mm512_loadu_ps(xc + 16 * b), wc));
-            }
-            for (int b = 0; b < blocks; ++b) {
-                alignas(64) float out[16];
-                _mm512_store_ps(out, acc[b]);
-                for (int l = 0; l < 16; ++l) y[(i0 + 16 * b + l) * ldy + r] = out[l];
-            }
+namespace {
+// R rows x B·16 columns of the fp32-weight linear over all of k: per element c, one load of the columns' values
+// (xt row c), R broadcast weights, and a multiply then an add per accumulator (the reference's rounding).
+template <int R, int B>
+DSV4_TARGET_AVX512BF16 void f32w_tile(const float *xt, const float *w, int64_t cols, float *y, int64_t ldy) {
+    __m512 acc[R][B];
+    for (int j = 0; j < R; ++j)
+        for (int b = 0; b < B; ++b) acc[j][b] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < cols; ++c) {
+        __m512 xv[B];
+        for (int b = 0; b < B; ++b) xv[b] = _mm512_loadu_ps(xt + c * (16 * B) + 16 * b);
+        for (int j = 0; j < R; ++j) {
+            const __m512 wv = _mm512_set1_ps(w[j * cols + c]);
+            for (int b = 0; b < B; ++b) acc[j][b] = _mm512_add_ps(acc[j][b], _mm512_mul_ps(xv[b], wv));
         }
+    }
+    for (int j = 0; j < R; ++j)
+        for (int b = 0; b < B; ++b) {
+            alignas(64) float out[16];
+            _mm512_store_ps(out, acc[j][b]);
+            for (int l = 0; l < 16; ++l) y[(16 * b + l) * ldy + j] = out[l];
+        }
+}
+
+template <int B>
+DSV4_TARGET_AVX512BF16 void f32w_rows_of_block(const float *xt, const float *w, int64_t rows, int64_t cols, float *y,
+                                               int64_t ldy) {
+    int64_t r = 0;
+    for (; r + 8 <= rows; r += 8) f32w_tile<8, B>(xt, w + r * cols, cols, y + r, ldy);
+    for (; r + 4 <= rows; r += 4) f32w_tile<4, B>(xt, w + r * cols, cols, y + r, ldy);
+    for (; r < rows; ++r) f32w_tile<1, B>(xt, w + r * cols, cols, y + r, ldy);
+}
+}  // namespace
+
+DSV4_TARGET_AVX512BF16 void f32w_block_avx512(const float *x, int64_t n, const float *w, int64_t rows, int64_t cols,
+                                              float *y, float *xt) {
+    for (int64_t c = 0; c < cols; ++c)  // transpose the block: xt[c][i]
+        for (int64_t i = 0; i < n; ++i) xt[c * n + i] = x[i * cols + c];
+    switch (n / 16) {
+    case 3: return f32w_rows_of_block<3>(xt, w, rows, cols, y, rows);
+    case 2: return f32w_rows_of_block<2>(xt, w, rows, cols, y, rows);
+    default: return f32w_rows_of_block<1>(xt, w, rows, cols, y, rows);
     }
 }
 

@@ -57,11 +57,11 @@ inline int64_t gemm_panel_rows(int64_t cols) {
 // Columns from which the *_gemm paths beat the tiles that decode the weights for every 8 columns (bench_kernels).
 constexpr int64_t kGemmMinColumns = 16;
 
-// The fp32-weight linear in the reference's order (one running sum over c per output, product rounded before the
-// add) for n a multiple of 16, vectorised across columns: xt is x transposed ([cols, n]); y[i·ldy + r] for rows
-// [r0, r1). Bit-identical to the reference loop.
-void f32w_columns_avx512(const float *xt, int64_t n, const float *w, int64_t cols, int64_t r0, int64_t r1, float *y,
-                         int64_t ldy);
+// The fp32-weight linear in the reference's order (one running sum over c per output, each product rounded before
+// its add), vectorised across columns: x [n, cols] with n = 16, 32 or 48 (kF32wBlock), all rows of w [rows, cols]
+// into y [n, rows]; xt is scratch for x transposed (cols x n floats). Bit-identical to the reference loop.
+constexpr int64_t kF32wBlock = 48;
+void f32w_block_avx512(const float *x, int64_t n, const float *w, int64_t rows, int64_t cols, float *y, float *xt);
 
 // Linears with bf16 weights [rows, cols] (cols a multiple of 32), rows [r0, r1) for every i < n:
 // bf16_rows: x holds bf16 bits, y = bf16(x · wᵀ) (exact products, fp32 sums: vdpbf16ps);
