@@ -86,15 +86,18 @@ TEST_CASE("the kernels' activation quantisation equals act_quant value for value
         const float spread = float(std::ldexp(1.0, randint(-30, 10)));
         for (float &v : x) v = core::round_bf16(randn(1.0f) * float(std::ldexp(1.0, randint(-12, 0))) * spread);
         if (trial % 7 == 0) std::fill(x.begin(), x.end(), 0.0f);
-        std::vector<uint16_t> natural(x.size()), lanes(x.size()), natural_vec(x.size()), lanes_vec(x.size());
-        backend::cpu::quantize_activations(x.data(), n, k, backend::cpu::ActLayout::natural, natural.data());
-        backend::cpu::quantize_activations(x.data(), n, k, backend::cpu::ActLayout::fp4_lanes, lanes.data());
-        if (backend::cpu::detect_isa() >= backend::cpu::Isa::avx512_bf16) {
-            backend::cpu::quantize_activations_avx512(x.data(), n, k, backend::cpu::ActLayout::natural, natural_vec.data());
-            backend::cpu::quantize_activations_avx512(x.data(), n, k, backend::cpu::ActLayout::fp4_lanes, lanes_vec.data());
-            REQUIRE(natural_vec == natural);
-            REQUIRE(lanes_vec == lanes);
-        }
+        using backend::cpu::ActLayout;
+        std::vector<uint16_t> natural(x.size()), lanes(x.size()), lanes8(x.size());
+        backend::cpu::quantize_activations(x.data(), n, k, ActLayout::natural, natural.data());
+        backend::cpu::quantize_activations(x.data(), n, k, ActLayout::fp4_lanes, lanes.data());
+        backend::cpu::quantize_activations(x.data(), n, k, ActLayout::fp8_lanes, lanes8.data());
+        if (backend::cpu::detect_isa() >= backend::cpu::Isa::avx512_bf16)
+            for (auto [layout, want] : {std::pair{ActLayout::natural, &natural}, std::pair{ActLayout::fp4_lanes, &lanes},
+                                        std::pair{ActLayout::fp8_lanes, &lanes8}}) {
+                std::vector<uint16_t> vec(x.size());
+                backend::cpu::quantize_activations_avx512(x.data(), n, k, layout, vec.data());
+                REQUIRE(vec == *want);
+            }
         std::vector<uint8_t> codes(static_cast<size_t>(k));
         std::vector<int8_t> exps(static_cast<size_t>(k / 128));
         for (int64_t i = 0; i < n; ++i) {
@@ -103,8 +106,9 @@ TEST_CASE("the kernels' activation quantisation equals act_quant value for value
                 const float want = core::fp8_e4m3_to_f32(codes[size_t(c)]) * core::exp2i(exps[size_t(c / 128)]);
                 INFO("x = " << x[size_t(i * k + c)]);
                 REQUIRE(core::bf16_to_f32(natural[size_t(i * k + c)]) == want);
-                const int64_t at = backend::cpu::fp4_lane_index(c);
+                const int64_t at = backend::cpu::fp4_lane_index(c), at8 = backend::cpu::fp8_lane_index(c);
                 REQUIRE(core::bf16_to_f32(lanes[size_t(i * k + at)]) == want);
+                REQUIRE(core::bf16_to_f32(lanes8[size_t(i * k + at8)]) == want);
             }
         }
     }

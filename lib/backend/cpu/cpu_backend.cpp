@@ -27,7 +27,7 @@ public:
 
     void linear_fp8(const float *x, int64_t n, const Fp8Matrix &w, float *y) override {
         if (!has_kernels()) return reference_->linear_fp8(x, n, w, y);
-        const uint16_t *act = quantized(x, n, w.cols, cpu::ActLayout::natural);
+        const uint16_t *act = quantized(x, n, w.cols, cpu::fp8_layout(w.cols));
         if (n >= cpu::kGemmMinColumns && w.cols % 128 == 0)
             return for_panels(w.rows, w.cols, [&](int64_t r0, int64_t r1, uint16_t *panel) {
                 if (!cpu::fp8_gemm_avx512bf16(w, act, n, r0, r1, y, panel)) cpu::fp8_rows_avx512bf16(w, act, n, r0, r1, y);

@@ -40,19 +40,20 @@ float fp4_row_dot(const Fp4Matrix &w, int64_t r, const uint16_t *act) {
 
 float fp8_row_dot(const Fp8Matrix &w, int64_t r, const uint16_t *act) {
     const uint8_t *row = w.w + r * w.cols;
+    const bool lanes = fp8_layout(w.cols) == ActLayout::fp8_lanes;
     const uint8_t *scales = w.scale + (r / 128) * w.scale_cols();
     float acc = 0.0f;
     for (int64_t b = 0; b * kActBlock < w.cols; ++b) {
         float partial = 0.0f;
         for (int64_t c = b * kActBlock; c < std::min(w.cols, (b + 1) * kActBlock); ++c)
-            partial += bf16_to_f32(act[c]) * fp8_e4m3_to_f32(row[c]);
+            partial += bf16_to_f32(act[lanes ? fp8_lane_index(c) : c]) * fp8_e4m3_to_f32(row[c]);
         acc += partial * e8m0_to_f32(scales[b]);
     }
     return acc;
 }
 
 // ---- AVX-512 BF16 -------------------------------------------------------------------------------------------
-#define DSV4_TARGET_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+#define DSV4_TARGET_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512bf16")))
 
 // bf16 bits of the 128 e4m3 magnitudes.
 // Computed at compile time: a table filled by a dynamic initialiser could be read before it runs.
@@ -107,37 +108,42 @@ constexpr int64_t kPrefetchAlongRow = 1024;
 constexpr std::array<uint16_t, 32> kFp4Bf16 = {
     0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0, 0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000, 0xc040, 0xc080, 0xc0c0,
     0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0, 0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000, 0xc040, 0xc080, 0xc0c0};
-// vpshufb control that puts byte L of a broadcast dword into every word of 128-bit lane L.
+// vpshufb control that puts byte L of a broadcast dword into every dword of 128-bit lane L.
 constexpr std::array<uint8_t, 64> make_lane_spread() {
     std::array<uint8_t, 64> ctrl{};
-    for (int i = 0; i < 64; ++i) ctrl[size_t(i)] = i % 2 == 0 ? uint8_t(i / 16) : 0x80;
+    for (int i = 0; i < 64; ++i) ctrl[size_t(i)] = i % 4 == 0 ? uint8_t(i / 16) : 0x80;
     return ctrl;
 }
-constexpr std::array<uint8_t, 64> kLaneToWords = make_lane_spread();
+constexpr std::array<uint8_t, 64> kLaneToDwords = make_lane_spread();
 
-// Decodes 64 packed bytes of one row (4 groups, 128 codes) into four bf16 vectors with each group's scale
-// 2^(code-127) added to the nonzero values' exponents (exact for codes in [kFp4CodeLo, kFp4CodeHi]): read as 32
-// words, word j holds codes 4j..4j+3 in its nibbles, so vector q = table[word >> 4q] holds code 4j+q in word j
-// (the fp4_lanes order), and group L lies in 128-bit lane L. codes4 holds the four groups' scale codes.
-DSV4_TARGET_AVX512BF16 inline void fp4_decode64(const uint8_t *packed, uint32_t codes4, __m512i table, __m512i out[4]) {
+// Decodes 64 packed bytes of one row (4 groups, 128 codes) into four bf16 vectors (unscaled): read as 32 words,
+// word j holds codes 4j..4j+3 in its nibbles, so vector q = table[word >> 4q] holds code 4j+q in word j (the
+// fp4_lanes order), and group L lies in 128-bit lane L.
+DSV4_TARGET_AVX512BF16 inline void fp4_decode64(const uint8_t *packed, __m512i table, __m512i out[4]) {
     const __m512i bytes = _mm512_loadu_si512(packed);
     out[0] = _mm512_permutexvar_epi16(bytes, table);
     out[1] = _mm512_permutexvar_epi16(_mm512_srli_epi16(bytes, 4), table);
     out[2] = _mm512_permutexvar_epi16(_mm512_srli_epi16(bytes, 8), table);
     out[3] = _mm512_permutexvar_epi16(_mm512_srli_epi16(bytes, 12), table);
-    const __m512i spread = _mm512_shuffle_epi8(_mm512_set1_epi32(int(codes4)), _mm512_loadu_si512(kLaneToWords.data()));
-    const __m512i delta = _mm512_slli_epi16(_mm512_sub_epi16(spread, _mm512_set1_epi16(127)), 7);
-    const __m512i magnitude = _mm512_set1_epi16(0x7fff);
-    for (int q = 0; q < 4; ++q) out[q] = _mm512_mask_add_epi16(out[q], _mm512_test_epi16_mask(out[q], magnitude), out[q], delta);
+}
+// 2^(code-127) of four groups' scale codes, each over the four floats of its group's lane.
+DSV4_TARGET_AVX512BF16 inline __m512 fp4_group_scales(const uint8_t *codes4) {
+    uint32_t codes;
+    std::memcpy(&codes, codes4, 4);
+    const __m512i c = _mm512_shuffle_epi8(_mm512_set1_epi32(int(codes)), _mm512_loadu_si512(kLaneToDwords.data()));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(c, 23));
 }
 
-// R weight rows × NC activation columns per pass; 64 packed bytes (4 groups) per step, decoded once for the NC
-// columns. Every output sums its products in the same order whatever NC (and the GEMM path's panels keep it):
-// results do not depend on how many columns a call has, so chunked prefill equals one-shot prefill bit for bit.
-// (Scaling each group's partial by an FMA instead of folding measured ~1.5x faster hot at one column, about
-// the same on cold weights, but gives a different order.) The R·NC accumulators are independent chains.
-template <int R, int NC>
-DSV4_TARGET_AVX512BF16 void fp4_tile(const Fp4Matrix &w, int64_t r, const uint16_t *act, float *y) {
+// R weight rows × NC activation columns per pass, 128 elements (4 groups) per step, as the reference sums them:
+// vdpbf16ps adds each group's 32 exact products in its lane, and each lane's partial is scaled by its group's
+// power of two and accumulated (an FMA per step and column). The weights come decoded from the matrix (once for
+// the NC columns) or, FromPanel, from rows decoded earlier by the GEMM path (row stride k): every output sums in
+// the same order whatever the number of columns, so results do not depend on it (chunked prefill equals one-shot
+// prefill bit for bit). (Folding the scales into the decoded values instead measured ~1.5x slower hot.) The R·NC
+// accumulators are independent chains.
+template <int R, int NC, bool FromPanel>
+DSV4_TARGET_AVX512BF16 void fp4_tile_from(const Fp4Matrix &w, int64_t r, const uint16_t *panel, const uint16_t *act,
+                                          float *y) {
     const int64_t groups = w.cols / 32, k = w.cols;
     const __m512i table = _mm512_loadu_si512(kFp4Bf16.data());
     __m512 acc[R][NC];
@@ -145,43 +151,68 @@ DSV4_TARGET_AVX512BF16 void fp4_tile(const Fp4Matrix &w, int64_t r, const uint16
         for (int i = 0; i < NC; ++i) acc[j][i] = _mm512_setzero_ps();
     for (int64_t g = 0; g < groups; g += 4) {
         __m512i wv[R][4];
+        __m512 scale[R];
         for (int j = 0; j < R; ++j) {
-            const uint8_t *packed = w.w + (r + j) * (k / 2) + g * 16;
-            _mm_prefetch(reinterpret_cast<const char *>(packed + (NC == 1 ? R * (k / 2) : kPrefetchAlongRow)), _MM_HINT_T0);
-            uint32_t codes;
-            std::memcpy(&codes, w.scale + (r + j) * groups + g, 4);
-            fp4_decode64(packed, codes, table, wv[j]);
+            if constexpr (FromPanel) {
+                for (int q = 0; q < 4; ++q) wv[j][q] = _mm512_loadu_si512(panel + j * k + g * 32 + q * 32);
+            } else {
+                const uint8_t *packed = w.w + (r + j) * (k / 2) + g * 16;
+                _mm_prefetch(reinterpret_cast<const char *>(packed + (NC == 1 ? R * (k / 2) : kPrefetchAlongRow)), _MM_HINT_T0);
+                fp4_decode64(packed, table, wv[j]);
+            }
+            scale[j] = fp4_group_scales(w.scale + (r + j) * groups + g);
         }
         for (int i = 0; i < NC; ++i) {
             const uint16_t *a = act + i * k + g * 32;
+            __m512 part[R];
             for (int q = 0; q < 4; ++q) {  // one activation load serves the R rows
                 const __m512bh aq = (__m512bh)_mm512_loadu_si512(a + q * 32);
-                for (int j = 0; j < R; ++j) acc[j][i] = _mm512_dpbf16_ps(acc[j][i], aq, (__m512bh)wv[j][q]);
+                for (int j = 0; j < R; ++j)
+                    part[j] = _mm512_dpbf16_ps(q ? part[j] : _mm512_setzero_ps(), aq, (__m512bh)wv[j][q]);
             }
+            for (int j = 0; j < R; ++j) acc[j][i] = _mm512_fmadd_ps(part[j], scale[j], acc[j][i]);
         }
     }
     for (int j = 0; j < R; ++j)
         for (int i = 0; i < NC; ++i) y[int64_t(i) * w.rows + r + j] = store_bf16(acc[j][i]);
 }
+template <int R, int NC>
+DSV4_TARGET_AVX512BF16 void fp4_tile(const Fp4Matrix &w, int64_t r, const uint16_t *act, float *y) {
+    fp4_tile_from<R, NC, false>(w, r, nullptr, act, y);
+}
 
-// The e4m3 magnitude table with a block's scale 2^(code-127) folded into the exponents (entry 0 stays zero).
+// The e4m3 magnitudes' bf16 values with a block's scale 2^(code-127) folded into the exponents (entry 0 stays
+// zero), split into the low and the high bytes of the 128 words: vpermt2b tables (two vectors each).
 struct Fp8Table {
-    __m512i t[4];
+    __m512i lo[2], hi[2];
 };
 DSV4_TARGET_AVX512BF16 inline Fp8Table fp8_scaled_table(uint8_t scale_code) {
     const __m512i delta = _mm512_set1_epi16(short((int(scale_code) - 127) << 7));
+    __m512i words[4];
+    for (int q = 0; q < 4; ++q) words[q] = _mm512_add_epi16(_mm512_loadu_si512(kFp8Lut.data() + 32 * q), delta);
+    words[0] = _mm512_mask_blend_epi16(1, words[0], _mm512_setzero_si512());
+    alignas(64) static constexpr std::array<uint8_t, 64> kEven = [] {
+        std::array<uint8_t, 64> a{};
+        for (int i = 0; i < 64; ++i) a[size_t(i)] = uint8_t(2 * i);  // bytes 0..127 of two vectors: index bit 6 picks
+        return a;
+    }();
+    const __m512i even = _mm512_load_si512(kEven.data()), odd = _mm512_add_epi8(even, _mm512_set1_epi8(1));
     Fp8Table s;
-    for (int q = 0; q < 4; ++q) s.t[q] = _mm512_add_epi16(_mm512_loadu_si512(kFp8Lut.data() + 32 * q), delta);
-    s.t[0] = _mm512_mask_blend_epi16(1, s.t[0], _mm512_setzero_si512());
+    for (int h = 0; h < 2; ++h) {
+        s.lo[h] = _mm512_permutex2var_epi8(words[2 * h], even, words[2 * h + 1]);
+        s.hi[h] = _mm512_permutex2var_epi8(words[2 * h], odd, words[2 * h + 1]);
+    }
     return s;
 }
-// 32 e4m3 codes to bf16 with the table's scale folded in (exact for scale codes in [kFp8CodeLo, kFp8CodeHi]).
-DSV4_TARGET_AVX512BF16 inline __m512i fp8_decode32(const uint8_t *codes, const Fp8Table &s) {
-    const __m512i x = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(codes)));
-    const __m512i lo = _mm512_permutex2var_epi16(s.t[0], x, s.t[1]);
-    const __m512i hi = _mm512_permutex2var_epi16(s.t[2], x, s.t[3]);
-    const __m512i v = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(x, _mm512_set1_epi16(0x40)), lo, hi);
-    return _mm512_or_si512(v, _mm512_slli_epi16(_mm512_and_si512(x, _mm512_set1_epi16(0x80)), 8));
+// 64 e4m3 codes to two bf16 vectors with the table's scale folded in (exact for scale codes in [kFp8CodeLo,
+// kFp8CodeHi]), in the fp8_lanes order: one byte lookup per half of each word, the sign into the high byte, then
+// byte interleaves.
+DSV4_TARGET_AVX512BF16 inline void fp8_decode64(const uint8_t *codes, const Fp8Table &s, __m512i out[2]) {
+    const __m512i x = _mm512_loadu_si512(codes);
+    const __m512i lo = _mm512_permutex2var_epi8(s.lo[0], x, s.lo[1]);
+    const __m512i hi = _mm512_or_si512(_mm512_permutex2var_epi8(s.hi[0], x, s.hi[1]), _mm512_and_si512(x, _mm512_set1_epi8(char(0x80))));
+    out[0] = _mm512_unpacklo_epi8(lo, hi);
+    out[1] = _mm512_unpackhi_epi8(lo, hi);
 }
 
 template <int R, int NC>
@@ -193,19 +224,19 @@ DSV4_TARGET_AVX512BF16 void fp8_tile(const Fp8Matrix &w, int64_t r, const uint16
     for (int64_t b = 0; b * kActBlock < k; ++b) {
         // the R rows of a tile lie in one 128-row scale block (tiles start at multiples of 4)
         const Fp8Table table = fp8_scaled_table(w.scale[(r / 128) * w.scale_cols() + b]);
-        for (int q = 0; q < 4; ++q) {
-            const int64_t c = b * kActBlock + q * 32;
-            __m512bh wv[R];
+        for (int h = 0; h < 2; ++h) {
+            const int64_t c = b * kActBlock + h * 64;
+            __m512i wv[R][2];
             for (int j = 0; j < R; ++j) {
                 const uint8_t *codes = w.w + (r + j) * k + c;
-                if (q % 2 == 0)
-                    _mm_prefetch(reinterpret_cast<const char *>(codes + (NC == 1 ? R * k : kPrefetchAlongRow)), _MM_HINT_T0);
-                wv[j] = (__m512bh)fp8_decode32(codes, table);
+                _mm_prefetch(reinterpret_cast<const char *>(codes + (NC == 1 ? R * k : kPrefetchAlongRow)), _MM_HINT_T0);
+                fp8_decode64(codes, table, wv[j]);
             }
-            for (int i = 0; i < NC; ++i) {
-                const __m512bh a = (__m512bh)_mm512_loadu_si512(act + i * k + c);
-                for (int j = 0; j < R; ++j) acc[j][i] = _mm512_dpbf16_ps(acc[j][i], a, wv[j]);
-            }
+            for (int i = 0; i < NC; ++i)
+                for (int v = 0; v < 2; ++v) {
+                    const __m512bh a = (__m512bh)_mm512_loadu_si512(act + i * k + c + 32 * v);
+                    for (int j = 0; j < R; ++j) acc[j][i] = _mm512_dpbf16_ps(acc[j][i], a, (__m512bh)wv[j][v]);
+                }
         }
     }
     for (int j = 0; j < R; ++j)
@@ -318,7 +349,8 @@ void quantize_activations(const float *x, int64_t n, int64_t k, ActLayout layout
                 const float v = round_to_e4m3(std::clamp(row[c] * inv_s, -kFp8Max, kFp8Max)) * s;
                 uint32_t bits;
                 std::memcpy(&bits, &v, 4);
-                o[layout == ActLayout::natural ? c : fp4_lane_index(c)] = uint16_t(bits >> 16);
+                o[layout == ActLayout::natural ? c : layout == ActLayout::fp8_lanes ? fp8_lane_index(c) : fp4_lane_index(c)] =
+                    uint16_t(bits >> 16);
             }
         }
     }
@@ -355,6 +387,8 @@ DSV4_TARGET_AVX512BF16 void quantize_activations_avx512(const float *x, int64_t 
                                    _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(v), 16)));
             }
             if (layout == ActLayout::natural) std::memcpy(o + b0, block, sizeof(block));
+            else if (layout == ActLayout::fp8_lanes)
+                for (int64_t c = 0; c < kActBlock; ++c) o[b0 + fp8_lane_index(c)] = block[c];
             else
                 for (int64_t c = 0; c < kActBlock; ++c) o[b0 + fp4_lane_index(c)] = block[c];
         }
@@ -557,19 +591,35 @@ DSV4_TARGET_AVX512BF16 void panel_gemm(const uint16_t *w, int64_t rows, int64_t 
 
 DSV4_TARGET_AVX512BF16 bool fp4_gemm_avx512bf16(const Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0,
                                                 int64_t r1, float *y, uint16_t *panel) {
-    const int64_t k = w.cols, groups = k / 32;
+    const int64_t k = w.cols;
     for (int64_t r = r0; r < r1; ++r)
         if (!fp4_row_foldable(w, r)) return false;
     const __m512i table = _mm512_loadu_si512(kFp4Bf16.data());
     for (int64_t r = r0; r < r1; ++r)
-        for (int64_t g = 0; g < groups; g += 4) {
-            uint32_t codes;
-            std::memcpy(&codes, w.scale + r * groups + g, 4);
+        for (int64_t g = 0; g < k / 32; g += 4) {
             __m512i v[4];
-            fp4_decode64(w.w + r * (k / 2) + g * 16, codes, table, v);
+            fp4_decode64(w.w + r * (k / 2) + g * 16, table, v);
             for (int q = 0; q < 4; ++q) _mm512_storeu_si512(panel + (r - r0) * k + g * 32 + q * 32, v[q]);
         }
-    panel_gemm(panel, r1 - r0, k, act, n, y + r0, w.rows);
+    // the tiles' own order (group partials scaled per step), over column blocks that stay in L2
+    for (int64_t i0 = 0; i0 < n; i0 += kPanelColumns) {
+        const int64_t i1 = std::min(n, i0 + kPanelColumns);
+        for (int64_t r = r0; r < r1;) {
+            const uint16_t *rows = panel + (r - r0) * k;
+            const bool two = r + 2 <= r1;
+            int64_t i = i0;
+            for (; i + 6 <= i1; i += 6)
+                two ? fp4_tile_from<2, 6, true>(w, r, rows, act + i * k, y + i * w.rows)
+                    : fp4_tile_from<1, 6, true>(w, r, rows, act + i * k, y + i * w.rows);
+            for (; i + 2 <= i1; i += 2)
+                two ? fp4_tile_from<2, 2, true>(w, r, rows, act + i * k, y + i * w.rows)
+                    : fp4_tile_from<1, 2, true>(w, r, rows, act + i * k, y + i * w.rows);
+            for (; i < i1; ++i)
+                two ? fp4_tile_from<2, 1, true>(w, r, rows, act + i * k, y + i * w.rows)
+                    : fp4_tile_from<1, 1, true>(w, r, rows, act + i * k, y + i * w.rows);
+            r += two ? 2 : 1;
+        }
+    }
     return true;
 }
 
@@ -583,9 +633,12 @@ DSV4_TARGET_AVX512BF16 bool fp8_gemm_avx512bf16(const Fp8Matrix &w, const uint16
             const Fp8Table table = fp8_scaled_table(w.scale[(r / 128) * w.scale_cols() + b]);
             const int64_t block_end = std::min(r1, (r / 128 + 1) * 128);
             for (; r < block_end; ++r)
-                for (int q = 0; q < 4; ++q) {
-                    const int64_t c = b * kActBlock + q * 32;
-                    _mm512_storeu_si512(panel + (r - r0) * k + c, fp8_decode32(w.w + r * k + c, table));
+                for (int h = 0; h < 2; ++h) {
+                    const int64_t c = b * kActBlock + h * 64;
+                    __m512i v[2];
+                    fp8_decode64(w.w + r * k + c, table, v);
+                    _mm512_storeu_si512(panel + (r - r0) * k + c, v[0]);
+                    _mm512_storeu_si512(panel + (r - r0) * k + c + 32, v[1]);
                 }
         }
     panel_gemm(panel, r1 - r0, k, act, n, y + r0, w.rows);

@@ -15,17 +15,23 @@
 
 namespace dsv4::backend::cpu {
 
-// FP8 activations are stored in natural order. FP4 activations follow the order in which the kernel decodes
-// 64 packed bytes (4 groups of 32): see fp4_lane_index.
-enum class ActLayout { natural, fp4_lanes };
+// Activations follow the order in which the kernels decode the weights, so that one vector load of activations
+// meets one decoded vector of weights. FP8 (fp8_lanes when the row length is a multiple of 128, else natural):
+// see fp8_lane_index. FP4 (fp4_lanes): see fp4_lane_index.
+enum class ActLayout { natural, fp8_lanes, fp4_lanes };
 
 // Position of element c (of a row whose length is a multiple of 128) in the fp4_lanes layout. Within each block
 // of 128 (4 groups), four vectors of 32 words: vector q holds elements q, 4 + q, 8 + q, ..., 124 + q, so group L
 // fills 128-bit lane L of every vector.
 inline int64_t fp4_lane_index(int64_t c) { return (c & ~int64_t(127)) + (c & 3) * 32 + ((c & 127) >> 2); }
+// Position of element c in the fp8_lanes layout: 64 codes decode into two vectors of 32 words by byte interleaves
+// within 128-bit lanes, so within each 64, vector v's lane L holds elements 16L + 8v .. 16L + 8v + 7.
+inline int64_t fp8_lane_index(int64_t c) { return (c & ~int64_t(63)) + ((c >> 3) & 1) * 32 + ((c & 63) >> 4) * 8 + (c & 7); }
+// The layout the FP8 kernels take for rows of `cols` elements.
+inline ActLayout fp8_layout(int64_t cols) { return cols % 128 == 0 ? ActLayout::fp8_lanes : ActLayout::natural; }
 
 // Quantises n rows of k values to FP8 in 128-blocks (the reference's act_quant) and writes the dequantised
-// values as bf16 bits in the given layout: out[n, k] (k a multiple of 128 for fp4_lanes).
+// values as bf16 bits in the given layout: out[n, k] (k a multiple of 128 for fp8_lanes and fp4_lanes).
 void quantize_activations(const float *x, int64_t n, int64_t k, ActLayout layout, uint16_t *out);
 // The same, vectorised (k a multiple of 128; finite x): equal value for value.
 void quantize_activations_avx512(const float *x, int64_t n, int64_t k, ActLayout layout, uint16_t *out);
