@@ -169,6 +169,41 @@ TEST_CASE("FP4 expert GEMM (per-32 scales, checkpoint nibble order) equals the f
   }
 }
 
+TEST_CASE("every linear gives each column the same bits whatever the number of columns (GEMM path = GEMV)", "[ops]") {
+  for (auto &[isa, be] : quantized_backends()) {
+    INFO("backend " << isa);
+    for (int trial = 0; trial < 3; ++trial) {
+        const int64_t n = randint(16, 40), rows = randint(1, 150), cols = 128 * randint(1, 4);
+        std::vector<uint8_t> w4(static_cast<size_t>(rows * cols / 2)), s4(static_cast<size_t>(rows * cols / 32));
+        std::vector<uint8_t> w8(static_cast<size_t>(rows * cols)), s8(static_cast<size_t>((rows + 127) / 128 * (cols / 128)));
+        std::vector<uint16_t> wb(static_cast<size_t>(rows * cols));
+        for (auto &c : w4) c = uint8_t(randint(0, 255));
+        for (auto &c : s4) c = scale_code(118, 128);
+        for (auto &c : w8) c = uint8_t(randint(0, 0x7e) | (randint(0, 1) << 7));
+        for (auto &c : s8) c = scale_code(120, 130);
+        for (auto &v : wb) v = core::f32_to_bf16(randn(0.05f));
+        core::ExpertMatrix m4;
+        m4.format = core::ExpertFormat::fp4;
+        m4.fp4 = {w4.data(), s4.data(), rows, cols};
+        const core::Fp8Matrix m8{w8.data(), s8.data(), rows, cols};
+        const core::Bf16Matrix mb{reinterpret_cast<const uint8_t *>(wb.data()), rows, cols};
+        const auto x = bf16_vector(size_t(n * cols), 1.0f);
+        const auto all_then_each = [&](auto &&linear) {
+            std::vector<float> all(static_cast<size_t>(n * rows)), one(static_cast<size_t>(rows));
+            linear(x.data(), n, all.data());
+            for (int64_t i = 0; i < n; ++i) {
+                linear(&x[size_t(i * cols)], 1, one.data());
+                INFO("column " << i << " of " << n);
+                REQUIRE(std::equal(one.begin(), one.end(), all.begin() + i * rows));
+            }
+        };
+        all_then_each([&](const float *xs, int64_t k, float *y) { be->linear_expert(xs, k, m4, y); });
+        all_then_each([&](const float *xs, int64_t k, float *y) { be->linear_fp8(xs, k, m8, y); });
+        all_then_each([&](const float *xs, int64_t k, float *y) { be->linear_bf16(xs, k, mb, y); });
+    }
+  }
+}
+
 TEST_CASE("bf16-weight linears (bf16 output, fp32 output) and the fp32-weight linear equal the float64 reference", "[ops]") {
   for (auto &[isa, be] : quantized_backends()) {
     INFO("backend " << isa);

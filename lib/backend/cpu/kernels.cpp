@@ -134,6 +134,26 @@ DSV4_TARGET_AVX512BF16 inline __m512 fp4_group_scales(const uint8_t *codes4) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(c, 23));
 }
 
+// Scale codes for which the GEMM path may fold a group's scale into its decoded values: every product is then a
+// multiple of 2^(code-159) (e4m3 activation codes are multiples of 2^-9 times scales >= 2^-22, e2m1 values
+// multiples of 2^-1), so no partial sum is subnormal, and a chain of vdpbf16ps over scaled values equals the
+// unscaled chain times the power of two exactly; acc + part then equals fma(part_unscaled, scale, acc).
+constexpr int kFp4FoldCodeLo = 33;
+// vpshufb control that puts byte L of a broadcast dword into every word of 128-bit lane L.
+constexpr std::array<uint8_t, 64> kLaneToWords = [] {
+    std::array<uint8_t, 64> ctrl{};
+    for (int i = 0; i < 64; ++i) ctrl[size_t(i)] = i % 2 == 0 ? uint8_t(i / 16) : 0x80;
+    return ctrl;
+}();
+// The four decoded vectors of fp4_decode64 with each group's 2^(code-127) added to the nonzero values' exponents.
+DSV4_TARGET_AVX512BF16 inline void fp4_fold_scales(const uint8_t *codes4, __m512i v[4]) {
+    uint32_t codes;
+    std::memcpy(&codes, codes4, 4);
+    const __m512i spread = _mm512_shuffle_epi8(_mm512_set1_epi32(int(codes)), _mm512_loadu_si512(kLaneToWords.data()));
+    const __m512i delta = _mm512_slli_epi16(_mm512_sub_epi16(spread, _mm512_set1_epi16(127)), 7);
+    for (int q = 0; q < 4; ++q) v[q] = _mm512_mask_add_epi16(v[q], _mm512_test_epi16_mask(v[q], _mm512_set1_epi16(0x7fff)), v[q], delta);
+}
+
 // R weight rows × NC activation columns per pass, 128 elements (4 groups) per step, as the reference sums them:
 // vdpbf16ps adds each group's 32 exact products in its lane, and each lane's partial is scaled by its group's
 // power of two and accumulated (an FMA per step and column). The weights come decoded from the matrix (once for
@@ -159,8 +179,8 @@ DSV4_TARGET_AVX512BF16 void fp4_tile_from(const Fp4Matrix &w, int64_t r, const u
                 const uint8_t *packed = w.w + (r + j) * (k / 2) + g * 16;
                 _mm_prefetch(reinterpret_cast<const char *>(packed + (NC == 1 ? R * (k / 2) : kPrefetchAlongRow)), _MM_HINT_T0);
                 fp4_decode64(packed, table, wv[j]);
+                scale[j] = fp4_group_scales(w.scale + (r + j) * groups + g);
             }
-            scale[j] = fp4_group_scales(w.scale + (r + j) * groups + g);
         }
         for (int i = 0; i < NC; ++i) {
             const uint16_t *a = act + i * k + g * 32;
@@ -170,7 +190,8 @@ DSV4_TARGET_AVX512BF16 void fp4_tile_from(const Fp4Matrix &w, int64_t r, const u
                 for (int j = 0; j < R; ++j)
                     part[j] = _mm512_dpbf16_ps(q ? part[j] : _mm512_setzero_ps(), aq, (__m512bh)wv[j][q]);
             }
-            for (int j = 0; j < R; ++j) acc[j][i] = _mm512_fmadd_ps(part[j], scale[j], acc[j][i]);
+            for (int j = 0; j < R; ++j)
+                acc[j][i] = FromPanel ? _mm512_add_ps(acc[j][i], part[j]) : _mm512_fmadd_ps(part[j], scale[j], acc[j][i]);
         }
     }
     for (int j = 0; j < R; ++j)
@@ -470,7 +491,11 @@ DSV4_TARGET_AVX512BF16 void bf16_tile(const Bf16Matrix &w, int64_t r, const uint
         for (int i = 0; i < NC; ++i) acc[j][i] = _mm512_setzero_ps();
     for (int64_t c = 0; c < k; c += 32) {
         __m512bh wv[R];
-        for (int j = 0; j < R; ++j) wv[j] = (__m512bh)_mm512_loadu_si512(w.w + 2 * ((r + j) * k + c));
+        for (int j = 0; j < R; ++j) {
+            const uint8_t *row = w.w + 2 * ((r + j) * k + c);
+            _mm_prefetch(reinterpret_cast<const char *>(row + (NC == 1 ? 2 * R * k : kPrefetchAlongRow)), _MM_HINT_T0);
+            wv[j] = (__m512bh)_mm512_loadu_si512(row);
+        }
         for (int i = 0; i < NC; ++i) {
             const __m512bh a = (__m512bh)_mm512_loadu_si512(x + i * k + c);
             for (int j = 0; j < R; ++j) acc[j][i] = _mm512_dpbf16_ps(acc[j][i], a, wv[j]);
@@ -489,7 +514,10 @@ DSV4_TARGET_AVX512BF16 void f32_tile(const Bf16Matrix &w, int64_t r, const float
     for (int64_t c = 0; c < k; c += 16) {
         __m512 wv[R];
         for (int j = 0; j < R; ++j) {
-            const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(w.w + 2 * ((r + j) * k + c)));
+            const uint8_t *row = w.w + 2 * ((r + j) * k + c);
+            if (c % 32 == 0)  // one prefetch per 64-byte line
+                _mm_prefetch(reinterpret_cast<const char *>(row + (NC == 1 ? 2 * R * k : kPrefetchAlongRow)), _MM_HINT_T0);
+            const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(row));
             wv[j] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
         }
         for (int i = 0; i < NC; ++i) {
@@ -591,33 +619,35 @@ DSV4_TARGET_AVX512BF16 void panel_gemm(const uint16_t *w, int64_t rows, int64_t 
 
 DSV4_TARGET_AVX512BF16 bool fp4_gemm_avx512bf16(const Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0,
                                                 int64_t r1, float *y, uint16_t *panel) {
-    const int64_t k = w.cols;
+    const int64_t k = w.cols, groups = k / 32;
+    if (k % 128) return false;
     for (int64_t r = r0; r < r1; ++r)
-        if (!fp4_row_foldable(w, r)) return false;
+        if (!codes_in_range(w.scale + r * groups, groups, kFp4FoldCodeLo, kFp4CodeHi)) return false;
     const __m512i table = _mm512_loadu_si512(kFp4Bf16.data());
     for (int64_t r = r0; r < r1; ++r)
-        for (int64_t g = 0; g < k / 32; g += 4) {
+        for (int64_t g = 0; g < groups; g += 4) {
             __m512i v[4];
             fp4_decode64(w.w + r * (k / 2) + g * 16, table, v);
+            fp4_fold_scales(w.scale + r * groups + g, v);
             for (int q = 0; q < 4; ++q) _mm512_storeu_si512(panel + (r - r0) * k + g * 32 + q * 32, v[q]);
         }
-    // the tiles' own order (group partials scaled per step), over column blocks that stay in L2
+    // the tiles' own order, over column blocks that stay in L2
     for (int64_t i0 = 0; i0 < n; i0 += kPanelColumns) {
         const int64_t i1 = std::min(n, i0 + kPanelColumns);
         for (int64_t r = r0; r < r1;) {
             const uint16_t *rows = panel + (r - r0) * k;
-            const bool two = r + 2 <= r1;
+            const bool three = r + 3 <= r1;
             int64_t i = i0;
-            for (; i + 6 <= i1; i += 6)
-                two ? fp4_tile_from<2, 6, true>(w, r, rows, act + i * k, y + i * w.rows)
-                    : fp4_tile_from<1, 6, true>(w, r, rows, act + i * k, y + i * w.rows);
+            for (; i + 5 <= i1; i += 5)
+                three ? fp4_tile_from<3, 5, true>(w, r, rows, act + i * k, y + i * w.rows)
+                      : fp4_tile_from<1, 5, true>(w, r, rows, act + i * k, y + i * w.rows);
             for (; i + 2 <= i1; i += 2)
-                two ? fp4_tile_from<2, 2, true>(w, r, rows, act + i * k, y + i * w.rows)
-                    : fp4_tile_from<1, 2, true>(w, r, rows, act + i * k, y + i * w.rows);
+                three ? fp4_tile_from<3, 2, true>(w, r, rows, act + i * k, y + i * w.rows)
+                      : fp4_tile_from<1, 2, true>(w, r, rows, act + i * k, y + i * w.rows);
             for (; i < i1; ++i)
-                two ? fp4_tile_from<2, 1, true>(w, r, rows, act + i * k, y + i * w.rows)
-                    : fp4_tile_from<1, 1, true>(w, r, rows, act + i * k, y + i * w.rows);
-            r += two ? 2 : 1;
+                three ? fp4_tile_from<3, 1, true>(w, r, rows, act + i * k, y + i * w.rows)
+                      : fp4_tile_from<1, 1, true>(w, r, rows, act + i * k, y + i * w.rows);
+            r += three ? 3 : 1;
         }
     }
     return true;
