@@ -31,29 +31,31 @@ constexpr int kMaxHeadBlock = 4;
 // The reference's sparse attention with sink for heads [h0, h0 + nh) of p (nh <= kMaxHeadBlock): online softmax
 // over chunks of 64 rows, P rounded to bf16 before P·V, fp32 accumulation. Each head runs the reference's
 // operations in the reference's order; a block only lets them share each loaded row. The inner loops over
-// head_dim are the caller's: dots(h0, nh, k, out) writes q_h·k for the block's heads, scale(acc, alpha) does
-// acc *= alpha, axpys(acc, nh, probs, v) does acc_h += probs[h]·v element by element for each head.
-// acc holds nh·head_dim floats and scores nh·kAttentionChunk, both scratch.
-template <typename Dots, typename Scale, typename Axpys>
+// head_dim are the caller's: dots(h0, nh, rows, valid, n, out) writes out[h·kAttentionChunk + j] = q_h·row j for
+// the block's heads and the valid rows j < n (any summation order), scale(acc, alpha) does
+// acc *= alpha, and pv(acc, nh, probs, rows, valid, n) does, for each head h and each element i of head_dim,
+// acc_h[i] = acc_h[i] + probs[h·kAttentionChunk + j]·rows[j·head_dim + i] (product rounded, then the sum) for the
+// valid rows j = 0, 1, ..., n - 1 in that order. acc holds nh·head_dim floats and scores nh·kAttentionChunk,
+// both scratch.
+template <typename Dots, typename Scale, typename PV>
 void attention_heads(const AttentionProblem &p, int h0, int nh, float *acc, float *scores, Dots &&dots, Scale &&scale,
-                     Axpys &&axpys) {
+                     PV &&pv) {
     const int d = p.head_dim;
     std::fill_n(acc, size_t(nh) * size_t(d), 0.0f);
-    float m[kMaxHeadBlock], l[kMaxHeadBlock], dot[kMaxHeadBlock], prob[kMaxHeadBlock];
+    float m[kMaxHeadBlock], l[kMaxHeadBlock];
     std::fill_n(m, nh, -INFINITY);
     std::fill_n(l, nh, 0.0f);
     for (int64_t c0 = 0; c0 < p.n_rows; c0 += kAttentionChunk) {
         const int64_t c1 = std::min(p.n_rows, c0 + kAttentionChunk);
         float chunk_max[kMaxHeadBlock];
         std::fill_n(chunk_max, nh, -INFINITY);
-        for (int64_t j = c0; j < c1; ++j) {
-            if (p.valid[j]) dots(h0, nh, p.kv + j * d, dot);
+        dots(h0, nh, p.kv + c0 * d, p.valid + c0, int(c1 - c0), scores);
+        for (int64_t j = c0; j < c1; ++j)
             for (int h = 0; h < nh; ++h) {
-                const float s = p.valid[j] ? dot[h] * p.scale : -INFINITY;
-                scores[h * kAttentionChunk + (j - c0)] = s;
+                float &s = scores[h * kAttentionChunk + (j - c0)];
+                s = p.valid[j] ? s * p.scale : -INFINITY;
                 chunk_max[h] = std::max(chunk_max[h], s);
             }
-        }
         // The heads see the same valid rows, so all of them or none have seen one by now.
         if (std::max(m[0], chunk_max[0]) == -INFINITY) continue;
         float m_new[kMaxHeadBlock];
@@ -63,15 +65,17 @@ void attention_heads(const AttentionProblem &p, int h0, int nh, float *acc, floa
             l[h] *= alpha;
             scale(acc + size_t(h) * size_t(d), alpha);
         }
+        // the chunk's probabilities in place of its scores (l sums them unrounded, in row order), then P·V
         for (int64_t j = c0; j < c1; ++j) {
             if (!p.valid[j]) continue;
             for (int h = 0; h < nh; ++h) {
-                prob[h] = std::exp(scores[h * kAttentionChunk + (j - c0)] - m_new[h]);
-                l[h] += prob[h];
-                prob[h] = core::round_bf16(prob[h]);  // P is bf16 in the P·V product
+                float &slot = scores[h * kAttentionChunk + (j - c0)];
+                const float prob = std::exp(slot - m_new[h]);
+                l[h] += prob;
+                slot = core::round_bf16(prob);  // P is bf16 in the P·V product
             }
-            axpys(acc, nh, prob, p.kv + j * d);
         }
+        pv(acc, nh, scores, p.kv + c0 * d, p.valid + c0, int(c1 - c0));
         std::copy_n(m_new, nh, m);
     }
     for (int h = 0; h < nh; ++h) {

@@ -105,9 +105,13 @@ public:
             const int h0 = b * block, nh = std::min(block, p.n_heads - h0);
             cpu::attention_heads(
                 p, h0, nh, acc, acc + size_t(block) * size_t(d),
-                [&p, d](int first, int n, const float *k, float *out) { cpu::dot_heads_f32_avx512(p.q + int64_t(first) * d, n, k, d, out); },
+                [&p, d](int first, int n, const float *rows, const uint8_t *valid, int count, float *out) {
+                    cpu::qk_heads_f32_avx512(p.q + int64_t(first) * d, n, rows, valid, count, d, out);
+                },
                 [d](float *a, float alpha) { cpu::scale_f32_avx512(a, alpha, d); },
-                [d](float *a, int n, const float *probs, const float *v) { cpu::axpy_heads_f32_avx512(a, n, probs, v, d); });
+                [d](float *a, int n, const float *probs, const float *rows, const uint8_t *valid, int count) {
+                    cpu::pv_heads_f32_avx512(a, n, probs, rows, valid, count, d);
+                });
         }
     }
 

@@ -681,33 +681,46 @@ DSV4_TARGET_AVX512BF16 void bf16_gemm_avx512bf16(const Bf16Matrix &w, const uint
 }
 
 namespace {
-template <int NH>
-DSV4_TARGET_AVX512BF16 void dot_heads(const float *q, const float *v, int n, float *out) {
-    __m512 s0[NH], s1[NH];
-    for (int h = 0; h < NH; ++h) s0[h] = s1[h] = _mm512_setzero_ps();
-    int i = 0;
-    for (; i + 32 <= n; i += 32) {
-        const __m512 v0 = _mm512_loadu_ps(v + i), v1 = _mm512_loadu_ps(v + i + 16);
+// NH heads x RB rows of q·k: NH + RB loads per NH·RB FMAs over each 16 elements of head_dim.
+template <int NH, int RB>
+DSV4_TARGET_AVX512BF16 void qk_block(const float *q, const float *rows, int n, float *out) {
+    __m512 s[NH][RB];
+    for (int h = 0; h < NH; ++h)
+        for (int r = 0; r < RB; ++r) s[h][r] = _mm512_setzero_ps();
+    for (int i = 0; i < n; i += 16) {
+        __m512 v[RB];
+        for (int r = 0; r < RB; ++r) v[r] = _mm512_loadu_ps(rows + int64_t(r) * n + i);
         for (int h = 0; h < NH; ++h) {
-            s0[h] = _mm512_fmadd_ps(_mm512_loadu_ps(q + h * n + i), v0, s0[h]);
-            s1[h] = _mm512_fmadd_ps(_mm512_loadu_ps(q + h * n + i + 16), v1, s1[h]);
+            const __m512 qh = _mm512_loadu_ps(q + h * n + i);
+            for (int r = 0; r < RB; ++r) s[h][r] = _mm512_fmadd_ps(qh, v[r], s[h][r]);
         }
     }
-    for (; i < n; i += 16) {
-        const __m512 v0 = _mm512_loadu_ps(v + i);
-        for (int h = 0; h < NH; ++h) s0[h] = _mm512_fmadd_ps(_mm512_loadu_ps(q + h * n + i), v0, s0[h]);
+    for (int h = 0; h < NH; ++h)
+        for (int r = 0; r < RB; ++r) out[h * kAttentionChunk + r] = _mm512_reduce_add_ps(s[h][r]);
+}
+template <int NH>
+DSV4_TARGET_AVX512BF16 void qk_heads(const float *q, const float *rows, const uint8_t *valid, int count, int n, float *out) {
+    int j = 0;
+    for (; j < count;) {
+        if (j + 4 <= count && valid[j] && valid[j + 1] && valid[j + 2] && valid[j + 3]) {
+            qk_block<NH, 4>(q, rows + int64_t(j) * n, n, out + j);
+            j += 4;
+        } else {  // invalid rows (unfilled window slots) are never read
+            if (valid[j]) qk_block<NH, 1>(q, rows + int64_t(j) * n, n, out + j);
+            ++j;
+        }
     }
-    for (int h = 0; h < NH; ++h) out[h] = _mm512_reduce_add_ps(_mm512_add_ps(s0[h], s1[h]));
 }
 }  // namespace
 
-DSV4_TARGET_AVX512BF16 void dot_heads_f32_avx512(const float *q, int nh, const float *v, int n, float *out) {
+DSV4_TARGET_AVX512BF16 void qk_heads_f32_avx512(const float *q, int nh, const float *rows, const uint8_t *valid,
+                                                int count, int n, float *out) {
     static_assert(kMaxHeadBlock == 4, "one instantiation per block size");
     switch (nh) {
-    case 4: return dot_heads<4>(q, v, n, out);
-    case 3: return dot_heads<3>(q, v, n, out);
-    case 2: return dot_heads<2>(q, v, n, out);
-    default: return dot_heads<1>(q, v, n, out);
+    case 4: return qk_heads<4>(q, rows, valid, count, n, out);
+    case 3: return qk_heads<3>(q, rows, valid, count, n, out);
+    case 2: return qk_heads<2>(q, rows, valid, count, n, out);
+    default: return qk_heads<1>(q, rows, valid, count, n, out);
     }
 }
 
@@ -716,16 +729,53 @@ DSV4_TARGET_AVX512BF16 void scale_f32_avx512(float *acc, float alpha, int n) {
     for (int i = 0; i < n; i += 16) _mm512_storeu_ps(acc + i, _mm512_mul_ps(_mm512_loadu_ps(acc + i), va));
 }
 
-DSV4_TARGET_AVX512BF16 void axpy_heads_f32_avx512(float *acc, int nh, const float *probs, const float *v, int n) {
-    __m512 vp[kMaxHeadBlock];
-    for (int h = 0; h < nh; ++h) vp[h] = _mm512_set1_ps(probs[h]);
-    // mul then add, not FMA: the reference rounds the product before the sum
-    for (int i = 0; i < n; i += 16) {
-        const __m512 vi = _mm512_loadu_ps(v + i);
-        for (int h = 0; h < nh; ++h) {
-            float *a = acc + int64_t(h) * n + i;
-            _mm512_storeu_ps(a, _mm512_add_ps(_mm512_loadu_ps(a), _mm512_mul_ps(vp[h], vi)));
+namespace {
+// NH heads x 64 elements of head_dim held in registers while the chunk's rows pass: one row load serves the
+// NH heads, and no accumulator goes back to memory between rows.
+template <int NH>
+DSV4_TARGET_AVX512BF16 void pv_block(float *acc, const float *probs, const float *rows, const uint8_t *valid, int count,
+                                     int n, int i0) {
+    __m512 a[NH][4];
+    for (int h = 0; h < NH; ++h)
+        for (int q = 0; q < 4; ++q) a[h][q] = _mm512_loadu_ps(acc + h * n + i0 + 16 * q);
+    for (int j = 0; j < count; ++j) {
+        if (!valid[j]) continue;
+        __m512 v[4];
+        for (int q = 0; q < 4; ++q) v[q] = _mm512_loadu_ps(rows + int64_t(j) * n + i0 + 16 * q);
+        for (int h = 0; h < NH; ++h) {
+            const __m512 p = _mm512_set1_ps(probs[h * kAttentionChunk + j]);
+            // mul then add, not FMA: the reference rounds the product before the sum
+            for (int q = 0; q < 4; ++q) a[h][q] = _mm512_add_ps(a[h][q], _mm512_mul_ps(p, v[q]));
         }
+    }
+    for (int h = 0; h < NH; ++h)
+        for (int q = 0; q < 4; ++q) _mm512_storeu_ps(acc + h * n + i0 + 16 * q, a[h][q]);
+}
+template <int NH>
+DSV4_TARGET_AVX512BF16 void pv_heads(float *acc, const float *probs, const float *rows, const uint8_t *valid, int count,
+                                     int n) {
+    int i0 = 0;
+    for (; i0 + 64 <= n; i0 += 64) pv_block<NH>(acc, probs, rows, valid, count, n, i0);
+    for (; i0 < n; i0 += 16)  // a head_dim that is not a multiple of 64: the rest 16 at a time
+        for (int j = 0; j < count; ++j) {
+            if (!valid[j]) continue;
+            const __m512 v = _mm512_loadu_ps(rows + int64_t(j) * n + i0);
+            for (int h = 0; h < NH; ++h) {
+                float *a = acc + h * n + i0;
+                _mm512_storeu_ps(a, _mm512_add_ps(_mm512_loadu_ps(a), _mm512_mul_ps(_mm512_set1_ps(probs[h * kAttentionChunk + j]), v)));
+            }
+        }
+}
+}  // namespace
+
+DSV4_TARGET_AVX512BF16 void pv_heads_f32_avx512(float *acc, int nh, const float *probs, const float *rows,
+                                                const uint8_t *valid, int count, int n) {
+    static_assert(kMaxHeadBlock == 4, "one instantiation per block size");
+    switch (nh) {
+    case 4: return pv_heads<4>(acc, probs, rows, valid, count, n);
+    case 3: return pv_heads<3>(acc, probs, rows, valid, count, n);
+    case 2: return pv_heads<2>(acc, probs, rows, valid, count, n);
+    default: return pv_heads<1>(acc, probs, rows, valid, count, n);
     }
 }
 

@@ -77,11 +77,13 @@ void bf16_rows_avx512bf16(const core::Bf16Matrix &w, const uint16_t *x, int64_t 
 void bf16_gemm_avx512bf16(const core::Bf16Matrix &w, const uint16_t *x, int64_t n, int64_t r0, int64_t r1, float *y);
 void f32_rows_avx512bf16(const core::Bf16Matrix &w, const float *x, int64_t n, int64_t r0, int64_t r1, float *y);
 
-// Vector helpers of the attention kernel (n a multiple of 16), for nh <= kMaxHeadBlock heads sharing one row v:
-// out[h] = Σ q_h[i]·v[i] in fp32 (any order; q_h = q + h·n), acc_h[i] = acc_h[i] + probs[h]·v[i] (acc_h =
-// acc + h·n, each element in the reference's order), and acc[i] = acc[i]·alpha.
-void dot_heads_f32_avx512(const float *q, int nh, const float *v, int n, float *out);
-void axpy_heads_f32_avx512(float *acc, int nh, const float *probs, const float *v, int n);
+// Vector helpers of the attention kernel (n = head_dim, a multiple of 16), for nh <= kMaxHeadBlock heads: qk:
+// out[h·kAttentionChunk + j] = Σ q_h[i]·rows[j·n + i] in fp32 (any order; q_h = q + h·n) for the valid rows
+// j < count; pv: for every head h and element i, acc_h[i] = acc_h[i] +
+// probs[h·kAttentionChunk + j]·rows[j·n + i] over the valid rows j < count in order, each product rounded before
+// its sum (acc_h = acc + h·n), as the reference; scale: acc[i] = acc[i]·alpha.
+void qk_heads_f32_avx512(const float *q, int nh, const float *rows, const uint8_t *valid, int count, int n, float *out);
+void pv_heads_f32_avx512(float *acc, int nh, const float *probs, const float *rows, const uint8_t *valid, int count, int n);
 void scale_f32_avx512(float *acc, float alpha, int n);
 
 // Lightning-indexer scores of keys [j0, j1) (the contract of Backend::index_scores); qt is q transposed,

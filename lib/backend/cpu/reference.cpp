@@ -130,17 +130,22 @@ public:
         for (int h = 0; h < p.n_heads; ++h)
             cpu::attention_heads(
                 p, h, 1, acc_scratch.row(), score_scratch.row(),
-                [&p, d](int h0, int, const float *k, float *out) {
+                [&p, d](int h0, int, const float *rows, const uint8_t *valid, int n, float *out) {
                     const float *q = p.q + int64_t(h0) * d;
-                    float dot = 0.0f;
-                    for (int t = 0; t < d; ++t) dot += q[t] * k[t];
-                    out[0] = dot;
+                    for (int j = 0; j < n; ++j) {
+                        if (!valid[j]) continue;
+                        float dot = 0.0f;
+                        for (int t = 0; t < d; ++t) dot += q[t] * rows[int64_t(j) * d + t];
+                        out[j] = dot;
+                    }
                 },
                 [d](float *acc, float alpha) {
                     for (int t = 0; t < d; ++t) acc[t] *= alpha;
                 },
-                [d](float *acc, int, const float *prob, const float *v) {
-                    for (int t = 0; t < d; ++t) acc[t] += prob[0] * v[t];
+                [d](float *acc, int, const float *probs, const float *rows, const uint8_t *valid, int n) {
+                    for (int j = 0; j < n; ++j)
+                        if (valid[j])
+                            for (int t = 0; t < d; ++t) acc[t] += probs[j] * rows[int64_t(j) * d + t];
                 });
     }
 
