@@ -120,8 +120,9 @@ public:
         if (!has_kernels() || n_heads > 64 || dim % 32 || dim > cpu::kIndexMaxDim)
             return reference_->index_scores(q, w, n_heads, dim, keys, n, scores);
         // Heads padded to a multiple of 16 with zero queries and weights: a padded head adds bf16(relu(0)·0) = 0.
-        // The kernel decodes each block of 32 key elements as its 16 even then its 16 odd elements; q's rows
-        // follow that order, so only the fp32 summation order of the dots changes.
+        // The fp32 path decodes each block of 32 key elements as its 16 even then its 16 odd elements; q's rows
+        // follow that order, so only the fp32 summation order of the dots changes. The bf16 path needs q exact in
+        // bf16 (the model's indexer queries are FP4-simulated); another q takes the fp32 path for every key.
         const int padded = (n_heads + 15) / 16 * 16;
         qt_.assign(size_t(padded) * size_t(dim) + size_t(padded), 0.0f);
         for (int h = 0; h < n_heads; ++h)
@@ -131,12 +132,19 @@ public:
             }
         float *wp = qt_.data() + size_t(padded) * size_t(dim);
         std::copy_n(w, n_heads, wp);
-        const float *qt = qt_.data();
+        bool exact_in_bf16 = true;
+        for (int64_t i = 0; i < int64_t(n_heads) * dim && exact_in_bf16; ++i) exact_in_bf16 = round_bf16(q[i]) == q[i];
+        qp_.assign(size_t(padded) * size_t(dim / 2), 0u);
+        for (int h = 0; h < n_heads && exact_in_bf16; ++h)
+            for (int p = 0; p < dim / 2; ++p)
+                qp_[size_t(p) * size_t(padded) + size_t(h)] =
+                    uint32_t(f32_to_bf16(q[h * dim + 2 * p])) | uint32_t(f32_to_bf16(q[h * dim + 2 * p + 1])) << 16;
+        const cpu::IndexQuery query{exact_in_bf16 ? qp_.data() : nullptr, qt_.data(), wp};
         constexpr int64_t kKeysPerTile = 256;
         const int64_t tiles = (n + kKeysPerTile - 1) / kKeysPerTile;
 #pragma omp parallel for num_threads(threads()) schedule(static)
         for (int64_t t = 0; t < tiles; ++t)
-            cpu::index_scores_avx512(qt, wp, padded, dim, keys, t * kKeysPerTile, std::min(n, (t + 1) * kKeysPerTile), scores);
+            cpu::index_scores_avx512(query, padded, dim, keys, t * kKeysPerTile, std::min(n, (t + 1) * kKeysPerTile), scores);
     }
 
 private:
@@ -184,6 +192,7 @@ private:
     std::vector<uint16_t> panels_;  // per-thread decoded weight rows of the GEMM path
     std::vector<float> scratch_; // per-thread attention rows: accumulator [head_dim] + scores [64]
     std::vector<float> qt_;      // the indexer query transposed, [dim, heads padded to 16], then the weights
+    std::vector<uint32_t> qp_;   // the indexer query as bf16 pairs, [dim/2, heads padded to 16]
     std::vector<float> xt_;      // per-thread linear_f32w input blocks transposed, [cols, kF32wBlock]
 };
 

@@ -827,23 +827,78 @@ DSV4_TARGET_AVX512BF16 void decode_keys(const Fp4Keys &keys, int64_t j, int dim,
     }
 }
 
+// KB keys against every head block in bf16 pairs: qp holds q as pairs of bf16 (dword p·n_heads + h = elements
+// 2p, 2p+1 of head h), keys the keys' pairs (dword k·dim/2 + p); one vdpbf16ps adds two exact products per head.
 template <int KB>
-DSV4_TARGET_AVX512BF16 void index_fp4_keys_block(const float *qt, const float *w, int n_heads, int dim,
+DSV4_TARGET_AVX512BF16 void index_pairs_block(const uint32_t *qp, const float *w, int n_heads, int dim, const uint32_t *keys,
+                                              float *scores) {
+    constexpr int kMaxHeadBlocks = 4;
+    const int hb = n_heads / 16;
+    __m512 acc[KB][kMaxHeadBlocks];
+    for (int k = 0; k < KB; ++k)
+        for (int b = 0; b < hb; ++b) acc[k][b] = _mm512_setzero_ps();
+    for (int p = 0; p < dim / 2; ++p) {
+        __m512bh kp[KB];
+        for (int k = 0; k < KB; ++k) kp[k] = (__m512bh)_mm512_set1_epi32(int(keys[k * (dim / 2) + p]));
+        for (int b = 0; b < hb; ++b) {
+            const __m512bh qv = (__m512bh)_mm512_loadu_si512(qp + int64_t(p) * n_heads + b * 16);
+            for (int k = 0; k < KB; ++k) acc[k][b] = _mm512_dpbf16_ps(acc[k][b], qv, kp[k]);
+        }
+    }
+    for (int k = 0; k < KB; ++k) {
+        __m512 total = _mm512_setzero_ps();
+        for (int b = 0; b < hb; ++b) {
+            const __m512 relu = _mm512_max_ps(round_bf16_ps(acc[k][b]), _mm512_setzero_ps());
+            total = _mm512_add_ps(total, round_bf16_ps(_mm512_mul_ps(relu, _mm512_loadu_ps(w + b * 16))));
+        }
+        scores[k] = round_bf16(_mm512_reduce_add_ps(total));
+    }
+}
+
+// bf16 of the e2m1 codes in the low half of 16 dwords (a vpermd table).
+constexpr std::array<uint32_t, 16> kFp4Bf16Dwords = {0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0,
+                                                     0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000, 0xc040, 0xc080, 0xc0c0};
+
+// KB cached keys as bf16 pairs (element 2p in the low half of dword p) with each group's scale folded into the
+// exponents: exact while every value stays a normal bf16 (scale codes in [kFp4CodeLo, kFp4CodeHi]); false if a
+// key's scales leave that range.
+template <int KB>
+DSV4_TARGET_AVX512BF16 bool decode_key_pairs(const Fp4Keys &keys, int64_t j, int dim, uint32_t *buf) {
+    const __m512i table = _mm512_loadu_si512(kFp4Bf16Dwords.data()), low4 = _mm512_set1_epi32(0x0f);
+    for (int k = 0; k < KB; ++k) {
+        const uint8_t *entry = keys.entry(j + k);
+        if (!codes_in_range(entry + dim / 2, dim / 32, kFp4CodeLo, kFp4CodeHi)) return false;
+        for (int g = 0; g < dim / 32; ++g) {
+            const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(entry + g * 16)));
+            // the scale on every entry but +0 and -0 (codes 0 and 8)
+            const __m512i scaled = _mm512_mask_add_epi32(table, 0xfefe, table, _mm512_set1_epi32((int(entry[dim / 2 + g]) - 127) << 7));
+            const __m512i lo = _mm512_permutexvar_epi32(_mm512_and_si512(bytes, low4), scaled);
+            const __m512i hi = _mm512_permutexvar_epi32(_mm512_srli_epi32(bytes, 4), scaled);
+            _mm512_storeu_si512(buf + k * (dim / 2) + g * 16, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+        }
+    }
+    return true;
+}
+
+template <int KB>
+DSV4_TARGET_AVX512BF16 void index_fp4_keys_block(const uint32_t *qp, const float *qt, const float *w, int n_heads, int dim,
                                                  const Fp4Keys &keys, int64_t j, float *scores) {
-    alignas(64) float buf[KB * kIndexMaxDim];
+    alignas(64) uint32_t pairs[KB * kIndexMaxDim / 2];
+    if (qp && decode_key_pairs<KB>(keys, j, dim, pairs)) return index_pairs_block<KB>(qp, w, n_heads, dim, pairs, scores + j);
+    alignas(64) float buf[KB * kIndexMaxDim];  // scales out of bf16's range: fp32 products
     decode_keys<KB>(keys, j, dim, buf);
     index_keys_block<KB>(qt, w, n_heads, dim, buf, scores + j);
 }
 }  // namespace
 
-DSV4_TARGET_AVX512BF16 void index_scores_avx512(const float *qt, const float *w, int n_heads, int dim,
-                                                const Fp4Keys &keys, int64_t j0, int64_t j1, float *scores) {
+DSV4_TARGET_AVX512BF16 void index_scores_avx512(const IndexQuery &query, int n_heads, int dim, const Fp4Keys &keys,
+                                                int64_t j0, int64_t j1, float *scores) {
     int64_t j = j0;
     if (n_heads <= 32)
-        for (; j + 4 <= j1; j += 4) index_fp4_keys_block<4>(qt, w, n_heads, dim, keys, j, scores);
+        for (; j + 4 <= j1; j += 4) index_fp4_keys_block<4>(query.pairs, query.transposed, query.weights, n_heads, dim, keys, j, scores);
     else
-        for (; j + 2 <= j1; j += 2) index_fp4_keys_block<2>(qt, w, n_heads, dim, keys, j, scores);
-    for (; j < j1; ++j) index_fp4_keys_block<1>(qt, w, n_heads, dim, keys, j, scores);
+        for (; j + 2 <= j1; j += 2) index_fp4_keys_block<2>(query.pairs, query.transposed, query.weights, n_heads, dim, keys, j, scores);
+    for (; j < j1; ++j) index_fp4_keys_block<1>(query.pairs, query.transposed, query.weights, n_heads, dim, keys, j, scores);
 }
 
 }  // namespace dsv4::backend::cpu

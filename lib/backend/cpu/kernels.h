@@ -86,12 +86,19 @@ void qk_heads_f32_avx512(const float *q, int nh, const float *rows, const uint8_
 void pv_heads_f32_avx512(float *acc, int nh, const float *probs, const float *rows, const uint8_t *valid, int count, int n);
 void scale_f32_avx512(float *acc, float alpha, int n);
 
-// Lightning-indexer scores of keys [j0, j1) (the contract of Backend::index_scores); qt is q transposed,
-// [dim, n_heads] with n_heads a multiple of 16 and, within each 32 dims, the even dims first, then the odd ones
-// (the order the FP4 keys decode in). dim a multiple of 32, at most kIndexMaxDim. The sum over heads runs in
-// vector order.
+// Lightning-indexer scores of keys [j0, j1) (the contract of Backend::index_scores), heads padded to a multiple of
+// 16 with zero queries and weights. The query comes twice: as pairs of bf16 ([dim/2, n_heads] dwords, elements
+// 2p and 2p+1 of a head in dword p; q is FP4-simulated, so exact in bf16) for keys whose scales keep them normal
+// bf16 values, where vdpbf16ps adds exact products; and transposed in fp32 ([dim, n_heads], within each 32 dims the
+// even dims first, then the odd ones, the order the fp32 key decode uses) for the others. dim a multiple of 32, at
+// most kIndexMaxDim. Only the fp32 summation order of the dots differs from the reference.
 constexpr int kIndexMaxDim = 256;
-void index_scores_avx512(const float *qt, const float *w, int n_heads, int dim, const Fp4Keys &keys, int64_t j0,
-                         int64_t j1, float *scores);
+struct IndexQuery {
+    const uint32_t *pairs;  // null: every key takes the fp32 path
+    const float *transposed;
+    const float *weights;  // [n_heads]
+};
+void index_scores_avx512(const IndexQuery &query, int n_heads, int dim, const Fp4Keys &keys, int64_t j0, int64_t j1,
+                         float *scores);
 
 }  // namespace dsv4::backend::cpu
