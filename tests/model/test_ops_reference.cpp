@@ -118,7 +118,7 @@ TEST_CASE("FP8 block-scaled GEMM equals the float64 reference", "[ops]") {
   for (auto &[isa, be] : quantized_backends()) {
     INFO("backend " << isa);
     for (int trial = 0; trial < 6; ++trial) {
-        const int64_t n = trial >= 4 ? randint(16, 60) : randint(1, 11), rows = 64 * randint(1, 5) + randint(0, 63), cols = 128 * randint(1, 3);
+        const int64_t n = trial >= 4 ? randint(32, 70) : randint(1, 11), rows = 64 * randint(1, 5) + randint(0, 63), cols = 128 * randint(1, 3);
         std::vector<uint8_t> w(static_cast<size_t>(rows * cols)), s(static_cast<size_t>((rows + 127) / 128 * (cols / 128)));
         for (auto &c : w) c = uint8_t(randint(0, 255) & 0xf7 ? randint(0, 0x7e) | (randint(0, 1) << 7) : 0);
         for (auto &c : s) c = scale_code(120, 130);
@@ -143,7 +143,7 @@ TEST_CASE("FP4 expert GEMM (per-32 scales, checkpoint nibble order) equals the f
   for (auto &[isa, be] : quantized_backends()) {
     INFO("backend " << isa);
     for (int trial = 0; trial < 6; ++trial) {
-        const int64_t n = trial >= 4 ? randint(16, 60) : randint(1, 11), rows = randint(1, 200), cols = 128 * randint(1, 3);
+        const int64_t n = trial >= 4 ? randint(32, 70) : randint(1, 11), rows = randint(1, 200), cols = 128 * randint(1, 3);
         std::vector<uint8_t> w(static_cast<size_t>(rows * cols / 2)), s(static_cast<size_t>(rows * cols / 32));
         for (auto &c : w) c = uint8_t(randint(0, 255));
         for (auto &c : s) c = scale_code(118, 128);
@@ -173,7 +173,7 @@ TEST_CASE("every linear gives each column the same bits whatever the number of c
   for (auto &[isa, be] : quantized_backends()) {
     INFO("backend " << isa);
     for (int trial = 0; trial < 3; ++trial) {
-        const int64_t n = randint(16, 40), rows = randint(1, 150), cols = 128 * randint(1, 4);
+        const int64_t n = randint(32, 60), rows = randint(1, 150), cols = 128 * randint(1, 4);  // past every GEMM threshold
         std::vector<uint8_t> w4(static_cast<size_t>(rows * cols / 2)), s4(static_cast<size_t>(rows * cols / 32));
         std::vector<uint8_t> w8(static_cast<size_t>(rows * cols)), s8(static_cast<size_t>((rows + 127) / 128 * (cols / 128)));
         std::vector<uint16_t> wb(static_cast<size_t>(rows * cols));

@@ -28,7 +28,7 @@ public:
     void linear_fp8(const float *x, int64_t n, const Fp8Matrix &w, float *y) override {
         if (!has_kernels()) return reference_->linear_fp8(x, n, w, y);
         const uint16_t *act = quantized(x, n, w.cols, cpu::fp8_layout(w.cols));
-        if (n >= cpu::kGemmMinColumns && w.cols % 128 == 0)
+        if (n >= cpu::kFp8GemmMinColumns && w.cols % 128 == 0)
             return for_panels(w.rows, w.cols, [&](int64_t r0, int64_t r1, uint16_t *panel) {
                 if (!cpu::fp8_gemm_avx512bf16(w, act, n, r0, r1, y, panel)) cpu::fp8_rows_avx512bf16(w, act, n, r0, r1, y);
             });
@@ -41,10 +41,6 @@ public:
         if (!has_kernels() || m.cols % 128)  // the kernels' layout needs blocks of 4 groups
             return reference_->linear_expert(x, n, w, y);
         const uint16_t *act = quantized(x, n, m.cols, cpu::ActLayout::fp4_lanes);
-        if (n >= cpu::kGemmMinColumns)
-            return for_panels(m.rows, m.cols, [&](int64_t r0, int64_t r1, uint16_t *panel) {
-                if (!cpu::fp4_gemm_avx512bf16(m, act, n, r0, r1, y, panel)) cpu::fp4_rows_avx512bf16(m, act, n, r0, r1, y);
-            });
         for_row_tiles(m.rows, [&](int64_t r0, int64_t r1) { cpu::fp4_rows_avx512bf16(m, act, n, r0, r1, y); });
     }
 
@@ -53,7 +49,7 @@ public:
         act_.resize(size_t(n * w.cols));
         for (size_t i = 0; i < act_.size(); ++i) act_[i] = f32_to_bf16(x[i]);  // x is bf16-valued: exact
         const uint16_t *act = act_.data();
-        if (n >= cpu::kGemmMinColumns)
+        if (n >= cpu::kBf16GemmMinColumns)
             return for_row_tiles(w.rows, [&](int64_t r0, int64_t r1) { cpu::bf16_gemm_avx512bf16(w, act, n, r0, r1, y); },
                                  cpu::gemm_panel_rows(w.cols));
         for_row_tiles(w.rows, [&](int64_t r0, int64_t r1) { cpu::bf16_rows_avx512bf16(w, act, n, r0, r1, y); });

@@ -134,36 +134,14 @@ DSV4_TARGET_AVX512BF16 inline __m512 fp4_group_scales(const uint8_t *codes4) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(c, 23));
 }
 
-// Scale codes for which the GEMM path may fold a group's scale into its decoded values: every product is then a
-// multiple of 2^(code-159) (e4m3 activation codes are multiples of 2^-9 times scales >= 2^-22, e2m1 values
-// multiples of 2^-1), so no partial sum is subnormal, and a chain of vdpbf16ps over scaled values equals the
-// unscaled chain times the power of two exactly; acc + part then equals fma(part_unscaled, scale, acc).
-constexpr int kFp4FoldCodeLo = 33;
-// vpshufb control that puts byte L of a broadcast dword into every word of 128-bit lane L.
-constexpr std::array<uint8_t, 64> kLaneToWords = [] {
-    std::array<uint8_t, 64> ctrl{};
-    for (int i = 0; i < 64; ++i) ctrl[size_t(i)] = i % 2 == 0 ? uint8_t(i / 16) : 0x80;
-    return ctrl;
-}();
-// The four decoded vectors of fp4_decode64 with each group's 2^(code-127) added to the nonzero values' exponents.
-DSV4_TARGET_AVX512BF16 inline void fp4_fold_scales(const uint8_t *codes4, __m512i v[4]) {
-    uint32_t codes;
-    std::memcpy(&codes, codes4, 4);
-    const __m512i spread = _mm512_shuffle_epi8(_mm512_set1_epi32(int(codes)), _mm512_loadu_si512(kLaneToWords.data()));
-    const __m512i delta = _mm512_slli_epi16(_mm512_sub_epi16(spread, _mm512_set1_epi16(127)), 7);
-    for (int q = 0; q < 4; ++q) v[q] = _mm512_mask_add_epi16(v[q], _mm512_test_epi16_mask(v[q], _mm512_set1_epi16(0x7fff)), v[q], delta);
-}
-
 // R weight rows × NC activation columns per pass, 128 elements (4 groups) per step, as the reference sums them:
 // vdpbf16ps adds each group's 32 exact products in its lane, and each lane's partial is scaled by its group's
-// power of two and accumulated (an FMA per step and column). The weights come decoded from the matrix (once for
-// the NC columns) or, FromPanel, from rows decoded earlier by the GEMM path (row stride k): every output sums in
-// the same order whatever the number of columns, so results do not depend on it (chunked prefill equals one-shot
-// prefill bit for bit). (Folding the scales into the decoded values instead measured ~1.5x slower hot.) The R·NC
-// accumulators are independent chains.
-template <int R, int NC, bool FromPanel>
-DSV4_TARGET_AVX512BF16 void fp4_tile_from(const Fp4Matrix &w, int64_t r, const uint16_t *panel, const uint16_t *act,
-                                          float *y) {
+// power of two and accumulated (an FMA per step and column), the weights decoded once for the NC columns. Every
+// output sums in this order whatever the number of columns. (Folding the scales into the decoded values instead
+// measured ~1.5x slower hot at one column; decoding rows once into panels for many columns, as FP8 does, measured
+// slower than these tiles at every column count up to 256.) The R·NC accumulators are independent chains.
+template <int R, int NC>
+DSV4_TARGET_AVX512BF16 void fp4_tile(const Fp4Matrix &w, int64_t r, const uint16_t *act, float *y) {
     const int64_t groups = w.cols / 32, k = w.cols;
     const __m512i table = _mm512_loadu_si512(kFp4Bf16.data());
     __m512 acc[R][NC];
@@ -173,14 +151,10 @@ DSV4_TARGET_AVX512BF16 void fp4_tile_from(const Fp4Matrix &w, int64_t r, const u
         __m512i wv[R][4];
         __m512 scale[R];
         for (int j = 0; j < R; ++j) {
-            if constexpr (FromPanel) {
-                for (int q = 0; q < 4; ++q) wv[j][q] = _mm512_loadu_si512(panel + j * k + g * 32 + q * 32);
-            } else {
-                const uint8_t *packed = w.w + (r + j) * (k / 2) + g * 16;
-                _mm_prefetch(reinterpret_cast<const char *>(packed + (NC == 1 ? R * (k / 2) : kPrefetchAlongRow)), _MM_HINT_T0);
-                fp4_decode64(packed, table, wv[j]);
-                scale[j] = fp4_group_scales(w.scale + (r + j) * groups + g);
-            }
+            const uint8_t *packed = w.w + (r + j) * (k / 2) + g * 16;
+            _mm_prefetch(reinterpret_cast<const char *>(packed + (NC == 1 ? R * (k / 2) : kPrefetchAlongRow)), _MM_HINT_T0);
+            fp4_decode64(packed, table, wv[j]);
+            scale[j] = fp4_group_scales(w.scale + (r + j) * groups + g);
         }
         for (int i = 0; i < NC; ++i) {
             const uint16_t *a = act + i * k + g * 32;
@@ -190,16 +164,11 @@ DSV4_TARGET_AVX512BF16 void fp4_tile_from(const Fp4Matrix &w, int64_t r, const u
                 for (int j = 0; j < R; ++j)
                     part[j] = _mm512_dpbf16_ps(q ? part[j] : _mm512_setzero_ps(), aq, (__m512bh)wv[j][q]);
             }
-            for (int j = 0; j < R; ++j)
-                acc[j][i] = FromPanel ? _mm512_add_ps(acc[j][i], part[j]) : _mm512_fmadd_ps(part[j], scale[j], acc[j][i]);
+            for (int j = 0; j < R; ++j) acc[j][i] = _mm512_fmadd_ps(part[j], scale[j], acc[j][i]);
         }
     }
     for (int j = 0; j < R; ++j)
         for (int i = 0; i < NC; ++i) y[int64_t(i) * w.rows + r + j] = store_bf16(acc[j][i]);
-}
-template <int R, int NC>
-DSV4_TARGET_AVX512BF16 void fp4_tile(const Fp4Matrix &w, int64_t r, const uint16_t *act, float *y) {
-    fp4_tile_from<R, NC, false>(w, r, nullptr, act, y);
 }
 
 // The e4m3 magnitudes' bf16 values with a block's scale 2^(code-127) folded into the exponents (entry 0 stays
@@ -264,6 +233,10 @@ DSV4_TARGET_AVX512BF16 void fp8_tile(const Fp8Matrix &w, int64_t r, const uint16
         for (int i = 0; i < NC; ++i) y[int64_t(i) * w.rows + r + j] = store_bf16(acc[j][i]);
 }
 
+// Columns per block of the tiled kernels: a block's activations (64 x k bf16, 512 KiB at k = 4096) stay in L2
+// while the rows pass over them (whole-n passes streamed every column from memory for each row block).
+constexpr int64_t kTileColumnBlock = 64;
+
 // Rows [r0, r1) × all n columns, in blocks of 4 rows and column tiles of 8, 4, 2, 1; each kernel splits a block
 // into the row tiles that fit its registers. Leftover rows go one by one, and rows whose scales the kernel cannot
 // take go to the exact scalar path.
@@ -271,6 +244,12 @@ template <typename M, typename K>
 DSV4_TARGET_AVX512BF16 void run_tiles(const M &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y,
                                       bool (*takes)(const M &, int64_t),
                                       void (*fallback)(const M &, const uint16_t *, int64_t, int64_t, int64_t, float *)) {
+    if (n > kTileColumnBlock) {
+        for (int64_t i0 = 0; i0 < n; i0 += kTileColumnBlock)
+            run_tiles<M, K>(w, act + i0 * w.cols, std::min(kTileColumnBlock, n - i0), r0, r1, y + i0 * w.rows, takes,
+                            fallback);
+        return;
+    }
     for (int64_t r = r0; r < r1;) {
         const bool block = r + 4 <= r1 && takes(w, r) && takes(w, r + 1) && takes(w, r + 2) && takes(w, r + 3);
         if (!block && !takes(w, r)) {
@@ -616,42 +595,6 @@ DSV4_TARGET_AVX512BF16 void panel_gemm(const uint16_t *w, int64_t rows, int64_t 
 }
 
 }  // namespace
-
-DSV4_TARGET_AVX512BF16 bool fp4_gemm_avx512bf16(const Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0,
-                                                int64_t r1, float *y, uint16_t *panel) {
-    const int64_t k = w.cols, groups = k / 32;
-    if (k % 128) return false;
-    for (int64_t r = r0; r < r1; ++r)
-        if (!codes_in_range(w.scale + r * groups, groups, kFp4FoldCodeLo, kFp4CodeHi)) return false;
-    const __m512i table = _mm512_loadu_si512(kFp4Bf16.data());
-    for (int64_t r = r0; r < r1; ++r)
-        for (int64_t g = 0; g < groups; g += 4) {
-            __m512i v[4];
-            fp4_decode64(w.w + r * (k / 2) + g * 16, table, v);
-            fp4_fold_scales(w.scale + r * groups + g, v);
-            for (int q = 0; q < 4; ++q) _mm512_storeu_si512(panel + (r - r0) * k + g * 32 + q * 32, v[q]);
-        }
-    // the tiles' own order, over column blocks that stay in L2
-    for (int64_t i0 = 0; i0 < n; i0 += kPanelColumns) {
-        const int64_t i1 = std::min(n, i0 + kPanelColumns);
-        for (int64_t r = r0; r < r1;) {
-            const uint16_t *rows = panel + (r - r0) * k;
-            const bool three = r + 3 <= r1;
-            int64_t i = i0;
-            for (; i + 5 <= i1; i += 5)
-                three ? fp4_tile_from<3, 5, true>(w, r, rows, act + i * k, y + i * w.rows)
-                      : fp4_tile_from<1, 5, true>(w, r, rows, act + i * k, y + i * w.rows);
-            for (; i + 2 <= i1; i += 2)
-                three ? fp4_tile_from<3, 2, true>(w, r, rows, act + i * k, y + i * w.rows)
-                      : fp4_tile_from<1, 2, true>(w, r, rows, act + i * k, y + i * w.rows);
-            for (; i < i1; ++i)
-                three ? fp4_tile_from<3, 1, true>(w, r, rows, act + i * k, y + i * w.rows)
-                      : fp4_tile_from<1, 1, true>(w, r, rows, act + i * k, y + i * w.rows);
-            r += three ? 3 : 1;
-        }
-    }
-    return true;
-}
 
 DSV4_TARGET_AVX512BF16 bool fp8_gemm_avx512bf16(const Fp8Matrix &w, const uint16_t *act, int64_t n, int64_t r0,
                                                 int64_t r1, float *y, uint16_t *panel) {

@@ -44,13 +44,11 @@ void fp8_rows_avx512bf16(const core::Fp8Matrix &w, const uint16_t *act, int64_t 
 void fp4_rows_generic(const core::Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y);
 void fp8_rows_generic(const core::Fp8Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y);
 
-// The same products for many columns (prefill, large batches): rows [r0, r1) are decoded once into `panel`
+// FP8 products for many columns (prefill, large batches): rows [r0, r1) are decoded once into `panel`
 // ((r1 - r0) x cols bf16, the scales folded into the exponents: exact) and the panel is multiplied with all n
-// columns in blocks that stay in L2, each output summed in the order of the *_rows kernels (so results do not
-// depend on n). False, with nothing written, if a row's scales cannot be folded (the caller takes the *_rows
-// path). cols a multiple of 128.
-bool fp4_gemm_avx512bf16(const core::Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y,
-                         uint16_t *panel);
+// columns in blocks that stay in L2, each output summed in fp8_rows' order (so results do not depend on n). False,
+// with nothing written, if a row's scales cannot be folded (the caller takes fp8_rows). cols a multiple of 128.
+// (FP4 has no such path: its tiles measured faster at every column count.)
 bool fp8_gemm_avx512bf16(const core::Fp8Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y,
                          uint16_t *panel);
 // Rows per panel of the *_gemm paths for rows of `cols` elements: as many as keep the decoded panel within 512 KiB
@@ -60,8 +58,9 @@ inline int64_t gemm_panel_rows(int64_t cols) {
     const int64_t rows = (int64_t(512) << 10) / (2 * cols) / 16 * 16;
     return rows < 16 ? 16 : rows > 64 ? 64 : rows;
 }
-// Columns from which the *_gemm paths beat the tiles that decode the weights for every 8 columns (bench_kernels).
-constexpr int64_t kGemmMinColumns = 16;
+// Columns from which the *_gemm paths beat the tiles (hot weights, one thread: FP8 from about 24-32 columns,
+// bf16 weights, which need no decoding, from 16).
+constexpr int64_t kFp8GemmMinColumns = 32, kBf16GemmMinColumns = 16;
 
 // The fp32-weight linear in the reference's order (one running sum over c per output, each product rounded before
 // its add), vectorised across columns: x [n, cols] with n = 16, 32 or 48 (kF32wBlock), all rows of w [rows, cols]
@@ -73,7 +72,7 @@ void f32w_block_avx512(const float *x, int64_t n, const float *w, int64_t rows, 
 // bf16_rows: x holds bf16 bits, y = bf16(x · wᵀ) (exact products, fp32 sums: vdpbf16ps);
 // f32_rows: x is fp32, y = x · wᵀ in fp32 (FMA on the widened weights).
 void bf16_rows_avx512bf16(const core::Bf16Matrix &w, const uint16_t *x, int64_t n, int64_t r0, int64_t r1, float *y);
-// bf16_rows for many columns (from kGemmMinColumns): the weight rows are the panel.
+// bf16_rows for many columns (from kBf16GemmMinColumns): the weight rows are the panel.
 void bf16_gemm_avx512bf16(const core::Bf16Matrix &w, const uint16_t *x, int64_t n, int64_t r0, int64_t r1, float *y);
 void f32_rows_avx512bf16(const core::Bf16Matrix &w, const float *x, int64_t n, int64_t r0, int64_t r1, float *y);
 
