@@ -197,9 +197,10 @@ TEST_CASE("every linear gives each column the same bits whatever the number of c
                 REQUIRE(std::equal(one.begin(), one.end(), all.begin() + i * rows));
             }
         };
-        all_then_each([&](const float *xs, int64_t k, float *y) { be->linear_expert(xs, k, m4, y); });
-        all_then_each([&](const float *xs, int64_t k, float *y) { be->linear_fp8(xs, k, m8, y); });
-        all_then_each([&](const float *xs, int64_t k, float *y) { be->linear_bf16(xs, k, mb, y); });
+        backend::Backend &b = *be;  // a structured binding cannot be captured in C++17
+        all_then_each([&](const float *xs, int64_t k, float *y) { b.linear_expert(xs, k, m4, y); });
+        all_then_each([&](const float *xs, int64_t k, float *y) { b.linear_fp8(xs, k, m8, y); });
+        all_then_each([&](const float *xs, int64_t k, float *y) { b.linear_bf16(xs, k, mb, y); });
     }
   }
 }
