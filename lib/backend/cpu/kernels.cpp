@@ -72,8 +72,9 @@ constexpr std::array<uint16_t, 128> make_fp8_magnitude_lut() {
 }
 constexpr std::array<uint16_t, 128> kFp8Lut = make_fp8_magnitude_lut();
 
-// Scale codes the kernels take directly: FP4 and FP8 fold 2^(code-127) into bf16 exponents, which keeps every
-// nonzero decoded value normal for codes in [lo, hi]; other rows take the exact scalar path.
+// Scale codes the kernels take directly; other rows take the exact scalar path. FP8 weights (and the indexer's FP4
+// keys) get 2^(code-127) folded into their bf16 exponents, which keeps every nonzero decoded value normal for codes
+// in [lo, hi]; the FP4 expert tiles multiply each group's partial by it (a normal float within the same range).
 constexpr int kFp4CodeLo = 2, kFp4CodeHi = 252;    // e2m1 magnitudes 0.5 .. 6: exponents -1 .. 2
 constexpr int kFp8CodeLo = 10, kFp8CodeHi = 246;   // e4m3 magnitudes 2^-9 .. 448: bf16 exponents 118 .. 135
 
@@ -205,6 +206,9 @@ DSV4_TARGET_AVX512BF16 inline void fp8_decode64(const uint8_t *codes, const Fp8T
     out[1] = _mm512_unpackhi_epi8(lo, hi);
 }
 
+// R weight rows × NC activation columns per pass, 64 codes per step decoded once for the NC columns; the block
+// scale is in the decoded values, so one accumulator per output takes every exact product in turn. The GEMM path's
+// panels hold the same decoded vectors and keep this order.
 template <int R, int NC>
 DSV4_TARGET_AVX512BF16 void fp8_tile(const Fp8Matrix &w, int64_t r, const uint16_t *act, float *y) {
     const int64_t k = w.cols;
@@ -278,8 +282,8 @@ DSV4_TARGET_AVX512BF16 void run_tiles(const M &w, const uint16_t *act, int64_t n
     }
 }
 
-// Row tiles per 4-row block, from the register budget (32 zmm): FP4 holds 4 decoded vectors and a scale per row,
-// FP8 four scaled tables and one decoded vector per row, plus R·NC accumulators.
+// Row tiles per 4-row block, from the register budget (32 zmm): FP4 holds 4 decoded vectors, a scale and a partial
+// per row, FP8 four table vectors and two decoded vectors per row, plus R·NC accumulators.
 template <int R, int NC, typename M, void (*Tile)(const M &, int64_t, const uint16_t *, float *)>
 DSV4_TARGET_AVX512BF16 inline void split4(const M &w, int64_t r, const uint16_t *act, float *y) {
     for (int j = 0; j < 4; j += R) Tile(w, r + j, act, y);

@@ -5,8 +5,10 @@
 //   reference does. Activations arrive dequantised as bf16 (exact: an e4m3 code times a power of two); FP8
 //   weights are decoded to bf16 with the block scale folded into the exponent (exact), FP4 weights to bf16 with
 //   each group's fp32 partial then scaled; vdpbf16ps accumulates the exact products in fp32. One pass over a
-//   weight row serves up to 8 activation columns, so a few columns cost about one weight load;
-// - linears with bf16 weights; the attention's inner loops; the lightning indexer's scores.
+//   weight row serves up to 8 activation columns; many columns (prefill) decode FP8 rows once into panels. Each
+//   output sums in one order whatever the number of columns, so batch size never changes a result;
+// - linears with bf16 weights (and fp32 weights in the reference's exact order); the attention's inner loops;
+//   the lightning indexer's scores.
 #pragma once
 #include <cstdint>
 
