@@ -61,6 +61,7 @@ public:
 
     std::map<std::string, double> seconds;
     std::map<std::string, double> macs;  // multiply-adds of the linears
+    std::map<std::string, int64_t> calls;
 
 private:
     template <typename F>
@@ -69,6 +70,7 @@ private:
         f();
         seconds[op] += seconds_since(t0);
         macs[op] += double(n_macs);
+        calls[op] += 1;
     }
     std::unique_ptr<backend::Backend> inner_;
 };
@@ -165,7 +167,8 @@ size_t touch_weights(const model::Model &m) {
 void print_ops(const TimingBackend &timing, double total_s, int runs, double peak) {
     double in_backend = 0;
     for (const auto &[op, sec] : timing.seconds) {
-        fmt::print("  {:<14} {:8.2f} ms  {:5.1f}%", op, sec / runs * 1e3, 100 * sec / runs / total_s);
+        fmt::print("  {:<14} {:8.2f} ms  {:5.1f}%  {:5} calls", op, sec / runs * 1e3, 100 * sec / runs / total_s,
+                   timing.calls.at(op) / runs);
         const double gflops = 2 * timing.macs.at(op) / sec / 1e9;
         if (peak > 0 && timing.macs.at(op) > 0) fmt::print("  {:7.1f} GFLOP/s = {:4.1f}% of the peak", gflops, 100 * gflops / peak);
         fmt::print("\n");
@@ -242,6 +245,7 @@ int run(int argc, char **argv) {
     for (int32_t &t : prompt) t = token(rng);
     timing->seconds.clear();
     timing->macs.clear();
+    timing->calls.clear();
     const auto t_prefill = Clock::now();
     ctx.decode(prompt.data(), nullptr, nullptr, 0, nullptr, 1024);
     const double prefill_s = seconds_since(t_prefill), prefill_tps = 1024 / prefill_s;
@@ -269,6 +273,7 @@ int run(int argc, char **argv) {
             ctx.decode(&warm, nullptr, nullptr, 0, nullptr, 1);
         }
         timing->seconds.clear();
+        timing->calls.clear();
         const auto t0 = Clock::now();
         for (int i = 0; i < steps; ++i) {
             const int32_t t = token(rng);
