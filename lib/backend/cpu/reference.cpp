@@ -113,13 +113,28 @@ public:
         linear_bf16_weights(x, n, w, y, false);
     }
 
+    // One running sum per output, in order; four rows share each pass over x, so four independent chains of adds
+    // run side by side instead of one (a single chain is bound by the add's latency).
     void linear_f32w(const float *x, int64_t n, const float *w, int64_t rows, int64_t cols, float *y) override {
+        constexpr int64_t kRows = 4;
+        const int64_t blocks = (rows + kRows - 1) / kRows;
 #pragma omp parallel for num_threads(threads()) schedule(static)
-        for (int64_t r = 0; r < rows; ++r)
+        for (int64_t b = 0; b < blocks; ++b)
             for (int64_t i = 0; i < n; ++i) {
-                float acc = 0.0f;
-                for (int64_t c = 0; c < cols; ++c) acc += x[i * cols + c] * w[r * cols + c];
-                y[i * rows + r] = acc;
+                const int64_t r0 = b * kRows;
+                const float *xi = x + i * cols;
+                if (r0 + kRows <= rows) {
+                    float acc[kRows] = {};
+                    for (int64_t c = 0; c < cols; ++c)
+                        for (int64_t k = 0; k < kRows; ++k) acc[k] += xi[c] * w[(r0 + k) * cols + c];
+                    for (int64_t k = 0; k < kRows; ++k) y[i * rows + r0 + k] = acc[k];
+                } else {
+                    for (int64_t r = r0; r < rows; ++r) {
+                        float acc = 0.0f;
+                        for (int64_t c = 0; c < cols; ++c) acc += xi[c] * w[r * cols + c];
+                        y[i * rows + r] = acc;
+                    }
+                }
             }
     }
 
