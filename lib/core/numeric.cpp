@@ -68,10 +68,7 @@ void decode_fp4_blocks32(const uint8_t *packed, const uint8_t *scales, size_t n,
     for (size_t i = 0; i < n; ++i) out[i] = kFp4Table[fp4_unpack(packed, i)] * e8m0_to_f32(scales[i / 32]);
 }
 
-float e8m0_to_f32(uint8_t code) {
-    if (code == 0xff) return NAN;
-    return code == 0 ? 0x1p-127f : exp2i(int(code) - 127);
-}
+float e8m0_to_f32(uint8_t code) { return code == 0xff ? NAN : exp2i(int(code) - 127); }
 
 uint8_t e8m0_from_exponent(int exponent) { return uint8_t(std::clamp(exponent, -127, 127) + 127); }
 

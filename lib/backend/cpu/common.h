@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "backend/backend.h"
 #include "core/numeric.h"
@@ -21,6 +22,31 @@ inline int resolve_threads(int n_threads) {
     return 1;
 #endif
 }
+
+// Per-thread rows of scratch, sized before a parallel region (an exception, bad_alloc, must never leave an OpenMP
+// region, where it would terminate the process instead of becoming DSV4_ERR_OUT_OF_MEMORY); row() is the calling
+// thread's. Sizing again keeps the memory, so a member reused across calls does not reallocate.
+template <typename T>
+class ThreadRows {
+public:
+    ThreadRows() = default;
+    ThreadRows(int threads, int64_t len) { size(threads, len); }
+    void size(int threads, int64_t len) {
+        len_ = size_t(len);
+        data_.resize(size_t(threads) * len_);
+    }
+    T *row() {
+#if defined(_OPENMP)
+        return data_.data() + size_t(omp_get_thread_num()) * len_;
+#else
+        return data_.data();
+#endif
+    }
+
+private:
+    size_t len_ = 0;
+    std::vector<T> data_;
+};
 
 // Rows per online-softmax chunk of the attention (spec §4.5).
 constexpr int64_t kAttentionChunk = 64;

@@ -9,9 +9,6 @@
 #include "backend/cpu/isa.h"
 #include "backend/cpu/kernels.h"
 #include "core/numeric.h"
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 
 namespace dsv4::backend {
 namespace {
@@ -66,15 +63,10 @@ public:
         const int64_t vec = has_kernels() ? n / 16 * 16 : 0;
         if (vec > 0) {
             const int64_t blocks = (vec + cpu::kF32wBlock - 1) / cpu::kF32wBlock;
-            const size_t per_thread = size_t(cpu::kF32wBlock) * size_t(cols);
-            xt_.resize(size_t(threads()) * per_thread);
+            xt_.size(threads(), cpu::kF32wBlock * cols);
 #pragma omp parallel for num_threads(threads()) schedule(static)
             for (int64_t b = 0; b < blocks; ++b) {
-#if defined(_OPENMP)
-                float *xt = xt_.data() + size_t(omp_get_thread_num()) * per_thread;
-#else
-                float *xt = xt_.data();
-#endif
+                float *xt = xt_.row();
                 const int64_t i0 = b * cpu::kF32wBlock, nb = std::min(cpu::kF32wBlock, vec - i0);
                 cpu::f32w_block_avx512(x + i0 * cols, nb, w, rows, cols, y + i0 * rows, xt);
             }
@@ -89,15 +81,10 @@ public:
         if (!has_kernels() || p.head_dim % 16) return reference_->attention(p);
         const int d = p.head_dim, nt = threads();
         const int block = std::clamp(p.n_heads / nt, 1, cpu::kMaxHeadBlock), n_blocks = (p.n_heads + block - 1) / block;
-        const size_t per_thread = size_t(block) * (size_t(d) + size_t(cpu::kAttentionChunk));
-        scratch_.resize(size_t(nt) * per_thread);
+        scratch_.size(nt, int64_t(block) * (d + cpu::kAttentionChunk));
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (int b = 0; b < n_blocks; ++b) {
-#if defined(_OPENMP)
-            float *acc = scratch_.data() + size_t(omp_get_thread_num()) * per_thread;
-#else
-            float *acc = scratch_.data();
-#endif
+            float *acc = scratch_.row();
             const int h0 = b * block, nh = std::min(block, p.n_heads - h0);
             cpu::attention_heads(
                 p, h0, nh, acc, acc + size_t(block) * size_t(d),
@@ -159,15 +146,8 @@ private:
     template <typename F>
     void for_panels(int64_t rows, int64_t cols, F &&f) {
         const int64_t panel_rows = cpu::gemm_panel_rows(cols);
-        const size_t per_thread = size_t(panel_rows) * size_t(cols);
-        panels_.resize(size_t(threads()) * per_thread);
-        for_row_tiles(rows, [&](int64_t r0, int64_t r1) {
-#if defined(_OPENMP)
-            f(r0, r1, panels_.data() + size_t(omp_get_thread_num()) * per_thread);
-#else
-            f(r0, r1, panels_.data());
-#endif
-        }, panel_rows);
+        panels_.size(threads(), panel_rows * cols);
+        for_row_tiles(rows, [&](int64_t r0, int64_t r1) { f(r0, r1, panels_.row()); }, panel_rows);
     }
     // x [n, k] quantised to FP8 as the reference's act_quant, as bf16 bits in act_ (rows split over the threads).
     const uint16_t *quantized(const float *x, int64_t n, int64_t k, cpu::ActLayout layout) {
@@ -185,11 +165,11 @@ private:
     cpu::Isa isa_;
     int n_threads_;
     std::vector<uint16_t> act_;  // dequantised activations of the current call (bf16 bits)
-    std::vector<uint16_t> panels_;  // per-thread decoded weight rows of the GEMM path
-    std::vector<float> scratch_; // per-thread attention rows: accumulator [head_dim] + scores [64]
+    cpu::ThreadRows<uint16_t> panels_;  // per-thread decoded weight rows of the GEMM path
+    cpu::ThreadRows<float> scratch_;     // per-thread attention rows: accumulators [block, head_dim] + scores
     std::vector<float> qt_;      // the indexer query transposed, [dim, heads padded to 16], then the weights
     std::vector<uint32_t> qp_;   // the indexer query as bf16 pairs, [dim/2, heads padded to 16]
-    std::vector<float> xt_;      // per-thread linear_f32w input blocks transposed, [cols, kF32wBlock]
+    cpu::ThreadRows<float> xt_;  // per-thread linear_f32w input blocks transposed, [cols, kF32wBlock]
 };
 
 }  // namespace

@@ -732,11 +732,27 @@ DSV4_TARGET_AVX512BF16 void pv_heads_f32_avx512(float *acc, int nh, const float 
 
 namespace {
 
+constexpr int kMaxHeadBlocks = 4;  // up to 64 indexer heads, 16 to a vector
+
+// The scores from each key's per-head dots (head blocks of 16): bf16(Σ_h bf16(relu(bf16(dot_h))·w_h)), the sum
+// over heads in vector order.
+template <int KB>
+DSV4_TARGET_AVX512BF16 inline void index_head_sums(const __m512 (&acc)[KB][kMaxHeadBlocks], int hb, const float *w,
+                                                   float *scores) {
+    for (int k = 0; k < KB; ++k) {
+        __m512 total = _mm512_setzero_ps();
+        for (int b = 0; b < hb; ++b) {
+            const __m512 relu = _mm512_max_ps(round_bf16_ps(acc[k][b]), _mm512_setzero_ps());
+            total = _mm512_add_ps(total, round_bf16_ps(_mm512_mul_ps(relu, _mm512_loadu_ps(w + b * 16))));
+        }
+        scores[k] = round_bf16(_mm512_reduce_add_ps(total));
+    }
+}
+
 // KB keys at once against every head block: KB · (n_heads/16) accumulators share each loaded column of q.
 template <int KB>
 DSV4_TARGET_AVX512BF16 void index_keys_block(const float *qt, const float *w, int n_heads, int dim, const float *keys,
                                              float *scores) {
-    constexpr int kMaxHeadBlocks = 4;
     const int hb = n_heads / 16;
     __m512 acc[KB][kMaxHeadBlocks];
     for (int k = 0; k < KB; ++k)
@@ -749,14 +765,7 @@ DSV4_TARGET_AVX512BF16 void index_keys_block(const float *qt, const float *w, in
             for (int k = 0; k < KB; ++k) acc[k][b] = _mm512_fmadd_ps(qc, kc[k], acc[k][b]);
         }
     }
-    for (int k = 0; k < KB; ++k) {
-        __m512 total = _mm512_setzero_ps();
-        for (int b = 0; b < hb; ++b) {
-            const __m512 relu = _mm512_max_ps(round_bf16_ps(acc[k][b]), _mm512_setzero_ps());
-            total = _mm512_add_ps(total, round_bf16_ps(_mm512_mul_ps(relu, _mm512_loadu_ps(w + b * 16))));
-        }
-        scores[k] = round_bf16(_mm512_reduce_add_ps(total));
-    }
+    index_head_sums<KB>(acc, hb, w, scores);
 }
 
 // KB cached keys decoded into buf [KB, dim], each block of 32 as its 16 even then its 16 odd elements (values
@@ -783,7 +792,6 @@ DSV4_TARGET_AVX512BF16 void decode_keys(const Fp4Keys &keys, int64_t j, int dim,
 template <int KB>
 DSV4_TARGET_AVX512BF16 void index_pairs_block(const uint32_t *qp, const float *w, int n_heads, int dim, const uint32_t *keys,
                                               float *scores) {
-    constexpr int kMaxHeadBlocks = 4;
     const int hb = n_heads / 16;
     __m512 acc[KB][kMaxHeadBlocks];
     for (int k = 0; k < KB; ++k)
@@ -796,14 +804,7 @@ DSV4_TARGET_AVX512BF16 void index_pairs_block(const uint32_t *qp, const float *w
             for (int k = 0; k < KB; ++k) acc[k][b] = _mm512_dpbf16_ps(acc[k][b], qv, kp[k]);
         }
     }
-    for (int k = 0; k < KB; ++k) {
-        __m512 total = _mm512_setzero_ps();
-        for (int b = 0; b < hb; ++b) {
-            const __m512 relu = _mm512_max_ps(round_bf16_ps(acc[k][b]), _mm512_setzero_ps());
-            total = _mm512_add_ps(total, round_bf16_ps(_mm512_mul_ps(relu, _mm512_loadu_ps(w + b * 16))));
-        }
-        scores[k] = round_bf16(_mm512_reduce_add_ps(total));
-    }
+    index_head_sums<KB>(acc, hb, w, scores);
 }
 
 // bf16 of the e2m1 codes in the low half of 16 dwords (a vpermd table).

@@ -6,9 +6,6 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/common.h"
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 #include "core/numeric.h"
 
 namespace dsv4::backend {
@@ -35,23 +32,7 @@ struct QuantizedRows {
     }
 };
 
-// Per-thread scratch rows, allocated before a parallel region: an exception (bad_alloc) must never leave an
-// OpenMP region, where it would terminate the process instead of becoming DSV4_ERR_OUT_OF_MEMORY.
-class Scratch {
-public:
-    Scratch(int threads, int64_t len) : len_(size_t(len)), data_(size_t(threads) * size_t(len)) {}
-    float *row() {
-#if defined(_OPENMP)
-        return data_.data() + size_t(omp_get_thread_num()) * len_;
-#else
-        return data_.data();
-#endif
-    }
-
-private:
-    [[maybe_unused]] size_t len_;  // unused without OpenMP: one thread, one row
-    std::vector<float> data_;
-};
+using Scratch = cpu::ThreadRows<float>;
 
 class CpuReferenceBackend final : public Backend {
 public:
