@@ -41,8 +41,8 @@ public:
         timed("linear_fp8", [&] { inner_->linear_fp8(x, n, w, y); }, n * w.rows * w.cols);
     }
     void linear_expert(const float *x, int64_t n, const core::ExpertMatrix &w, float *y) override {
-        const int64_t macs = n * (w.format == core::ExpertFormat::fp8 ? w.fp8.rows * w.fp8.cols : w.fp4.rows * w.fp4.cols);
-        timed("linear_expert", [&] { inner_->linear_expert(x, n, w, y); }, macs);
+        const int64_t expert_macs = n * (w.format == core::ExpertFormat::fp8 ? w.fp8.rows * w.fp8.cols : w.fp4.rows * w.fp4.cols);
+        timed("linear_expert", [&] { inner_->linear_expert(x, n, w, y); }, expert_macs);
     }
     void linear_bf16(const float *x, int64_t n, const core::Bf16Matrix &w, float *y) override {
         timed("linear_bf16", [&] { inner_->linear_bf16(x, n, w, y); }, n * w.rows * w.cols);

@@ -65,69 +65,68 @@ __attribute__((target("avx512f"))) inline uint64_t sum_stream(const uint8_t *p, 
     return total;
 }
 
+// The best of `repeats` timed runs of run() (which returns a value the compiler must keep), as `ops` per second
+// in billions.
+template <typename F>
+double best_rate(int repeats, double ops, F &&run) {
+    double best = 0;
+    volatile double sink = 0;
+    for (int r = 0; r < repeats; ++r) {
+        const auto t0 = Clock::now();
+        sink = sink + run();
+        best = std::max(best, ops / seconds_since(t0) / 1e9);
+    }
+    return best;
+}
+
 // Read bandwidth in GB/s: a streaming read of a 2 GiB buffer (far beyond the caches), best of `repeats`.
 inline double read_bandwidth(int threads, int repeats) {
     const size_t bytes = size_t(2) << 30;
     HugeBuffer huge(bytes);
     uint8_t *buf = huge.data();
     std::memset(buf, 1, bytes);
-    double best = 0;
-    volatile uint64_t sink = 0;
-    for (int r = 0; r < repeats; ++r) {
-        const auto t0 = Clock::now();
-        sink = sink + sum_stream(buf, bytes, threads);
-        best = std::max(best, double(bytes) / seconds_since(t0) / 1e9);
-    }
-    return best;
+    return best_rate(repeats, double(bytes), [&] { return double(sum_stream(buf, bytes, threads)); });
 }
 
-// Peak of the bf16 dot-product instruction (vdpbf16ps: 32 multiply-adds per 512-bit instruction) in GFLOP/s
-// (2 flops per multiply-add) over `threads` threads: independent accumulators, operands in registers.
-__attribute__((target("avx512f,avx512bf16"))) inline double bf16_peak_gflops(int threads) {
-    constexpr int64_t kIters = 20'000'000;
-    constexpr int kAcc = 16;  // measured best on this machine (12: ~8% lower; 24: lower)
-    double best = 0;
-    for (int r = 0; r < 3; ++r) {
-        const auto t0 = Clock::now();
-        float sink = 0;
+// Dot-product instruction peaks over `threads` threads: kAcc independent accumulators, operands in registers.
+constexpr int64_t kPeakIters = 20'000'000;
+constexpr int kPeakAcc = 16;  // measured best on this machine (12: ~8% lower; 24: lower)
+
+__attribute__((target("avx512f,avx512bf16"))) inline double bf16_dot_run(int threads) {
+    float sink = 0;
 #pragma omp parallel num_threads(threads) reduction(+ : sink)
-        {
-            __m512 acc[kAcc];
-            for (int i = 0; i < kAcc; ++i) acc[i] = _mm512_set1_ps(float(i));
-            const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3f00);
-            for (int64_t it = 0; it < kIters; ++it)
-                for (int i = 0; i < kAcc; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
-            for (int i = 0; i < kAcc; ++i) sink += _mm512_reduce_add_ps(acc[i]);
-        }
-        const double flops = 2.0 * 32 * kAcc * double(kIters) * threads;
-        best = std::max(best, flops / seconds_since(t0) / 1e9 + 0 * double(sink));
+    {
+        __m512 acc[kPeakAcc];
+        for (int i = 0; i < kPeakAcc; ++i) acc[i] = _mm512_set1_ps(float(i));
+        const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3f00);
+        for (int64_t it = 0; it < kPeakIters; ++it)
+            for (int i = 0; i < kPeakAcc; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+        for (int i = 0; i < kPeakAcc; ++i) sink += _mm512_reduce_add_ps(acc[i]);
     }
-    return best;
+    return sink;
+}
+__attribute__((target("avx512f,avx512vnni"))) inline double int8_dot_run(int threads) {
+    int64_t sink = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : sink)
+    {
+        __m512i acc[kPeakAcc];
+        for (int i = 0; i < kPeakAcc; ++i) acc[i] = _mm512_set1_epi32(i);
+        const __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(2);
+        for (int64_t it = 0; it < kPeakIters; ++it)
+            for (int i = 0; i < kPeakAcc; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
+        for (int i = 0; i < kPeakAcc; ++i) sink += _mm512_reduce_add_epi32(acc[i]);
+    }
+    return double(sink);
 }
 
-// Peak of the int8 dot-product instruction (vpdpbusd: 64 multiply-adds per 512-bit instruction) in GOP/s, measured
-// like the bf16 peak. Quoted for comparison: no dsv4 kernel can use it exactly, since FP8 activations times e2m1
-// or e4m3 weights do not fit int8 x uint8 products.
-__attribute__((target("avx512f,avx512vnni"))) inline double int8_peak_gops(int threads) {
-    constexpr int64_t kIters = 20'000'000;
-    constexpr int kAcc = 16;  // measured best on this machine (12: ~8% lower; 24: lower)
-    double best = 0;
-    for (int r = 0; r < 3; ++r) {
-        const auto t0 = Clock::now();
-        int64_t sink = 0;
-#pragma omp parallel num_threads(threads) reduction(+ : sink)
-        {
-            __m512i acc[kAcc];
-            for (int i = 0; i < kAcc; ++i) acc[i] = _mm512_set1_epi32(i);
-            const __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(2);
-            for (int64_t it = 0; it < kIters; ++it)
-                for (int i = 0; i < kAcc; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
-            for (int i = 0; i < kAcc; ++i) sink += _mm512_reduce_add_epi32(acc[i]);
-        }
-        const double ops = 2.0 * 64 * kAcc * double(kIters) * threads;
-        best = std::max(best, ops / seconds_since(t0) / 1e9 + 0 * double(sink));
-    }
-    return best;
+// vdpbf16ps: 32 multiply-adds (64 flops) per 512-bit instruction, in GFLOP/s.
+inline double bf16_peak_gflops(int threads) {
+    return best_rate(3, 64.0 * kPeakAcc * double(kPeakIters) * threads, [&] { return bf16_dot_run(threads); });
+}
+// vpdpbusd: 64 multiply-adds (128 ops) per 512-bit instruction, in GOP/s. Quoted for comparison: no dsv4 kernel
+// can use it exactly, since FP8 activations times e2m1 or e4m3 weights do not fit int8 x uint8 products.
+inline double int8_peak_gops(int threads) {
+    return best_rate(3, 128.0 * kPeakAcc * double(kPeakIters) * threads, [&] { return int8_dot_run(threads); });
 }
 
 }  // namespace dsv4::bench
