@@ -9,6 +9,7 @@
 
 #include "attention/attention.h"
 #include "backend/backend.h"
+#include "backend/cpu/common.h"
 #include "backend/cpu/isa.h"
 #include "backend/cpu/kernels.h"
 #include "core/numeric.h"
@@ -247,6 +248,31 @@ TEST_CASE("bf16-weight linears (bf16 output, fp32 output) and the fp32-weight li
             }
     }
   }
+}
+
+TEST_CASE("the attention kernel's P.V update rounds each product before its sum, as the reference", "[ops]") {
+    if (backend::cpu::detect_isa() < backend::cpu::Isa::avx512_bf16) return;
+    for (int trial = 0; trial < 20; ++trial) {
+        const int nh = randint(1, backend::cpu::kMaxHeadBlock), n = 16 * randint(1, 40);
+        const int count = randint(1, int(backend::cpu::kAttentionChunk));
+        std::vector<float> acc(size_t(nh * n)), probs(size_t(nh) * backend::cpu::kAttentionChunk), rows(size_t(count * n));
+        std::vector<uint8_t> valid(static_cast<size_t>(count));
+        for (float &v : acc) v = randn(1.0f);
+        for (float &v : probs) v = core::round_bf16(std::fabs(randn(0.5f)));
+        for (float &v : rows) v = randn(1.0f);
+        for (auto &v : valid) v = uint8_t(randint(0, 4) != 0);
+        std::vector<float> want = acc;
+        for (int h = 0; h < nh; ++h)
+            for (int j = 0; j < count; ++j)
+                if (valid[size_t(j)])
+                    for (int i = 0; i < n; ++i) {
+                        volatile float product = probs[size_t(h) * backend::cpu::kAttentionChunk + size_t(j)] * rows[size_t(j * n + i)];
+                        want[size_t(h * n + i)] = want[size_t(h * n + i)] + product;
+                    }
+        backend::cpu::pv_heads_f32_avx512(acc.data(), nh, probs.data(), rows.data(), valid.data(), count, n);
+        INFO("heads " << nh << " head_dim " << n << " rows " << count);
+        REQUIRE(acc == want);
+    }
 }
 
 TEST_CASE("sparse attention with sink equals the float64 softmax", "[ops]") {
