@@ -7,7 +7,9 @@
 //      to the read bandwidth of the same thread count; the time relative to n = 1, and the least it could be
 //      (n columns' multiply-adds at the bf16 peak, over the n = 1 time);
 //   4. the same linears as prefill GEMMs (64, 256 and 1024 columns, all threads): GFLOP/s and share of the bf16 peak.
-// Usage: bench_kernels [POOL_MIB=1024] [REPEATS=3]. DSV4_MAX_CPU_ISA selects a lower kernel path.
+// FP4p and FP8p rows: the same weights in the packed layout (dsv4_model_params::repack_weights).
+// Usage: bench_kernels [POOL_MIB=1024] [REPEATS=3] [FORMATS=FP4,FP4p,FP8,FP8p] [SHAPES=0123].
+// DSV4_MAX_CPU_ISA selects a lower kernel path.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -19,6 +21,7 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/isa.h"
+#include "backend/cpu/packed.h"
 #include "core/matrix.h"
 #include "limits.h"
 
@@ -38,6 +41,8 @@ struct Shape {
 int main(int argc, char **argv) {
     const size_t pool_bytes = size_t(argc > 1 ? std::atoi(argv[1]) : 1024) << 20;
     const int repeats = argc > 2 ? std::atoi(argv[2]) : 3;
+    const std::string formats = "," + std::string(argc > 3 ? argv[3] : "FP4,FP4p,FP8,FP8p") + ",";
+    const std::string shape_ids = argc > 4 ? argv[4] : "0123";
     const int all = bench::max_threads();
     const backend::cpu::Isa isa = backend::cpu::selected_isa();
     fmt::print("CPU kernels: {} (detected {}), threads: 1 and {}\n", backend::cpu::isa_name(isa),
@@ -61,11 +66,15 @@ int main(int argc, char **argv) {
     fmt::print("{:<24} {:>4} {:>3} {:>4} {:>10} {:>9} {:>8} {:>10} {:>8}\n", "shape", "fmt", "n", "thr", "us/call",
                "GB/s", "of bw", "vs n=1", "floor");
     for (const Shape &s : shapes) {
+        if (shape_ids.find(char('0' + (&s - shapes))) == std::string::npos) continue;
         bw1 = std::max(bw1, bench::read_bandwidth(1, repeats));
         bwn = std::max(bwn, bench::read_bandwidth(all, repeats));
         fmt::print("{:<24} read bandwidth, best probe so far: {:.1f} GB/s (1 thread), {:.1f} GB/s ({} threads)\n", s.name,
                    bw1, bwn, all);
-        for (const bool fp4 : {true, false}) {
+        for (const int variant : {0, 1, 2, 3}) {
+            const bool fp4 = variant < 2, packed = variant % 2 == 1;
+            const char *fmt_name = fp4 ? (packed ? "FP4p" : "FP4") : (packed ? "FP8p" : "FP8");
+            if (formats.find("," + std::string(fmt_name) + ",") == std::string::npos) continue;
             const size_t w_bytes = size_t(s.rows * s.cols) / (fp4 ? 2 : 1);
             const size_t s_bytes = fp4 ? size_t(s.rows * s.cols / 32) : size_t((s.rows + 127) / 128 * ((s.cols + 127) / 128));
             const size_t per = w_bytes + s_bytes;
@@ -82,6 +91,14 @@ int main(int argc, char **argv) {
                 mats[c].fp4 = {w, sc, s.rows, s.cols};
                 mats[c].fp8 = {w, sc, s.rows, s.cols};
             }
+            // the packed layout: a copy of every matrix of the pool, as dsv4_model_params::repack_weights makes
+            bench::HugeBuffer packed_pool(packed ? copies * per : 0);
+            if (packed)
+                for (size_t c = 0; c < copies; ++c) {
+                    uint8_t *dst = packed_pool.data() + c * per;
+                    if (fp4) backend::cpu::pack_fp4_rows(mats[c].fp4, 0, s.rows, dst), mats[c].fp4.packed = dst;
+                    else backend::cpu::pack_fp8_rows(mats[c].fp8, 0, s.rows, dst), mats[c].fp8.packed = dst;
+                }
             for (const int threads : {1, all}) {
                 auto be = backend::make_cpu_backend(threads, isa);
                 const double bw = threads == 1 ? bw1 : bwn;
@@ -103,7 +120,7 @@ int main(int argc, char **argv) {
                     const double gbs = double(per) / best / 1e9;
                     const double t_compute = 2.0 * double(n * s.rows * s.cols) / ((threads == 1 ? peak1 : peakn) * 1e9);
                     fmt::print("{:<24} {:>4} {:>3} {:>4} {:>10.1f} {:>9.1f} {:>7.0f}% {:>9.2f}x {:>7.2f}x\n", s.name,
-                               fp4 ? "FP4" : "FP8", n, threads, best * 1e6, gbs, 100 * gbs / bw, best / t_n1,
+                               fmt_name, n, threads, best * 1e6, gbs, 100 * gbs / bw, best / t_n1,
                                std::max(1.0, t_compute / t_n1));
                 }
             }
@@ -121,7 +138,7 @@ int main(int argc, char **argv) {
                 }
                 const double gflops = 2.0 * double(n * s.rows * s.cols) / best / 1e9;
                 gemm_rows.push_back(fmt::format("{:<24} {:>4} {:>5} {:>4} {:>10.1f} {:>9.1f} {:>8.1f}%", s.name,
-                                                fp4 ? "FP4" : "FP8", n, all, best * 1e6, gflops, 100 * gflops / peakn));
+                                                fmt_name, n, all, best * 1e6, gflops, 100 * gflops / peakn));
             }
         }
     }

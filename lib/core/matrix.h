@@ -20,12 +20,14 @@ inline float load_bf16(const uint8_t *base, size_t i) {
 struct Fp8Matrix {
     const uint8_t *w = nullptr, *scale = nullptr;
     int64_t rows = 0, cols = 0;
+    const uint8_t *packed = nullptr;  // optional copy of w in the CPU kernels' layout (backend/cpu/packed.h)
     int64_t scale_cols() const { return (cols + 127) / 128; }
 };
 // FP4 e2m1 weight [rows, cols] packed two per byte along cols, one e8m0 scale per 32 columns: [rows, cols/32].
 struct Fp4Matrix {
     const uint8_t *w = nullptr, *scale = nullptr;
     int64_t rows = 0, cols = 0;
+    const uint8_t *packed = nullptr;  // optional copy of w and scale in the CPU kernels' layout (backend/cpu/packed.h)
 };
 // A routed-expert matrix in the checkpoint's expert format.
 struct ExpertMatrix {

@@ -12,6 +12,7 @@
 #include "backend/cpu/common.h"
 #include "backend/cpu/isa.h"
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/packed.h"
 #include "core/numeric.h"
 #include "model/mhc.h"
 #include "moe/moe.h"
@@ -202,6 +203,93 @@ TEST_CASE("every linear gives each column the same bits whatever the number of c
         all_then_each([&](const float *xs, int64_t k, float *y) { b.linear_expert(xs, k, m4, y); });
         all_then_each([&](const float *xs, int64_t k, float *y) { b.linear_fp8(xs, k, m8, y); });
         all_then_each([&](const float *xs, int64_t k, float *y) { b.linear_bf16(xs, k, mb, y); });
+    }
+  }
+}
+
+// Rows and activations whose second halves cancel their first halves exactly (x[c + k/2] = -x[c], the same
+// weights and scales): each output is then the rounding residue of its fp32 sums, which any change of summation
+// order changes; outputs of ordinary data round to the same bf16 value under most reorderings. k a multiple of 256.
+void mirror_halves(std::vector<float> &x, int64_t k, std::vector<uint8_t> &w, int64_t w_row, std::vector<uint8_t> &s,
+                   int64_t s_row) {
+    for (size_t i = 0; i < x.size(); i += size_t(k))
+        for (int64_t c = 0; c < k / 2; ++c) x[i + size_t(k / 2 + c)] = -x[i + size_t(c)];
+    for (size_t r = 0; r < w.size(); r += size_t(w_row)) std::copy_n(&w[r], w_row / 2, &w[r + size_t(w_row / 2)]);
+    for (size_t r = 0; r < s.size(); r += size_t(s_row)) std::copy_n(&s[r], s_row / 2, &s[r + size_t(s_row / 2)]);
+}
+
+TEST_CASE("the packed weight layout: FP4 and FP8 linears equal the float64 reference, each column the same bits "
+          "whatever the number of columns", "[ops]") {
+  for (auto &[isa, be] : quantized_backends()) {
+    INFO("backend " << isa);
+    for (int trial = 0; trial < 8; ++trial) {
+        // rows in 16-row blocks, FP4 rows of any multiple of 32 (not only of 128); n from GEMV to past 64 columns
+        const bool cancelling = trial >= 4;
+        const int64_t n = trial % 2 ? randint(20, 70) : randint(2, 11), rows = 16 * randint(1, 20);
+        const int64_t cols4 = cancelling ? 256 * randint(1, 2) : 32 * randint(1, 12), cols8 = 256 * randint(1, 2);
+        std::vector<uint8_t> w4(static_cast<size_t>(rows * cols4 / 2)), s4(static_cast<size_t>(rows * cols4 / 32));
+        std::vector<uint8_t> w8(static_cast<size_t>(rows * cols8)), s8(static_cast<size_t>((rows + 127) / 128 * (cols8 / 128)));
+        for (auto &c : w4) c = uint8_t(randint(0, 255));
+        for (auto &c : s4) c = scale_code(118, 128);
+        for (auto &c : w8) c = uint8_t(randint(0, 0x7e) | (randint(0, 1) << 7));
+        for (auto &c : s8) c = scale_code(120, 130);
+        auto x4 = bf16_vector(size_t(n * cols4), 1.0f), x8 = bf16_vector(size_t(n * cols8), 2.0f);
+        if (cancelling) {
+            // FP4 products within a group span 2^22 (e4m3 448 / 2^-9, e2m1 6 / 0.5); the largest and the smallest
+            // (x 1.75 and 2^-17 quantise to 448 and 2^-9 times 2^-8, weights 6 and 0.5) make 32-term partials
+            // inexact in fp32, so that their order shows too
+            for (float &v : x4) v = randint(0, 3) ? 1.75f : (randint(0, 1) ? 0x1p-17f : -0x1p-17f);
+            for (auto &c : w4) c = uint8_t((randint(0, 1) ? 7 : 1) | (randint(0, 1) ? 0x70 : 0x10));
+            mirror_halves(x4, cols4, w4, cols4 / 2, s4, cols4 / 32);
+            mirror_halves(x8, cols8, w8, cols8, s8, cols8 / 128);
+        }
+        core::ExpertMatrix m4;
+        m4.format = core::ExpertFormat::fp4;
+        m4.fp4 = {w4.data(), s4.data(), rows, cols4};
+        core::Fp8Matrix m8{w8.data(), s8.data(), rows, cols8};
+        std::vector<uint8_t> p4(backend::cpu::packed_fp4_bytes(m4.fp4)), p8(backend::cpu::packed_fp8_bytes(m8));
+        REQUIRE(p4.size() == w4.size() + s4.size());
+        REQUIRE(p8.size() == w8.size());
+        // packed in two halves, as a loader splits the work over threads
+        for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, rows / 32 * 16}, {rows / 32 * 16, rows}}) {
+            backend::cpu::pack_fp4_rows(m4.fp4, r0, r1, p4.data());
+            backend::cpu::pack_fp8_rows(m8, r0, r1, p8.data());
+        }
+        m4.fp4.packed = p4.data();
+        m8.packed = p8.data();
+
+        std::vector<float> y4(static_cast<size_t>(n * rows)), y8(static_cast<size_t>(n * rows)), one(static_cast<size_t>(rows));
+        be->linear_expert(x4.data(), n, m4, y4.data());
+        be->linear_fp8(x8.data(), n, m8, y8.data());
+        for (int64_t i = 0; i < n; ++i) {
+            INFO("column " << i << " of " << n << " alone");
+            be->linear_expert(&x4[size_t(i * cols4)], 1, m4, one.data());
+            REQUIRE(std::equal(one.begin(), one.end(), y4.begin() + i * rows));
+            be->linear_fp8(&x8[size_t(i * cols8)], 1, m8, one.data());
+            REQUIRE(std::equal(one.begin(), one.end(), y8.begin() + i * rows));
+            if (cancelling) continue;
+            const auto a4 = act_quant_ref(&x4[size_t(i * cols4)], cols4), a8 = act_quant_ref(&x8[size_t(i * cols8)], cols8);
+            for (int64_t r = 0; r < rows; ++r) {
+                // beside one bf16 ulp, fp32 sums may lose a few ulps of the terms' magnitudes where they cancel
+                double ref4 = 0, ref8 = 0, mag4 = 0, mag8 = 0;
+                for (int64_t c = 0; c < cols4; ++c) {
+                    const uint8_t byte = w4[size_t((r * cols4 + c) / 2)];
+                    const double t = a4[size_t(c)] * core::fp4_e2m1_to_f32((c % 2) ? byte >> 4 : byte & 15) *
+                                     core::e8m0_to_f32(s4[size_t(r * (cols4 / 32) + c / 32)]);
+                    ref4 += t;
+                    mag4 += std::fabs(t);
+                }
+                for (int64_t c = 0; c < cols8; ++c) {
+                    const double t = a8[size_t(c)] * core::fp8_e4m3_to_f32(w8[size_t(r * cols8 + c)]) *
+                                     core::e8m0_to_f32(s8[size_t((r / 128) * (cols8 / 128) + c / 128)]);
+                    ref8 += t;
+                    mag8 += std::fabs(t);
+                }
+                INFO("row " << r << " of " << rows);
+                require_bf16_close(y4[size_t(i * rows + r)], ref4, 1e-6 + 0x1p-20 * mag4);
+                require_bf16_close(y8[size_t(i * rows + r)], ref8, 1e-6 + 0x1p-20 * mag8);
+            }
+        }
     }
   }
 }

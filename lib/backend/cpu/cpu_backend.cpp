@@ -8,6 +8,7 @@
 #include "backend/cpu/common.h"
 #include "backend/cpu/isa.h"
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/packed.h"
 #include "core/numeric.h"
 
 namespace dsv4::backend {
@@ -15,6 +16,7 @@ namespace {
 using namespace dsv4::core;
 
 constexpr int64_t kRowTile = 16;  // rows per scheduling unit: several rows of a 128-row FP8 scale block
+constexpr int64_t kPackedRowTile = 128;  // rows per scheduling unit of the packed kernels: a 128-row FP8 scale block
 
 class CpuBackend final : public Backend {
 public:
@@ -24,6 +26,11 @@ public:
 
     void linear_fp8(const float *x, int64_t n, const Fp8Matrix &w, float *y) override {
         if (!has_kernels()) return reference_->linear_fp8(x, n, w, y);
+        if (w.packed) {
+            const uint16_t *act = quantized(x, n, w.cols, cpu::ActLayout::natural);
+            return for_row_tiles(w.rows, [&](int64_t r0, int64_t r1) { cpu::fp8_packed_rows(w, act, n, r0, r1, y); },
+                                 kPackedRowTile);
+        }
         const uint16_t *act = quantized(x, n, w.cols, cpu::fp8_layout(w.cols));
         if (n >= cpu::kFp8GemmMinColumns && w.cols % 128 == 0)
             return for_panels(w.rows, w.cols, [&](int64_t r0, int64_t r1, uint16_t *panel) {
@@ -35,6 +42,11 @@ public:
     void linear_expert(const float *x, int64_t n, const ExpertMatrix &w, float *y) override {
         if (w.format == ExpertFormat::fp8) return linear_fp8(x, n, w.fp8, y);
         const Fp4Matrix &m = w.fp4;
+        if (has_kernels() && m.packed) {
+            const uint16_t *act = quantized(x, n, m.cols, cpu::ActLayout::natural);
+            return for_row_tiles(m.rows, [&](int64_t r0, int64_t r1) { cpu::fp4_packed_rows(m, act, n, r0, r1, y); },
+                                 kPackedRowTile);
+        }
         if (!has_kernels() || m.cols % 128)  // the kernels' layout needs blocks of 4 groups
             return reference_->linear_expert(x, n, w, y);
         const uint16_t *act = quantized(x, n, m.cols, cpu::ActLayout::fp4_lanes);

@@ -29,6 +29,10 @@ inline int64_t fp4_lane_index(int64_t c) { return (c & ~int64_t(127)) + (c & 3) 
 // Position of element c in the fp8_lanes layout: 64 codes decode into two vectors of 32 words by byte interleaves
 // within 128-bit lanes, so within each 64, vector v's lane L holds elements 16L + 8v .. 16L + 8v + 7.
 inline int64_t fp8_lane_index(int64_t c) { return (c & ~int64_t(63)) + ((c >> 3) & 1) * 32 + ((c & 63) >> 4) * 8 + (c & 7); }
+// Position of element c in `layout`.
+inline int64_t act_index(ActLayout layout, int64_t c) {
+    return layout == ActLayout::natural ? c : layout == ActLayout::fp8_lanes ? fp8_lane_index(c) : fp4_lane_index(c);
+}
 // The layout the FP8 kernels take for rows of `cols` elements.
 inline ActLayout fp8_layout(int64_t cols) { return cols % 128 == 0 ? ActLayout::fp8_lanes : ActLayout::natural; }
 
@@ -42,9 +46,12 @@ void quantize_activations_avx512(const float *x, int64_t n, int64_t k, ActLayout
 // above. Rows whose scales would leave bf16's exponent range after folding take an exact scalar path.
 void fp4_rows_avx512bf16(const core::Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y);
 void fp8_rows_avx512bf16(const core::Fp8Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y);
-// The same contracts in portable C++: the AVX-512 kernels' exact path for rows whose scales they cannot take.
-void fp4_rows_generic(const core::Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y);
-void fp8_rows_generic(const core::Fp8Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y);
+// The same contracts in portable C++ (act in any layout): the AVX-512 kernels' exact path for rows whose scales
+// they cannot take.
+void fp4_rows_generic(const core::Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y,
+                      ActLayout layout);
+void fp8_rows_generic(const core::Fp8Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y,
+                      ActLayout layout);
 
 // FP8 products for many columns (prefill, large batches): rows [r0, r1) are decoded once into `panel`
 // ((r1 - r0) x cols bf16, the scales folded into the exponents: exact) and the panel is multiplied with all n
