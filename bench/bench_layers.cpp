@@ -202,6 +202,7 @@ int run(int argc, char **argv) {
     model::LoadOptions lo;
     lo.check_values = false;
     lo.use_mmap = std::getenv("DSV4_BENCH_MMAP") != nullptr;  // default: read into (huge-page) memory
+    lo.repack_weights = std::getenv("DSV4_BENCH_NO_REPACK") == nullptr;  // default: the packed layout
     auto model = model::Model::load(argv[1], lo);
     const io::ModelConfig &c = model->config();
     volatile size_t touched = touch_weights(*model);  // volatile: the reads must happen

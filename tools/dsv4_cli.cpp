@@ -103,6 +103,7 @@ int main(int argc, char **argv) {
         cmd->add_option("--seed", ro.seed, "sampling seed");
         cmd->add_option("-t,--threads", ro.threads, "compute threads (0 = OMP_NUM_THREADS, else all cores)");
         cmd->add_flag("-q,--quiet", ro.quiet, "no load progress on stderr");
+        cmd->add_flag("--no-repack", ro.no_repack, "compute from the checkpoint's bytes in place (no packed copy of the weights)");
         cmd->add_option("-c,--ctx-size", ro.n_ctx, "context length in tokens")->check(CLI::Range(1, 1 << 30));
         cmd->add_flag("--think", ro.think, "thinking mode of the chat format (chat: /think and /nothink switch)");
     };

@@ -55,6 +55,7 @@ struct Session {
     dsv4_status load(const RunOptions &o, const std::string &dir) {
         dsv4_model_params mp = dsv4_model_default_params();
         if (!o.quiet) mp.progress_callback = show_load_progress;
+        mp.repack_weights = !o.no_repack;
         if (dsv4_status st = dsv4_model_load(dir.c_str(), &mp, &model)) return st;
         tok = dsv4_model_tokenizer(model);
         if (!o.tokenizer_path.empty()) {

@@ -17,6 +17,7 @@ struct RunOptions {
     uint64_t seed = 0;
     bool print_ids = false;                 // `run`: the prompt and generated ids to stderr
     bool quiet = false;                     // no load progress on stderr
+    bool no_repack = false;                 // compute from the checkpoint's bytes (dsv4_model_params::repack_weights)
 };
 
 struct BenchOptions {

@@ -202,6 +202,11 @@ typedef struct dsv4_model_params {
     void *progress_user_data;                   /* passed to progress_callback */
     uint8_t use_mmap;                           /* 1 (default): map shards read-only, zero-copy */
     uint8_t check_tensors;                      /* 1 (default): reject NaN/Inf in fp32/bf16 norm weights */
+    uint8_t repack_weights;                     /* 1 (default): where the CPU has AVX512-BF16, copy the FP4/FP8
+                                                   matrices at load into the kernels' packed layout (faster
+                                                   decode and prefill; anonymous memory of about the checkpoint's
+                                                   size, while mapped shard pages become reclaimable page
+                                                   cache); 0: compute from the checkpoint's bytes in place */
 } dsv4_model_params;
 
 /* Fills *params with defaults. size = sizeof(*params) as the caller knows it (ABI growth).

@@ -286,6 +286,7 @@ DSV4_API dsv4_status dsv4_model_params_init(dsv4_model_params *params, size_t si
     dsv4_model_params p{};
     p.use_mmap = 1;
     p.check_tensors = 1;
+    p.repack_weights = 1;
     init_params(params, size, "dsv4_model_params_init", p);
     DSV4_API_END
 }
@@ -299,6 +300,7 @@ DSV4_API dsv4_status dsv4_model_load(const char *dir, const dsv4_model_params *p
     dsv4::model::LoadOptions options;
     options.use_mmap = p.use_mmap != 0;
     options.check_values = p.check_tensors != 0;
+    options.repack_weights = p.repack_weights != 0;
     ProgressBridge bridge{p.progress_callback, p.progress_user_data};
     if (p.progress_callback) {
         options.progress = &ProgressBridge::call;

@@ -40,30 +40,13 @@ MappedFile::MappedFile(const std::string &path, bool use_mmap) : path_(path) {
         data_ = static_cast<const uint8_t *>(p);
         return;
     }
-    // Anonymous memory on 2 MiB boundaries, asked for as huge pages before the first touch: decode streams
-    // weights, and on 4 KiB pages every expert matrix costs a TLB miss per page (transparent huge pages are
-    // often enabled only on request, "madvise"). Best effort: without THP this is plain memory.
-    constexpr size_t kHugePage = size_t(2) << 20;
-    map_bytes_ = (size_ + kHugePage - 1) / kHugePage * kHugePage + kHugePage;
-    void *p = ::mmap(nullptr, map_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-        map_bytes_ = 0;
-        fail(DSV4_ERR_OUT_OF_MEMORY, "{}: cannot allocate {} bytes to read it into", path, size_);
-    }
-    map_ = p;
-    uint8_t *buffer = reinterpret_cast<uint8_t *>((reinterpret_cast<uintptr_t>(p) + kHugePage - 1) & ~(kHugePage - 1));
-    (void)::madvise(buffer, map_bytes_ - size_t(buffer - static_cast<uint8_t *>(p)), MADV_HUGEPAGE);
+    buffer_ = core::HugeBuffer(size_, path);
+    uint8_t *buffer = buffer_.data();
     size_t done = 0;
     while (done < size_) {
         ssize_t n = ::pread(f.fd, buffer + done, size_ - done, off_t(done));
         if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-            const int err = errno;
-            ::munmap(map_, map_bytes_);
-            map_ = nullptr;
-            errno = err;
-            fail_errno(path, "read");
-        }
+        if (n <= 0) fail_errno(path, "read");
         done += size_t(n);
     }
     data_ = buffer;

@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <string>
 
+#include "core/huge_buffer.h"
+
 namespace dsv4::io {
 
 class MappedFile {
@@ -22,8 +24,9 @@ private:
     std::string path_;
     const uint8_t *data_ = nullptr;
     size_t size_ = 0;
-    void *map_ = nullptr;  // the file mapping, or the anonymous memory the file was read into
+    void *map_ = nullptr;  // the file mapping
     size_t map_bytes_ = 0;
+    core::HugeBuffer buffer_;  // or the memory the file was read into
 };
 
 // Reads a whole (small) file; throws like MappedFile.

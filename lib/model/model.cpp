@@ -3,7 +3,9 @@
 
 #include <algorithm>
 
+#include "backend/cpu/isa.h"
 #include "core/error.h"
+#include "core/log.h"
 #include "core/ops.h"
 #include "io/mapped_file.h"
 #include "model/mhc.h"
@@ -16,6 +18,11 @@ std::unique_ptr<Model> Model::load(const std::string &dir, const LoadOptions &op
     m->config_ = io::parse_config(io::read_text_file(dir + "/config.json"), "config.json");
     m->checkpoint_ = std::make_unique<io::Checkpoint>(dir, options.use_mmap, options.progress, options.progress_user);
     m->weights_ = bind_weights(m->config_, *m->checkpoint_, options.check_values);
+    if (options.repack_weights && backend::cpu::selected_isa() >= backend::cpu::Isa::avx512_bf16) {
+        m->packed_weights_ = repack_weights(m->weights_);
+        core::log(DSV4_LOG_LEVEL_INFO, "{}: {} bytes of FP4/FP8 weights repacked for the CPU kernels", dir,
+                  m->packed_weights_.size());
+    }
     const io::ModelConfig &c = m->config_;
     for (const io::LayerSpec &l : c.layers)
         m->ropes_.emplace_back(c.rope_head_dim, l.rope_theta, l.yarn, c.rope_factor, c.original_seq_len, c.beta_fast,

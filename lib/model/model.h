@@ -21,6 +21,7 @@ namespace dsv4::model {
 struct LoadOptions {
     bool use_mmap = true;
     bool check_values = true;
+    bool repack_weights = true;  // where the CPU backend's best kernels use the packed layout
     io::Checkpoint::Progress progress = nullptr;
     void *progress_user = nullptr;
 };
@@ -69,6 +70,7 @@ private:
     io::ModelConfig config_;
     std::unique_ptr<io::Checkpoint> checkpoint_;
     ModelWeights weights_;
+    core::HugeBuffer packed_weights_;  // the packed copies weights_ points at (LoadOptions::repack_weights)
     std::vector<attention::Rope> ropes_;  // one per layer (main then MTP)
     std::string name_;
     uint64_t fingerprint_ = 0;

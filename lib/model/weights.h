@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "core/huge_buffer.h"
 #include "core/matrix.h"
 #include "io/checkpoint.h"
 #include "io/config.h"
@@ -71,5 +72,10 @@ struct ModelWeights {
 // Binds every tensor of `config` in `checkpoint`. All missing tensors and dtype/shape mismatches are
 // collected and reported at once (DSV4_ERR_WEIGHTS_*); resolves config.expert_format when it is absent.
 ModelWeights bind_weights(io::ModelConfig &config, const io::Checkpoint &checkpoint, bool check_values);
+
+// Copies every FP4 and FP8 matrix of `weights` that the CPU kernels' packed layout covers (backend/cpu/packed.h)
+// into one buffer and points the matrices at it (their checkpoint views stay); the buffer must outlive them.
+// The copy has the size of the tensors it covers: nearly the whole checkpoint.
+core::HugeBuffer repack_weights(ModelWeights &weights);
 
 }  // namespace dsv4::model

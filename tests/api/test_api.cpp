@@ -53,6 +53,7 @@ TEST_CASE("params init fills defaults and checks the size", "[api]") {
     CHECK(dsv4_model_params_init(&mp, sizeof mp) == DSV4_OK);
     CHECK(mp.struct_size == sizeof mp);
     CHECK(mp.use_mmap == 1);
+    CHECK(mp.repack_weights == 1);
     CHECK(dsv4_model_params_init(&mp, 4) == DSV4_ERR_INVALID_ARGUMENT);
     CHECK(dsv4_model_params_init(nullptr, sizeof mp) == DSV4_ERR_INVALID_ARGUMENT);
     dsv4_context_params cp = dsv4_context_default_params();
