@@ -528,6 +528,9 @@ typedef struct dsv4_memory_stats {
     uint64_t bytes_per_128_tokens_hca; /* exact growth of one HCA layer per 128 positions (one entry) */
     uint64_t constant_bytes_per_sequence; /* window rings and compressor histories of one sequence */
     int32_t n_sequences;           /* sequences holding at least one position */
+    uint64_t scratch_bytes;        /* forward-pass temporaries the context keeps for its next pass (about the
+                                      activations of its largest batch so far): later passes reuse them instead
+                                      of faulting in fresh pages; freed with the context */
 } dsv4_memory_stats;
 
 /* Fills *stats. Returns DSV4_OK or DSV4_ERR_INVALID_ARGUMENT. Thread-safety: one thread at a time per context. */

@@ -91,10 +91,10 @@ void Model::ffn_sublayer(backend::Backend &be, int layer, const float *h, const 
 }
 
 bool Model::forward(backend::Backend &be, const int32_t *tokens, int64_t N, const std::vector<SequenceSpan> &spans,
-                    std::vector<float> &h, const Observer *obs, const std::function<bool()> &should_abort) const {
+                    core::FloatBuffer &h, const Observer *obs, const std::function<bool()> &should_abort) const {
     const io::ModelConfig &c = config_;
     const int hc = c.hc_mult, D = c.dim;
-    const core::ScratchScope reuse;  // the layers' temporaries reuse each other's memory
+    const core::ScratchScope reuse;  // the layers' temporaries reuse each other's memory (and the caller's pool)
     h.assign(size_t(N) * hc * D, 0.0f);
     for (int64_t i = 0; i < N; ++i)
         for (int k = 0; k < hc; ++k)

@@ -10,6 +10,7 @@
 #include "attention/attention.h"
 #include "attention/rope.h"
 #include "backend/backend.h"
+#include "core/scratch.h"
 #include "io/checkpoint.h"
 #include "io/config.h"
 #include "kvcache/cache.h"
@@ -54,7 +55,7 @@ public:
     // Embeds tokens, runs every main layer, and returns the final streams (bf16 values [N, hc, D]).
     // `should_abort` is polled between layers; when it returns true the forward stops and returns false.
     bool forward(backend::Backend &be, const int32_t *tokens, int64_t N, const std::vector<SequenceSpan> &spans,
-                 std::vector<float> &streams, const Observer *obs, const std::function<bool()> &should_abort) const;
+                 core::FloatBuffer &streams, const Observer *obs, const std::function<bool()> &should_abort) const;
     // hc_head → final norm → fp32 logits [rows.size(), vocab] for the given rows of streams.
     void logits(backend::Backend &be, const float *streams, const std::vector<int64_t> &rows, float *out) const;
     // MTP block (spec §9.3) for n tokens of one sequence: main streams at positions p, tokens at p+1.

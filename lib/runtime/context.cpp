@@ -98,7 +98,8 @@ void Context::decode(const int32_t *tokens, const int32_t *positions, const int3
 
     for (const auto &sp : spans) sp.cache->begin();
     try {
-        std::vector<float> streams;
+        const core::ScratchScope reuse(&scratch_);  // the pass's temporaries in the memory of earlier passes
+        core::FloatBuffer streams;
         model::Observer obs = options_.observer;
         auto should_abort = [this] {
             return take_abort() || (options_.abort_callback && options_.abort_callback(options_.abort_user_data));
@@ -226,6 +227,7 @@ dsv4_memory_stats Context::memory_stats() const {
     st.bytes_per_4_tokens_csa = plan.bytes_per_4_tokens_csa;
     st.bytes_per_128_tokens_hca = plan.bytes_per_128_tokens_hca;
     st.bytes_per_1024_tokens = plan.bytes_per_1024_tokens;
+    st.scratch_bytes = scratch_.bytes();
     return st;
 }
 

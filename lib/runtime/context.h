@@ -58,6 +58,7 @@ private:
     const model::Model &model_;
     ContextOptions options_;
     std::unique_ptr<backend::Backend> backend_;
+    core::ScratchPool scratch_;  // forward passes' large temporaries, kept for the next pass
     std::vector<kvcache::LayerGeometry> geometry_;       // main layers
     std::vector<std::unique_ptr<kvcache::SequenceCache>> seqs_;
     std::vector<std::unique_ptr<kvcache::LayerCache>> mtp_caches_;

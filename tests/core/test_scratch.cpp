@@ -46,3 +46,21 @@ TEST_CASE("a kept block is not handed to a request less than half its size, nor 
     REQUIRE(plain[0] == 2.0f);
     REQUIRE(plain[kLarge * 2 - 1] == 3.0f);
 }
+
+TEST_CASE("a pool given to the scope keeps its blocks from one scope to the next until it is released", "[scratch]") {
+    dsv4::core::ScratchPool pool;
+    const float *first;
+    {
+        const ScratchScope scope(&pool);
+        FloatBuffer a(kLarge);
+        first = a.data();
+    }
+    REQUIRE(pool.bytes() == kLarge * sizeof(float));
+    {
+        const ScratchScope scope(&pool);
+        FloatBuffer b(kLarge);
+        REQUIRE(b.data() == first);  // no fresh pages: the block of the previous pass
+    }
+    pool.release();
+    REQUIRE(pool.bytes() == 0);
+}

@@ -274,4 +274,6 @@ TEST_CASE("a context of several thousand tokens: cache grows with the tokens, ex
     CHECK(st.n_sequences == 1);
     const uint64_t pages_csa = (1000 + 63) / 64, pages_hca = (31 + 63) / 64;
     CHECK(st.cache_bytes == st.constant_bytes_per_sequence + pages_csa * 64 * (583 + 68) + pages_hca * 64 * 583);
+    // the passes' large temporaries stay for the next pass: at least one 1000-token buffer of the streams
+    CHECK(st.scratch_bytes >= 1000 * 4 * 256 * sizeof(float));
 }
