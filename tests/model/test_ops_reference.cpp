@@ -171,51 +171,59 @@ TEST_CASE("FP4 expert GEMM (per-32 scales, checkpoint nibble order) equals the f
   }
 }
 
-TEST_CASE("every linear gives each column the same bits whatever the number of columns (GEMM path = GEMV)", "[ops]") {
-  for (auto &[isa, be] : quantized_backends()) {
-    INFO("backend " << isa);
-    for (int trial = 0; trial < 3; ++trial) {
-        const int64_t n = randint(32, 60), rows = randint(1, 150), cols = 128 * randint(1, 4);  // past every GEMM threshold
-        std::vector<uint8_t> w4(static_cast<size_t>(rows * cols / 2)), s4(static_cast<size_t>(rows * cols / 32));
-        std::vector<uint8_t> w8(static_cast<size_t>(rows * cols)), s8(static_cast<size_t>((rows + 127) / 128 * (cols / 128)));
-        std::vector<uint16_t> wb(static_cast<size_t>(rows * cols));
-        for (auto &c : w4) c = uint8_t(randint(0, 255));
-        for (auto &c : s4) c = scale_code(118, 128);
-        for (auto &c : w8) c = uint8_t(randint(0, 0x7e) | (randint(0, 1) << 7));
-        for (auto &c : s8) c = scale_code(120, 130);
-        for (auto &v : wb) v = core::f32_to_bf16(randn(0.05f));
-        core::ExpertMatrix m4;
-        m4.format = core::ExpertFormat::fp4;
-        m4.fp4 = {w4.data(), s4.data(), rows, cols};
-        const core::Fp8Matrix m8{w8.data(), s8.data(), rows, cols};
-        const core::Bf16Matrix mb{reinterpret_cast<const uint8_t *>(wb.data()), rows, cols};
-        const auto x = bf16_vector(size_t(n * cols), 1.0f);
-        const auto all_then_each = [&](auto &&linear) {
-            std::vector<float> all(static_cast<size_t>(n * rows)), one(static_cast<size_t>(rows));
-            linear(x.data(), n, all.data());
-            for (int64_t i = 0; i < n; ++i) {
-                linear(&x[size_t(i * cols)], 1, one.data());
-                INFO("column " << i << " of " << n);
-                REQUIRE(std::equal(one.begin(), one.end(), all.begin() + i * rows));
-            }
-        };
-        backend::Backend &b = *be;  // a structured binding cannot be captured in C++17
-        all_then_each([&](const float *xs, int64_t k, float *y) { b.linear_expert(xs, k, m4, y); });
-        all_then_each([&](const float *xs, int64_t k, float *y) { b.linear_fp8(xs, k, m8, y); });
-        all_then_each([&](const float *xs, int64_t k, float *y) { b.linear_bf16(xs, k, mb, y); });
-    }
-  }
-}
-
 // Rows and activations whose second halves cancel their first halves exactly (x[c + k/2] = -x[c], the same
 // weights and scales): each output is then the rounding residue of its fp32 sums, which any change of summation
 // order changes; outputs of ordinary data round to the same bf16 value under most reorderings. k a multiple of 256.
+namespace {
 void mirror_halves(std::vector<float> &x, int64_t k, std::vector<uint8_t> &w, int64_t w_row, std::vector<uint8_t> &s,
                    int64_t s_row) {
     for (size_t i = 0; i < x.size(); i += size_t(k))
         for (int64_t c = 0; c < k / 2; ++c) x[i + size_t(k / 2 + c)] = -x[i + size_t(c)];
     for (size_t r = 0; r < w.size(); r += size_t(w_row)) std::copy_n(&w[r], w_row / 2, &w[r + size_t(w_row / 2)]);
     for (size_t r = 0; r < s.size(); r += size_t(s_row)) std::copy_n(&s[r], s_row / 2, &s[r + size_t(s_row / 2)]);
+}
+}  // namespace
+
+TEST_CASE("every linear gives each column the same bits whatever the number of columns (GEMM path = GEMV)", "[ops]") {
+  for (auto &[isa, be] : quantized_backends()) {
+    INFO("backend " << isa);
+    for (int trial = 0; trial < 3; ++trial) {
+        // past every GEMM threshold, on cancelling data (see mirror_halves) so that any reorder shows
+        const int64_t n = randint(32, 60), rows = randint(1, 150), cols = 256 * randint(1, 2);
+        std::vector<uint8_t> w4(static_cast<size_t>(rows * cols / 2)), s4(static_cast<size_t>(rows * cols / 32));
+        std::vector<uint8_t> w8(static_cast<size_t>(rows * cols)), s8(static_cast<size_t>((rows + 127) / 128 * (cols / 128)));
+        std::vector<uint16_t> wb(static_cast<size_t>(rows * cols));
+        for (auto &c : w4) c = uint8_t((randint(0, 1) ? 7 : 1) | (randint(0, 1) ? 0x70 : 0x10));  // see the packed test
+        for (auto &c : s4) c = scale_code(118, 128);
+        for (auto &c : w8) c = uint8_t(randint(0, 0x7e) | (randint(0, 1) << 7));
+        for (auto &c : s8) c = scale_code(120, 130);
+        for (auto &v : wb) v = core::f32_to_bf16(randn(0.05f));
+        std::vector<float> x4(static_cast<size_t>(n * cols));
+        for (float &v : x4) v = randint(0, 3) ? 1.75f : (randint(0, 1) ? 0x1p-17f : -0x1p-17f);
+        auto x = bf16_vector(size_t(n * cols), 1.0f);
+        mirror_halves(x4, cols, w4, cols / 2, s4, cols / 32);
+        mirror_halves(x, cols, w8, cols, s8, cols / 128);
+        for (int64_t r = 0; r < rows; ++r) std::copy_n(&wb[size_t(r * cols)], cols / 2, &wb[size_t(r * cols + cols / 2)]);
+        core::ExpertMatrix m4;
+        m4.format = core::ExpertFormat::fp4;
+        m4.fp4 = {w4.data(), s4.data(), rows, cols};
+        const core::Fp8Matrix m8{w8.data(), s8.data(), rows, cols};
+        const core::Bf16Matrix mb{reinterpret_cast<const uint8_t *>(wb.data()), rows, cols};
+        const auto all_then_each = [&](const std::vector<float> &xs, auto &&linear) {
+            std::vector<float> all(static_cast<size_t>(n * rows)), one(static_cast<size_t>(rows));
+            linear(xs.data(), n, all.data());
+            for (int64_t i = 0; i < n; ++i) {
+                linear(&xs[size_t(i * cols)], 1, one.data());
+                INFO("column " << i << " of " << n);
+                REQUIRE(std::equal(one.begin(), one.end(), all.begin() + i * rows));
+            }
+        };
+        backend::Backend &b = *be;  // a structured binding cannot be captured in C++17
+        all_then_each(x4, [&](const float *xs, int64_t k, float *y) { b.linear_expert(xs, k, m4, y); });
+        all_then_each(x, [&](const float *xs, int64_t k, float *y) { b.linear_fp8(xs, k, m8, y); });
+        all_then_each(x, [&](const float *xs, int64_t k, float *y) { b.linear_bf16(xs, k, mb, y); });
+    }
+  }
 }
 
 TEST_CASE("the packed weight layout: FP4 and FP8 linears equal the float64 reference, each column the same bits "
