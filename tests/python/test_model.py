@@ -90,6 +90,16 @@ def test_state_round_trip_fork_and_truncate(model, tmp_path):
     assert other.seq_length() == 40  # unchanged by the failed load
     stats = ctx.memory_stats()
     assert stats["n_sequences"] == 2 and stats["cache_bytes"] > 0 and stats["bytes_per_1024_tokens"] > 0
+    assert stats["scratch_bytes"] >= 0
+
+
+def test_weights_in_the_checkpoint_layout_give_the_same_logits(model):
+    """repack_weights=False computes from the checkpoint's bytes in place: only fp32 summation order differs."""
+    in_place = dsv4.Model(TINY_MODEL, repack_weights=False)
+    tokens = [0, 194, 916, 623, 292, 17]
+    a = dsv4.Context(model, n_ctx=64).eval(tokens)
+    b = dsv4.Context(in_place, n_ctx=64).eval(tokens)
+    assert np.abs(a.astype(np.float64) - b).max() < 0.25
 
 
 def test_errors_carry_status_and_message(model, tmp_path):

@@ -232,6 +232,7 @@ public:
         d["bytes_per_128_tokens_hca"] = s.bytes_per_128_tokens_hca;
         d["constant_bytes_per_sequence"] = s.constant_bytes_per_sequence;
         d["n_sequences"] = s.n_sequences;
+        d["scratch_bytes"] = s.scratch_bytes;
         return d;
     }
     py::bytes save_state(int32_t seq) {
