@@ -44,6 +44,15 @@ public:
         const int64_t expert_macs = n * (w.format == core::ExpertFormat::fp8 ? w.fp8.rows * w.fp8.cols : w.fp4.rows * w.fp4.cols);
         timed("linear_expert", [&] { inner_->linear_expert(x, n, w, y); }, expert_macs);
     }
+    // a layer's expert matrices in two calls (routed w1/w3 with the shared expert's, then the w2s)
+    void linear_experts(const backend::ExpertLinear *jobs, size_t count) override {
+        int64_t expert_macs = 0;
+        for (size_t j = 0; j < count; ++j) {
+            const core::ExpertMatrix &w = *jobs[j].w;
+            expert_macs += jobs[j].n * (w.format == core::ExpertFormat::fp8 ? w.fp8.rows * w.fp8.cols : w.fp4.rows * w.fp4.cols);
+        }
+        timed("linear_experts", [&] { inner_->linear_experts(jobs, count); }, expert_macs);
+    }
     void linear_bf16(const float *x, int64_t n, const core::Bf16Matrix &w, float *y) override {
         timed("linear_bf16", [&] { inner_->linear_bf16(x, n, w, y); }, n * w.rows * w.cols);
     }

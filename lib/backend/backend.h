@@ -33,6 +33,14 @@ struct Fp4Keys {
     const uint8_t *entry(int64_t j) const { return pages[j / entries_per_page] + (j % entries_per_page) * entry_bytes; }
 };
 
+// One routed- or shared-expert linear of a batch: y[n, rows] = linear_expert(x[n, cols], *w).
+struct ExpertLinear {
+    const float *x;
+    int64_t n;
+    const core::ExpertMatrix *w;
+    float *y;
+};
+
 class Backend {
 public:
     virtual ~Backend() = default;
@@ -43,6 +51,11 @@ public:
     virtual void linear_fp8(const float *x, int64_t n, const core::Fp8Matrix &w, float *y) = 0;
     // Routed-expert GEMM in the checkpoint's expert format (FP4 per-32 scales, or FP8 128x128).
     virtual void linear_expert(const float *x, int64_t n, const core::ExpertMatrix &w, float *y) = 0;
+    // Several expert linears at once (a layer's w1 and w3, then its w2): each y exactly as linear_expert gives it.
+    // A backend may run them in one parallel region and quantise an input that several share (w1, w3) once.
+    virtual void linear_experts(const ExpertLinear *jobs, size_t count) {
+        for (size_t j = 0; j < count; ++j) linear_expert(jobs[j].x, jobs[j].n, *jobs[j].w, jobs[j].y);
+    }
     // y = bf16(x · wᵀ) with bf16 inputs, fp32 accumulation and one rounding (wo_a, indexer weights_proj).
     virtual void linear_bf16(const float *x, int64_t n, const core::Bf16Matrix &w, float *y) = 0;
     // y = x · wᵀ in fp32 with bf16-stored weights (compressor, router gate, LM head).

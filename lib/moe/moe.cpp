@@ -65,44 +65,78 @@ void moe_forward(const MoeContext &ctx, const float *x, const int32_t *tokens, i
     model::observe(ctx.observer, "gate_ids", ctx.layer, DSV4_DTYPE_I32, N, k, ids.data());
     model::observe(ctx.observer, "gate_weights", ctx.layer, DSV4_DTYPE_F32, N, k, weights.data());
 
-    core::FloatBuffer acc(size_t(N * D), 0.0f);
-    core::FloatBuffer xe, g, u, a, out, rw;
-    std::vector<int64_t> rows;
-    for (int e = 0; e < E; ++e) {  // expert-id order fixes the fp32 summation order (spec §8.3)
+    // Routed experts (ascending id) in batches of up to kBatchRows gathered rows: the backend gets a batch's w1 and
+    // w3 (with the shared expert's, in the first batch) in one call, then their w2 in another, so a decode step's
+    // expert matrices share one parallel region each instead of one per matrix. Each token still sums its experts'
+    // outputs in expert-id order (spec §8.3); a batch's buffers stay small however long the prefill.
+    constexpr int64_t kBatchRows = 512;
+    const core::ExpertMatrix shared_w1{core::ExpertFormat::fp8, {}, ctx.weights.shared.w1},
+        shared_w2{core::ExpertFormat::fp8, {}, ctx.weights.shared.w2},
+        shared_w3{core::ExpertFormat::fp8, {}, ctx.weights.shared.w3};
+    core::FloatBuffer acc(size_t(N * D), 0.0f), shared_g(size_t(N * I)), shared_u(shared_g.size()),
+        shared_a(shared_g.size()), shared_out(size_t(N * D));
+    struct Routed {
+        int e;
+        int64_t first, n;  // its rows [first, first + n) of the batch's gathered rows
+    };
+    std::vector<Routed> batch;
+    std::vector<int64_t> rows;  // token of each gathered row
+    core::FloatBuffer rw, xe, g, u, a, out;
+    std::vector<backend::ExpertLinear> jobs;
+    bool shared_done = false;
+    const auto run_batch = [&] {
+        const int64_t total = int64_t(rows.size());
+        xe.resize(size_t(total * D));
+        for (int64_t r = 0; r < total; ++r) std::copy_n(x + rows[size_t(r)] * D, D, &xe[size_t(r * D)]);
+        g.resize(size_t(total * I));
+        u.resize(g.size());
+        a.resize(g.size());
+        out.resize(size_t(total * D));
+        jobs.clear();
+        for (const Routed &b : batch) {
+            const model::ExpertWeights &ew = ctx.weights.experts[size_t(b.e)];
+            jobs.push_back({&xe[size_t(b.first * D)], b.n, &ew.w1, &g[size_t(b.first * I)]});
+            jobs.push_back({&xe[size_t(b.first * D)], b.n, &ew.w3, &u[size_t(b.first * I)]});
+        }
+        const bool with_shared = !shared_done;
+        if (with_shared) {
+            jobs.push_back({x, N, &shared_w1, shared_g.data()});
+            jobs.push_back({x, N, &shared_w3, shared_u.data()});
+        }
+        be.linear_experts(jobs.data(), jobs.size());
+        swiglu(g.data(), u.data(), total, cfg.swiglu_limit, rw.data(), I, a.data());
+        jobs.clear();
+        for (const Routed &b : batch) {
+            const model::ExpertWeights &ew = ctx.weights.experts[size_t(b.e)];
+            jobs.push_back({&a[size_t(b.first * I)], b.n, &ew.w2, &out[size_t(b.first * D)]});
+        }
+        if (with_shared) {
+            // the shared expert: same clamp in the current revision (spec §15.1), no routing weight
+            swiglu(shared_g.data(), shared_u.data(), N, cfg.swiglu_limit, nullptr, I, shared_a.data());
+            jobs.push_back({shared_a.data(), N, &shared_w2, shared_out.data()});
+        }
+        be.linear_experts(jobs.data(), jobs.size());
+        for (const Routed &b : batch)
+            for (int64_t r = b.first; r < b.first + b.n; ++r)
+                for (int c = 0; c < D; ++c) acc[size_t(rows[size_t(r)] * D + c)] += out[size_t(r * D + c)];
+        shared_done = true;
+        batch.clear();
         rows.clear();
         rw.clear();
+    };
+    for (int e = 0; e < E; ++e) {
+        const int64_t first = int64_t(rows.size());
         for (int64_t i = 0; i < N; ++i)
             for (int j = 0; j < k; ++j)
                 if (ids[size_t(i * k + j)] == e) {
                     rows.push_back(i);
                     rw.push_back(weights[size_t(i * k + j)]);
                 }
-        if (rows.empty()) continue;
-        const int64_t n = int64_t(rows.size());
-        xe.resize(size_t(n * D));
-        for (int64_t r = 0; r < n; ++r) std::copy_n(x + rows[size_t(r)] * D, D, &xe[size_t(r * D)]);
-        g.resize(size_t(n * I));
-        u.resize(g.size());
-        a.resize(g.size());
-        out.resize(size_t(n * D));
-        const model::ExpertWeights &ew = ctx.weights.experts[size_t(e)];
-        be.linear_expert(xe.data(), n, ew.w1, g.data());
-        be.linear_expert(xe.data(), n, ew.w3, u.data());
-        swiglu(g.data(), u.data(), n, cfg.swiglu_limit, rw.data(), I, a.data());
-        be.linear_expert(a.data(), n, ew.w2, out.data());
-        for (int64_t r = 0; r < n; ++r)
-            for (int c = 0; c < D; ++c) acc[size_t(rows[size_t(r)] * D + c)] += out[size_t(r * D + c)];
+        if (int64_t(rows.size()) > first) batch.push_back({e, first, int64_t(rows.size()) - first});
+        if (int64_t(rows.size()) >= kBatchRows) run_batch();
     }
-    // Shared expert (FP8), same clamp in the current revision (spec §15.1), no routing weight.
-    g.resize(size_t(N * I));
-    u.resize(g.size());
-    a.resize(g.size());
-    out.resize(size_t(N * D));
-    be.linear_fp8(x, N, ctx.weights.shared.w1, g.data());
-    be.linear_fp8(x, N, ctx.weights.shared.w3, u.data());
-    swiglu(g.data(), u.data(), N, cfg.swiglu_limit, nullptr, I, a.data());
-    be.linear_fp8(a.data(), N, ctx.weights.shared.w2, out.data());
-    for (int64_t i = 0; i < N * D; ++i) y[i] = core::round_bf16(acc[size_t(i)] + out[size_t(i)]);
+    if (!batch.empty() || !shared_done) run_batch();
+    for (int64_t i = 0; i < N * D; ++i) y[i] = core::round_bf16(acc[size_t(i)] + shared_out[size_t(i)]);
 }
 
 }  // namespace dsv4::moe

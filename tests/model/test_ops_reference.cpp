@@ -302,6 +302,49 @@ TEST_CASE("the packed weight layout: FP4 and FP8 linears equal the float64 refer
   }
 }
 
+TEST_CASE("a batch of expert linears gives each job exactly what linear_expert gives it", "[ops]") {
+  for (auto &[isa, be] : quantized_backends()) {
+    INFO("backend " << isa);
+    for (const int64_t n : {1, 5}) {
+        // FP4 and FP8 matrices, packed and not, two of them sharing an input (as w1 and w3 do)
+        const int64_t rows = 48, cols = 256;
+        std::vector<std::vector<uint8_t>> data;
+        data.reserve(10);  // references to its elements stay valid
+        std::vector<core::ExpertMatrix> mats(4);
+        for (size_t m = 0; m < mats.size(); ++m) {
+            const bool fp4 = m % 2 == 0;
+            std::vector<uint8_t> &w = data.emplace_back(size_t(rows * cols / (fp4 ? 2 : 1)));
+            std::vector<uint8_t> &sc = data.emplace_back(size_t(fp4 ? rows * cols / 32 : (rows + 127) / 128 * (cols / 128)));
+            for (auto &c : w) c = uint8_t(fp4 ? randint(0, 255) : randint(0, 0x7e) | (randint(0, 1) << 7));
+            for (auto &c : sc) c = scale_code(fp4 ? 118 : 120, fp4 ? 128 : 130);
+            mats[m].format = fp4 ? core::ExpertFormat::fp4 : core::ExpertFormat::fp8;
+            if (fp4) mats[m].fp4 = {w.data(), sc.data(), rows, cols};
+            else mats[m].fp8 = {w.data(), sc.data(), rows, cols};
+            if (m < 2) {  // the first two get a packed copy
+                std::vector<uint8_t> &p = data.emplace_back(fp4 ? backend::cpu::packed_fp4_bytes(mats[m].fp4)
+                                                                : backend::cpu::packed_fp8_bytes(mats[m].fp8));
+                if (fp4) backend::cpu::pack_fp4_rows(mats[m].fp4, 0, rows, p.data()), mats[m].fp4.packed = p.data();
+                else backend::cpu::pack_fp8_rows(mats[m].fp8, 0, rows, p.data()), mats[m].fp8.packed = p.data();
+            }
+        }
+        const auto shared_x = bf16_vector(size_t(n * cols), 1.0f), other_x = bf16_vector(size_t(n * cols), 1.0f);
+        std::vector<std::vector<float>> batched(5, std::vector<float>(size_t(n * rows))), alone = batched;
+        const std::vector<std::pair<const std::vector<float> *, size_t>> spec = {
+            {&shared_x, 0}, {&shared_x, 1}, {&other_x, 0}, {&other_x, 3}, {&shared_x, 2}};
+        std::vector<backend::ExpertLinear> jobs;
+        for (size_t j = 0; j < spec.size(); ++j) {
+            jobs.push_back({spec[j].first->data(), n, &mats[spec[j].second], batched[j].data()});
+            be->linear_expert(spec[j].first->data(), n, mats[spec[j].second], alone[j].data());
+        }
+        be->linear_experts(jobs.data(), jobs.size());
+        for (size_t j = 0; j < spec.size(); ++j) {
+            INFO("job " << j << ", n = " << n);
+            REQUIRE(batched[j] == alone[j]);
+        }
+    }
+  }
+}
+
 TEST_CASE("bf16-weight linears (bf16 output, fp32 output) and the fp32-weight linear equal the float64 reference", "[ops]") {
   for (auto &[isa, be] : quantized_backends()) {
     INFO("backend " << isa);

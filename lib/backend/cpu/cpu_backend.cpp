@@ -53,6 +53,65 @@ public:
         for_row_tiles(m.rows, [&](int64_t r0, int64_t r1) { cpu::fp4_rows_avx512bf16(m, act, n, r0, r1, y); });
     }
 
+    // The jobs with packed weights run in one parallel region over all their row tiles, each distinct input
+    // quantised once (w1 and w3 share theirs); the others go one by one. Every y is what linear_expert gives.
+    void linear_experts(const ExpertLinear *jobs, size_t count) override {
+        if (!has_kernels()) return Backend::linear_experts(jobs, count);
+        struct Input {
+            const float *x;
+            int64_t n, cols;
+            size_t at;  // its quantised rows in act_
+        };
+        std::vector<Input> inputs;
+        std::vector<std::pair<const ExpertLinear *, size_t>> packed;  // job, its input's offset
+        size_t act_size = 0;
+        int64_t max_n = 0;
+        for (size_t j = 0; j < count; ++j) {
+            const ExpertLinear &job = jobs[j];
+            const bool fp4 = job.w->format == ExpertFormat::fp4;
+            if (!(fp4 ? job.w->fp4.packed : job.w->fp8.packed)) {
+                linear_expert(job.x, job.n, *job.w, job.y);
+                continue;
+            }
+            const int64_t cols = fp4 ? job.w->fp4.cols : job.w->fp8.cols;
+            auto in = std::find_if(inputs.begin(), inputs.end(),
+                                   [&](const Input &i) { return i.x == job.x && i.n == job.n && i.cols == cols; });
+            if (in == inputs.end()) {
+                in = inputs.insert(inputs.end(), {job.x, job.n, cols, act_size});
+                act_size += size_t(job.n * cols);
+            }
+            packed.emplace_back(&job, in->at);
+            max_n = std::max(max_n, job.n);
+        }
+        act_.resize(act_size);
+        for (const Input &in : inputs) quantize_into(in.x, in.n, in.cols, cpu::ActLayout::natural, act_.data() + in.at);
+        struct Tile {
+            size_t job;
+            int64_t r0, r1;
+        };
+        std::vector<Tile> tiles;
+        for (size_t i = 0; i < packed.size(); ++i) {
+            const core::ExpertMatrix &w = *packed[i].first->w;
+            const int64_t rows = w.format == ExpertFormat::fp4 ? w.fp4.rows : w.fp8.rows;
+            for (int64_t r0 = 0; r0 < rows; r0 += kPackedRowTile) tiles.push_back({i, r0, std::min(rows, r0 + kPackedRowTile)});
+        }
+        const auto run = [&](const Tile &t) {
+            const ExpertLinear &job = *packed[t.job].first;
+            const uint16_t *act = act_.data() + packed[t.job].second;
+            if (job.w->format == ExpertFormat::fp4) cpu::fp4_packed_rows(job.w->fp4, act, job.n, t.r0, t.r1, job.y);
+            else cpu::fp8_packed_rows(job.w->fp8, act, job.n, t.r0, t.r1, job.y);
+        };
+        const int64_t n_tiles = int64_t(tiles.size());
+        // One token per job (decode): tiles of equal cost, split evenly; batches: unequal tiles, handed out in turn.
+        if (max_n == 1) {
+#pragma omp parallel for num_threads(threads()) schedule(static)
+            for (int64_t t = 0; t < n_tiles; ++t) run(tiles[size_t(t)]);
+        } else {
+#pragma omp parallel for num_threads(threads()) schedule(dynamic)
+            for (int64_t t = 0; t < n_tiles; ++t) run(tiles[size_t(t)]);
+        }
+    }
+
     void linear_bf16(const float *x, int64_t n, const Bf16Matrix &w, float *y) override {
         if (!has_kernels() || w.cols % 32) return reference_->linear_bf16(x, n, w, y);
         act_.resize(size_t(n * w.cols));
@@ -164,13 +223,15 @@ private:
     // x [n, k] quantised to FP8 as the reference's act_quant, as bf16 bits in act_ (rows split over the threads).
     const uint16_t *quantized(const float *x, int64_t n, int64_t k, cpu::ActLayout layout) {
         act_.resize(size_t(n * k));
-        uint16_t *act = act_.data();
+        quantize_into(x, n, k, layout, act_.data());
+        return act_.data();
+    }
+    void quantize_into(const float *x, int64_t n, int64_t k, cpu::ActLayout layout, uint16_t *act) {
 #pragma omp parallel for num_threads(threads()) schedule(static) if (n > 1)
         for (int64_t i = 0; i < n; ++i) {
             if (k % 128) cpu::quantize_activations(x + i * k, 1, k, layout, act + i * k);  // a partial last block
             else cpu::quantize_activations_avx512(x + i * k, 1, k, layout, act + i * k);
         }
-        return act;
     }
 
     std::unique_ptr<Backend> reference_;
