@@ -53,6 +53,10 @@ public:
         }
         timed("linear_experts", [&] { inner_->linear_experts(jobs, count); }, expert_macs);
     }
+    void linear_dequant_fp8(const float *x, int64_t n, const core::Fp8Matrix &w, int64_t r0, int64_t r1,
+                            float *y) override {
+        timed("linear_dequant_fp8", [&] { inner_->linear_dequant_fp8(x, n, w, r0, r1, y); }, n * (r1 - r0) * w.cols);
+    }
     void linear_bf16(const float *x, int64_t n, const core::Bf16Matrix &w, float *y) override {
         timed("linear_bf16", [&] { inner_->linear_bf16(x, n, w, y); }, n * w.rows * w.cols);
     }
@@ -94,7 +98,7 @@ size_t bf16_bytes(const core::Bf16Matrix &m) { return size_t(m.rows * m.cols * 2
 
 // Bytes of weights one decode token reads in a layer (the routed experts: n_active of them).
 size_t layer_bytes_per_token(const model::LayerWeights &l, int n_active) {
-    size_t b = fp8_bytes(l.wq_a) + fp8_bytes(l.wq_b) + fp8_bytes(l.wkv) + fp8_bytes(l.wo_b) + 2 * l.wo_a.size();
+    size_t b = fp8_bytes(l.wq_a) + fp8_bytes(l.wq_b) + fp8_bytes(l.wkv) + fp8_bytes(l.wo_b) + fp8_bytes(l.wo_a);
     b += bf16_bytes(l.compressor.wkv) + bf16_bytes(l.compressor.wgate);
     b += fp8_bytes(l.index_wq_b) + bf16_bytes(l.index_weights_proj);
     b += bf16_bytes(l.index_compressor.wkv) + bf16_bytes(l.index_compressor.wgate);
@@ -113,7 +117,7 @@ double layer_macs_per_token(const model::LayerWeights &l, int n_active) {
     auto ex = [](const core::ExpertMatrix &m) {
         return m.format == core::ExpertFormat::fp8 ? double(m.fp8.rows * m.fp8.cols) : double(m.fp4.rows * m.fp4.cols);
     };
-    return fp8(l.wq_a) + fp8(l.wq_b) + fp8(l.wkv) + fp8(l.wo_b) + double(l.wo_a.size()) + bf(l.compressor.wkv) +
+    return fp8(l.wq_a) + fp8(l.wq_b) + fp8(l.wkv) + fp8(l.wo_b) + fp8(l.wo_a) + bf(l.compressor.wkv) +
            bf(l.compressor.wgate) + fp8(l.index_wq_b) + bf(l.index_weights_proj) + bf(l.index_compressor.wkv) +
            bf(l.index_compressor.wgate) + bf(l.gate) + double(l.hc_attn.fn.size() + l.hc_ffn.fn.size()) +
            fp8(l.shared.w1) + fp8(l.shared.w2) + fp8(l.shared.w3) + n_active * (ex(e.w1) + ex(e.w2) + ex(e.w3));

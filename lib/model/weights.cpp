@@ -123,19 +123,6 @@ CompressorWeights bind_compressor(Binder &b, const std::string &prefix, int rati
             b.f32(prefix + ".ape", {ratio, width}), b.bf16_vector(prefix + ".norm.weight", out_dim)};
 }
 
-// convert.py dequantises wo_a (FP8 x 128x128 scale) to bf16; the product is exact in bf16.
-std::vector<uint16_t> dequantize_fp8_to_bf16(const Fp8Matrix &m) {
-    std::vector<uint16_t> out;
-    if (!m.w || !m.scale) return out;
-    out.resize(size_t(m.rows * m.cols));
-    for (int64_t r = 0; r < m.rows; ++r)
-        for (int64_t c = 0; c < m.cols; ++c) {
-            float s = core::e8m0_to_f32(m.scale[(r / 128) * m.scale_cols() + c / 128]);
-            out[size_t(r * m.cols + c)] = core::f32_to_bf16(core::fp8_e4m3_to_f32(m.w[r * m.cols + c]) * s);
-        }
-    return out;
-}
-
 io::ExpertFormat detect_expert_format(const io::ModelConfig &c, const io::Checkpoint &ckpt) {
     if (c.expert_format) return *c.expert_format;
     // Older root configs omit expert_dtype (spec §15.3): the stored dtype decides.
@@ -174,7 +161,7 @@ ModelWeights bind_weights(io::ModelConfig &c, const io::Checkpoint &ckpt, bool c
         l.wq_b = b.fp8(p + "attn.wq_b", H * d, c.q_lora_rank);
         l.wkv = b.fp8(p + "attn.wkv", d, D);
         l.kv_norm = b.bf16_vector(p + "attn.kv_norm.weight", d);
-        l.wo_a = dequantize_fp8_to_bf16(b.fp8(p + "attn.wo_a", int64_t(c.o_groups) * c.o_lora_rank, H * d / c.o_groups));
+        l.wo_a = b.fp8(p + "attn.wo_a", int64_t(c.o_groups) * c.o_lora_rank, H * d / c.o_groups);
         l.wo_b = b.fp8(p + "attn.wo_b", D, int64_t(c.o_groups) * c.o_lora_rank);
         if (spec.compress_ratio) l.compressor = bind_compressor(b, p + "attn.compressor", spec.compress_ratio, d, D);
         if (spec.compress_ratio == 4) {
@@ -230,7 +217,7 @@ core::HugeBuffer repack_weights(ModelWeights &weights) {
         total += (bytes + 63) / 64 * 64;
     };
     for (LayerWeights &l : weights.layers) {
-        for (Fp8Matrix *m : {&l.wq_a, &l.wq_b, &l.wkv, &l.wo_b, &l.index_wq_b, &l.shared.w1, &l.shared.w2, &l.shared.w3,
+        for (Fp8Matrix *m : {&l.wq_a, &l.wq_b, &l.wkv, &l.wo_a, &l.wo_b, &l.index_wq_b, &l.shared.w1, &l.shared.w2, &l.shared.w3,
                              &l.e_proj, &l.h_proj})
             add(nullptr, m);
         for (ExpertWeights &x : l.experts)

@@ -44,7 +44,8 @@ struct LayerWeights {
     std::vector<float> attn_sink;      // [H]
     Fp8Matrix wq_a, wq_b, wkv, wo_b;
     std::vector<float> q_norm, kv_norm;
-    std::vector<uint16_t> wo_a;        // bf16 [G·R_o, H·d/G], dequantised at load as convert.py does
+    Fp8Matrix wo_a;                    // [G·R_o, H·d/G]: bf16 weights in the reference (convert.py dequantises
+                                       // them), used in their exact FP8 form (Backend::linear_dequant_fp8)
     CompressorWeights compressor;      // ratio != 0
     Fp8Matrix index_wq_b;              // ratio 4
     Bf16Matrix index_weights_proj;     // ratio 4

@@ -345,6 +345,55 @@ TEST_CASE("a batch of expert linears gives each job exactly what linear_expert g
   }
 }
 
+TEST_CASE("FP8 weights dequantised (wo_a): rows of the bf16 linear over e4m3 times its block scale, unquantised "
+          "activations, equal the float64 reference and the bf16 linear of the dequantised weights", "[ops]") {
+  for (auto &[isa, be] : quantized_backends()) {
+    INFO("backend " << isa);
+    for (int trial = 0; trial < 6; ++trial) {
+        const int64_t n = trial % 3 == 2 ? randint(32, 40) : randint(1, 6), rows = 16 * randint(2, 20), cols = 128 * randint(1, 3);
+        std::vector<uint8_t> w(static_cast<size_t>(rows * cols)), s(static_cast<size_t>((rows + 127) / 128 * (cols / 128)));
+        for (auto &c : w) c = uint8_t(randint(0, 0x7e) | (randint(0, 1) << 7));
+        for (auto &c : s) c = scale_code(120, 130);
+        core::Fp8Matrix m{w.data(), s.data(), rows, cols};
+        std::vector<uint8_t> packed(backend::cpu::packed_fp8_bytes(m));
+        if (trial % 2) {  // the packed copy half the time
+            backend::cpu::pack_fp8_rows(m, 0, rows, packed.data());
+            m.packed = packed.data();
+        }
+        std::vector<uint16_t> dequant(static_cast<size_t>(rows * cols));
+        for (int64_t r = 0; r < rows; ++r)
+            for (int64_t c = 0; c < cols; ++c)
+                dequant[size_t(r * cols + c)] = core::f32_to_bf16(core::fp8_e4m3_to_f32(w[size_t(r * cols + c)]) *
+                                                                  core::e8m0_to_f32(s[size_t((r / 128) * (cols / 128) + c / 128)]));
+        const core::Bf16Matrix mb{reinterpret_cast<const uint8_t *>(dequant.data()), rows, cols};
+        const auto x = bf16_vector(size_t(n * cols), 1.0f);
+        // a row range as a group of wo_a takes it: multiples of 16 (the packed tiles') or of 4, or the whole matrix
+        const int step = trial % 2 ? 16 : 4;
+        const int64_t r0 = trial < 2 ? 0 : step * randint(0, int(rows / step / 2));
+        const int64_t r1 = trial < 2 ? rows : r0 + step * randint(1, int((rows - r0) / step));
+        std::vector<float> y(static_cast<size_t>(n * rows), -1.0f), yb(y.size());
+        be->linear_dequant_fp8(x.data(), n, m, r0, r1, y.data());
+        be->linear_bf16(x.data(), n, mb, yb.data());
+        for (int64_t i = 0; i < n; ++i)
+            for (int64_t r = 0; r < rows; ++r) {
+                INFO("row " << r << " of [" << r0 << ", " << r1 << "), column " << i);
+                if (r < r0 || r >= r1) {
+                    REQUIRE(y[size_t(i * rows + r)] == -1.0f);  // rows outside the range untouched
+                    continue;
+                }
+                double ref = 0, mag = 0;
+                for (int64_t c = 0; c < cols; ++c) {
+                    const double t = double(x[size_t(i * cols + c)]) * core::bf16_to_f32(dequant[size_t(r * cols + c)]);
+                    ref += t;
+                    mag += std::fabs(t);
+                }
+                require_bf16_close(y[size_t(i * rows + r)], ref, 1e-6 + 0x1p-20 * mag);
+                require_bf16_close(yb[size_t(i * rows + r)], ref, 1e-6 + 0x1p-20 * mag);
+            }
+    }
+  }
+}
+
 TEST_CASE("bf16-weight linears (bf16 output, fp32 output) and the fp32-weight linear equal the float64 reference", "[ops]") {
   for (auto &[isa, be] : quantized_backends()) {
     INFO("backend " << isa);
@@ -855,7 +904,9 @@ TEST_CASE("indexer scores and the grouped output projection equal the float64 re
                 for (int r = 0; r < Ro; ++r) {
                     double acc = 0;
                     for (int64_t c = 0; c < gin; ++c)
-                        acc += double(heads[size_t(t * H * d + g * gin + c)]) * core::bf16_to_f32(lw.wo_a[size_t((g * Ro + r) * gin + c)]);
+                        acc += double(heads[size_t(t * H * d + g * gin + c)]) *
+                               core::fp8_e4m3_to_f32(lw.wo_a.w[(g * Ro + r) * gin + c]) *
+                               core::e8m0_to_f32(lw.wo_a.scale[((g * Ro + r) / 128) * lw.wo_a.scale_cols() + c / 128]);
                     z[size_t(g * Ro + r)] = core::round_bf16(float(acc));
                 }
             const auto za = act_quant_ref(z.data(), G * Ro);

@@ -38,7 +38,7 @@ TEST_CASE("repacked weights: every FP4/FP8 matrix gets a packed copy where the k
         const auto m = model::Model::load(test::tiny_flash_dir(), options);
         int fp4 = 0, fp8 = 0, packed = 0;
         for (const model::LayerWeights &l : m->weights().layers) {
-            for (const core::Fp8Matrix *w : {&l.wq_a, &l.wq_b, &l.wkv, &l.wo_b, &l.shared.w1, &l.shared.w2, &l.shared.w3}) {
+            for (const core::Fp8Matrix *w : {&l.wq_a, &l.wq_b, &l.wkv, &l.wo_a, &l.wo_b, &l.shared.w1, &l.shared.w2, &l.shared.w3}) {
                 ++fp8;
                 packed += w->packed != nullptr;
             }

@@ -112,6 +112,30 @@ public:
         }
     }
 
+    // The FP8 kernels with bf16 activations as they are (no act_quant): the packed tiles, else the checkpoint-layout
+    // tiles or panels, over rows [r0, r1).
+    void linear_dequant_fp8(const float *x, int64_t n, const Fp8Matrix &w, int64_t r0, int64_t r1, float *y) override {
+        if (!has_kernels() || w.cols % 128 || r0 % 4)  // the tiles' 4-row blocks must not straddle scale blocks
+            return reference_->linear_dequant_fp8(x, n, w, r0, r1, y);
+        const bool packed = w.packed && r0 % 16 == 0 && r1 % 16 == 0;
+        const cpu::ActLayout layout = packed ? cpu::ActLayout::natural : cpu::fp8_layout(w.cols);
+        act_.resize(size_t(n * w.cols));
+        for (int64_t i = 0; i < n; ++i)  // x is bf16-valued: exact
+            for (int64_t c = 0; c < w.cols; ++c) act_[size_t(i * w.cols + cpu::act_index(layout, c))] = f32_to_bf16(x[i * w.cols + c]);
+        const uint16_t *act = act_.data();
+        const auto rows = [&](int64_t tile, auto &&f) {
+            for_row_tiles(r1 - r0, [&](int64_t a, int64_t b) { f(r0 + a, r0 + b); }, tile);
+        };
+        if (packed) return rows(kPackedRowTile, [&](int64_t a, int64_t b) { cpu::fp8_packed_rows(w, act, n, a, b, y); });
+        if (n >= cpu::kFp8GemmMinColumns) {
+            panels_.size(threads(), cpu::gemm_panel_rows(w.cols) * w.cols);
+            return rows(cpu::gemm_panel_rows(w.cols), [&](int64_t a, int64_t b) {
+                if (!cpu::fp8_gemm_avx512bf16(w, act, n, a, b, y, panels_.row())) cpu::fp8_rows_avx512bf16(w, act, n, a, b, y);
+            });
+        }
+        rows(kRowTile, [&](int64_t a, int64_t b) { cpu::fp8_rows_avx512bf16(w, act, n, a, b, y); });
+    }
+
     void linear_bf16(const float *x, int64_t n, const Bf16Matrix &w, float *y) override {
         if (!has_kernels() || w.cols % 32) return reference_->linear_bf16(x, n, w, y);
         act_.resize(size_t(n * w.cols));

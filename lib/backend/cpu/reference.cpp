@@ -88,10 +88,23 @@ public:
     }
 
     void linear_bf16(const float *x, int64_t n, const Bf16Matrix &w, float *y) override {
-        linear_bf16_weights(x, n, w, y, true);
+        weight_rows(x, n, w.cols, w.rows, 0, w.rows, y, true,
+                    [&](int64_t r, float *wrow) {
+                        for (int64_t c = 0; c < w.cols; ++c) wrow[c] = load_bf16(w.w, size_t(r * w.cols + c));
+                    });
     }
     void linear_f32(const float *x, int64_t n, const Bf16Matrix &w, float *y) override {
-        linear_bf16_weights(x, n, w, y, false);
+        weight_rows(x, n, w.cols, w.rows, 0, w.rows, y, false,
+                    [&](int64_t r, float *wrow) {
+                        for (int64_t c = 0; c < w.cols; ++c) wrow[c] = load_bf16(w.w, size_t(r * w.cols + c));
+                    });
+    }
+    // The dequantised row is the bf16 weight convert.py writes; then the bf16 linear's loop.
+    void linear_dequant_fp8(const float *x, int64_t n, const Fp8Matrix &w, int64_t r0, int64_t r1, float *y) override {
+        weight_rows(x, n, w.cols, w.rows, r0, r1, y, true, [&](int64_t r, float *wrow) {
+            for (int64_t c = 0; c < w.cols; ++c)
+                wrow[c] = fp8_e4m3_to_f32(w.w[r * w.cols + c]) * e8m0_to_f32(w.scale[(r / 128) * w.scale_cols() + c / 128]);
+        });
     }
 
     // One running sum per output, in order; four rows share each pass over x, so four independent chains of adds
@@ -167,17 +180,21 @@ public:
 private:
     int threads() const { return cpu::resolve_threads(n_threads_); }
 
-    void linear_bf16_weights(const float *x, int64_t n, const Bf16Matrix &w, float *y, bool round_out) {
+    // Rows [r0, r1) of a weight matrix [rows, cols] decoded to fp32 by load_row(r, wrow), times x [n, cols]: one
+    // running sum per output, in order; y[i · rows + r].
+    template <typename LoadRow>
+    void weight_rows(const float *x, int64_t n, int64_t cols, int64_t rows, int64_t r0, int64_t r1, float *y,
+                     bool round_out, LoadRow &&load_row) {
         const int nt = threads();
-        Scratch scratch(nt, w.cols);
+        Scratch scratch(nt, cols);
 #pragma omp parallel for num_threads(nt) schedule(static)
-        for (int64_t r = 0; r < w.rows; ++r) {
+        for (int64_t r = r0; r < r1; ++r) {
             float *wrow = scratch.row();
-            for (int64_t c = 0; c < w.cols; ++c) wrow[c] = load_bf16(w.w, size_t(r * w.cols + c));
+            load_row(r, wrow);
             for (int64_t i = 0; i < n; ++i) {
                 float acc = 0.0f;
-                for (int64_t c = 0; c < w.cols; ++c) acc += x[i * w.cols + c] * wrow[c];
-                y[i * w.rows + r] = round_out ? round_bf16(acc) : acc;
+                for (int64_t c = 0; c < cols; ++c) acc += x[i * cols + c] * wrow[c];
+                y[i * rows + r] = round_out ? round_bf16(acc) : acc;
             }
         }
     }
