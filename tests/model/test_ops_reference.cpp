@@ -404,13 +404,21 @@ TEST_CASE("bf16-weight linears (bf16 output, fp32 output) and the fp32-weight li
         const core::Bf16Matrix m{reinterpret_cast<const uint8_t *>(w.data()), rows, cols};
         const auto xb = bf16_vector(size_t(n * cols), 1.0f);  // linear_bf16 takes bf16 values
         std::vector<float> xf(size_t(n * cols));
-        for (float &v : xf) v = randn(1.0f);                   // linear_f32 takes any fp32
+        for (float &v : xf) v = randn(1.0f);  // linear_f32 takes any fp32; columns of bf16 values take other kernels
+        for (int64_t i = 1; i < n; i += 2)
+            for (int64_t c = 0; c < cols; ++c) xf[size_t(i * cols + c)] = core::round_bf16(xf[size_t(i * cols + c)]);
         std::vector<float> w32(w.size());  // fp32 weights (mHC mixes) with more than bf16's mantissa
         for (float &v : w32) v = randn(0.05f);
         std::vector<float> yb(static_cast<size_t>(n * rows)), yf(yb.size()), y32(yb.size());
         be->linear_bf16(xb.data(), n, m, yb.data());
         be->linear_f32(xf.data(), n, m, yf.data());
         be->linear_f32w(xf.data(), n, w32.data(), rows, cols, y32.data());
+        for (int64_t i = 0; i < n; ++i) {  // each column's fp32 sums whatever the batch and its other columns
+            std::vector<float> one(static_cast<size_t>(rows));
+            be->linear_f32(&xf[size_t(i * cols)], 1, m, one.data());
+            INFO("column " << i << " of " << n << " alone");
+            REQUIRE(std::equal(one.begin(), one.end(), yf.begin() + i * rows));
+        }
         {  // the mHC mixes keep the reference's summation order exactly (see CpuBackend::linear_f32w)
             std::vector<float> y32_ref(y32.size());
             backend::make_cpu_reference_backend(1)->linear_f32w(xf.data(), n, w32.data(), rows, cols, y32_ref.data());

@@ -378,7 +378,13 @@ DSV4_TARGET_AVX512BF16 void fp8_rows_avx512bf16(const Fp8Matrix &w, const uint16
 
 namespace {
 
-template <int R, int NC>
+// The sum of an output vector's lanes, rounded to bf16 or not.
+template <bool Round>
+DSV4_TARGET_AVX512BF16 inline float output(__m512 acc) {
+    return Round ? store_bf16(acc) : _mm512_reduce_add_ps(acc);
+}
+
+template <int R, int NC, bool Round>
 DSV4_TARGET_AVX512BF16 void bf16_tile(const Bf16Matrix &w, int64_t r, const uint16_t *x, float *y) {
     const int64_t k = w.cols;
     __m512 acc[R][NC];
@@ -397,7 +403,7 @@ DSV4_TARGET_AVX512BF16 void bf16_tile(const Bf16Matrix &w, int64_t r, const uint
         }
     }
     for (int j = 0; j < R; ++j)
-        for (int i = 0; i < NC; ++i) y[int64_t(i) * w.rows + r + j] = store_bf16(acc[j][i]);
+        for (int i = 0; i < NC; ++i) y[int64_t(i) * w.rows + r + j] = output<Round>(acc[j][i]);
 }
 
 template <int R, int NC>
@@ -450,9 +456,13 @@ DSV4_TARGET_AVX512BF16 void bf16_weight_rows(const Bf16Matrix &w, const X *x, in
 }  // namespace
 
 DSV4_TARGET_AVX512BF16 void bf16_rows_avx512bf16(const Bf16Matrix &w, const uint16_t *x, int64_t n, int64_t r0,
-                                                  int64_t r1, float *y) {
-    bf16_weight_rows<uint16_t, bf16_tile<4, 1>, bf16_tile<4, 2>, bf16_tile<4, 4>, bf16_tile<1, 1>, bf16_tile<1, 2>,
-                     bf16_tile<1, 4>>(w, x, n, r0, r1, y);
+                                                  int64_t r1, float *y, bool round_out) {
+    if (round_out)
+        bf16_weight_rows<uint16_t, bf16_tile<4, 1, true>, bf16_tile<4, 2, true>, bf16_tile<4, 4, true>,
+                         bf16_tile<1, 1, true>, bf16_tile<1, 2, true>, bf16_tile<1, 4, true>>(w, x, n, r0, r1, y);
+    else
+        bf16_weight_rows<uint16_t, bf16_tile<4, 1, false>, bf16_tile<4, 2, false>, bf16_tile<4, 4, false>,
+                         bf16_tile<1, 1, false>, bf16_tile<1, 2, false>, bf16_tile<1, 4, false>>(w, x, n, r0, r1, y);
 }
 
 DSV4_TARGET_AVX512BF16 void f32_rows_avx512bf16(const Bf16Matrix &w, const float *x, int64_t n, int64_t r0, int64_t r1,
@@ -469,7 +479,7 @@ namespace {
 // accumulators parked in between, to keep a tile in L1, measured slower; a layout of element pairs of 16 rows
 // multiplied by broadcast activation pairs reached 75-88% of the peak instead of 41-50%, but sums in another
 // order than any GEMV can afford.)
-template <int R, int NC>
+template <int R, int NC, bool Round>
 DSV4_TARGET_AVX512BF16 void panel_tile(const uint16_t *w, int64_t k, const uint16_t *act, float *y, int64_t ldy) {
     __m512 acc[R][NC];
     for (int j = 0; j < R; ++j)
@@ -483,30 +493,31 @@ DSV4_TARGET_AVX512BF16 void panel_tile(const uint16_t *w, int64_t k, const uint1
         }
     }
     for (int j = 0; j < R; ++j)
-        for (int i = 0; i < NC; ++i) y[int64_t(i) * ldy + j] = store_bf16(acc[j][i]);
+        for (int i = 0; i < NC; ++i) y[int64_t(i) * ldy + j] = output<Round>(acc[j][i]);
 }
 
 // Columns per block of a panel GEMM: a block's activations (24 x k bf16, 192 KiB at k = 4096) and the panel (see
 // gemm_panel_rows) stay in L2 while every row of the panel passes over them.
 constexpr int64_t kPanelColumns = 24;
 
-template <int R>
+template <int R, bool Round>
 DSV4_TARGET_AVX512BF16 void panel_rows(const uint16_t *w, int64_t k, const uint16_t *act, int64_t i0, int64_t i1,
                                        float *y, int64_t ldy) {
     int64_t i = i0;
-    for (; i + 6 <= i1; i += 6) panel_tile<R, 6>(w, k, act + i * k, y + i * ldy, ldy);
-    for (; i + 2 <= i1; i += 2) panel_tile<R, 2>(w, k, act + i * k, y + i * ldy, ldy);
-    for (; i < i1; ++i) panel_tile<R, 1>(w, k, act + i * k, y + i * ldy, ldy);
+    for (; i + 6 <= i1; i += 6) panel_tile<R, 6, Round>(w, k, act + i * k, y + i * ldy, ldy);
+    for (; i + 2 <= i1; i += 2) panel_tile<R, 2, Round>(w, k, act + i * k, y + i * ldy, ldy);
+    for (; i < i1; ++i) panel_tile<R, 1, Round>(w, k, act + i * k, y + i * ldy, ldy);
 }
 
-// rows x k bf16 panel times n columns: y[i·ldy + r] for r < rows, i < n.
+// rows x k bf16 panel times n columns: y[i·ldy + r] for r < rows, i < n, rounded to bf16 or not.
+template <bool Round>
 DSV4_TARGET_AVX512BF16 void panel_gemm(const uint16_t *w, int64_t rows, int64_t k, const uint16_t *act, int64_t n,
                                        float *y, int64_t ldy) {
     for (int64_t i0 = 0; i0 < n; i0 += kPanelColumns) {
         const int64_t i1 = std::min(n, i0 + kPanelColumns);
         int64_t r = 0;
-        for (; r + 4 <= rows; r += 4) panel_rows<4>(w + r * k, k, act, i0, i1, y + r, ldy);
-        for (; r < rows; ++r) panel_rows<1>(w + r * k, k, act, i0, i1, y + r, ldy);
+        for (; r + 4 <= rows; r += 4) panel_rows<4, Round>(w + r * k, k, act, i0, i1, y + r, ldy);
+        for (; r < rows; ++r) panel_rows<1, Round>(w + r * k, k, act, i0, i1, y + r, ldy);
     }
 }
 
@@ -530,13 +541,15 @@ DSV4_TARGET_AVX512BF16 bool fp8_gemm_avx512bf16(const Fp8Matrix &w, const uint16
                     _mm512_storeu_si512(panel + (r - r0) * k + c + 32, v[1]);
                 }
         }
-    panel_gemm(panel, r1 - r0, k, act, n, y + r0, w.rows);
+    panel_gemm<true>(panel, r1 - r0, k, act, n, y + r0, w.rows);
     return true;
 }
 
 DSV4_TARGET_AVX512BF16 void bf16_gemm_avx512bf16(const Bf16Matrix &w, const uint16_t *x, int64_t n, int64_t r0,
-                                                 int64_t r1, float *y) {
-    panel_gemm(reinterpret_cast<const uint16_t *>(w.w) + r0 * w.cols, r1 - r0, w.cols, x, n, y + r0, w.rows);
+                                                 int64_t r1, float *y, bool round_out) {
+    const uint16_t *panel = reinterpret_cast<const uint16_t *>(w.w) + r0 * w.cols;
+    if (round_out) panel_gemm<true>(panel, r1 - r0, w.cols, x, n, y + r0, w.rows);
+    else panel_gemm<false>(panel, r1 - r0, w.cols, x, n, y + r0, w.rows);
 }
 
 namespace {

@@ -78,11 +78,13 @@ constexpr int64_t kF32wBlock = 48;
 void f32w_block_avx512(const float *x, int64_t n, const float *w, int64_t rows, int64_t cols, float *y, float *xt);
 
 // Linears with bf16 weights [rows, cols] (cols a multiple of 32), rows [r0, r1) for every i < n:
-// bf16_rows: x holds bf16 bits, y = bf16(x · wᵀ) (exact products, fp32 sums: vdpbf16ps);
+// bf16_rows: x holds bf16 bits, y = x · wᵀ (exact products, fp32 sums: vdpbf16ps), rounded to bf16 if round_out;
 // f32_rows: x is fp32, y = x · wᵀ in fp32 (FMA on the widened weights).
-void bf16_rows_avx512bf16(const core::Bf16Matrix &w, const uint16_t *x, int64_t n, int64_t r0, int64_t r1, float *y);
-// bf16_rows for many columns (from kBf16GemmMinColumns): the weight rows are the panel.
-void bf16_gemm_avx512bf16(const core::Bf16Matrix &w, const uint16_t *x, int64_t n, int64_t r0, int64_t r1, float *y);
+void bf16_rows_avx512bf16(const core::Bf16Matrix &w, const uint16_t *x, int64_t n, int64_t r0, int64_t r1, float *y,
+                          bool round_out);
+// bf16_rows for many columns (from kBf16GemmMinColumns): the weight rows are the panel; the same order.
+void bf16_gemm_avx512bf16(const core::Bf16Matrix &w, const uint16_t *x, int64_t n, int64_t r0, int64_t r1, float *y,
+                          bool round_out);
 void f32_rows_avx512bf16(const core::Bf16Matrix &w, const float *x, int64_t n, int64_t r0, int64_t r1, float *y);
 
 // Vector helpers of the attention kernel (n = head_dim, a multiple of 16), for nh <= kMaxHeadBlock heads: qk:
