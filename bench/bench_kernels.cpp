@@ -55,6 +55,9 @@ int main(int argc, char **argv) {
     fmt::print("read bandwidth: {:.1f} GB/s (1 thread), {:.1f} GB/s ({} threads)\n", bw1, bwn, all);
     // 2. compute peaks
     const double peak1 = bench::bf16_peak_gflops(1), peakn = bench::bf16_peak_gflops(all);
+    // the packed GEMMs run on AMX tiles where the kernels are AMX: their peak is the tiles'
+    const double gemm_peak = isa >= backend::cpu::Isa::amx ? bench::amx_peak_gflops(all) : peakn;
+    if (isa >= backend::cpu::Isa::amx) fmt::print("AMX bf16 tile peak: {:.1f} GFLOP/s ({} threads)\n", gemm_peak, all);
     fmt::print("bf16 dot peak: {:.1f} GFLOP/s (1 thread), {:.1f} GFLOP/s ({} threads); int8 dot peak {:.1f} GOP/s ({} "
                "threads)\n\n", peak1, peakn, all, bench::int8_peak_gops(all), all);
 
@@ -138,7 +141,8 @@ int main(int argc, char **argv) {
                 }
                 const double gflops = 2.0 * double(n * s.rows * s.cols) / best / 1e9;
                 gemm_rows.push_back(fmt::format("{:<24} {:>4} {:>5} {:>4} {:>10.1f} {:>9.1f} {:>8.1f}%", s.name,
-                                                fmt_name, n, all, best * 1e6, gflops, 100 * gflops / peakn));
+                                                fmt_name, n, all, best * 1e6, gflops,
+                                                100 * gflops / (packed ? gemm_peak : peakn)));
             }
         }
     }

@@ -123,6 +123,50 @@ __attribute__((target("avx512f,avx512vnni"))) inline double int8_dot_run(int thr
 inline double bf16_peak_gflops(int threads) {
     return best_rate(3, 64.0 * kPeakAcc * double(kPeakIters) * threads, [&] { return bf16_dot_run(threads); });
 }
+// AMX bf16 tile peak over `threads` threads (each asks for tile data itself: the permission is per process,
+// granted by the ISA detection): four independent 16x16 accumulator tiles, A and B tiles in registers;
+// TDPBF16PS is 16·16·32 multiply-adds. Only where the CPU has AMX (Isa::amx).
+struct AmxTileConfig {
+    uint8_t palette = 1, start_row = 0, reserved[14] = {};
+    uint16_t colsb[16] = {};
+    uint8_t rows[16] = {};
+};
+__attribute__((target("amx-tile,amx-bf16"))) inline double amx_dot_run(int threads) {
+    float sink = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : sink)
+    {
+        AmxTileConfig cfg;
+        for (int t = 0; t < 8; ++t) {
+            cfg.rows[t] = 16;
+            cfg.colsb[t] = 64;
+        }
+        _tile_loadconfig(&cfg);
+        alignas(64) uint16_t ones[16 * 32];
+        std::fill_n(ones, 16 * 32, uint16_t(0x3f80));
+        _tile_loadd(4, ones, 64);
+        _tile_loadd(5, ones, 64);
+        _tile_loadd(6, ones, 64);
+        _tile_loadd(7, ones, 64);
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int64_t it = 0; it < kPeakIters / 8; ++it) {
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+        alignas(64) float out[256];
+        _tile_stored(0, out, 64);
+        _tile_release();
+        sink += out[0];
+    }
+    return sink;
+}
+inline double amx_peak_gflops(int threads) {
+    return best_rate(3, 4.0 * 16 * 16 * 32 * 2 * double(kPeakIters / 8) * threads, [&] { return amx_dot_run(threads); });
+}
 // vpdpbusd: 64 multiply-adds (128 ops) per 512-bit instruction, in GOP/s. Quoted for comparison: no dsv4 kernel
 // can use it exactly, since FP8 activations times e2m1 or e4m3 weights do not fit int8 x uint8 products.
 inline double int8_peak_gops(int threads) {

@@ -1,6 +1,7 @@
 // The optimised CPU backend: the linears (FP8, FP4 routed experts, bf16 weights), the attention and the indexer
-// scores run the AVX512-BF16 kernels when the CPU and OS allow them (capped by DSV4_MAX_CPU_ISA); the mHC
-// mixes, every lower ISA and every shape the kernels do not cover are the reference backend's.
+// scores run the AVX512-BF16 kernels when the CPU and OS allow them (capped by DSV4_MAX_CPU_ISA), the packed
+// linears AMX tiles where those exist; the mHC mixes' single tokens, every lower ISA and every shape the kernels do
+// not cover are the reference backend's.
 #include <algorithm>
 #include <vector>
 
@@ -28,7 +29,8 @@ public:
         if (!has_kernels()) return reference_->linear_fp8(x, n, w, y);
         if (w.packed) {
             const uint16_t *act = quantized(x, n, w.cols, cpu::ActLayout::natural);
-            return for_row_tiles(w.rows, [&](int64_t r0, int64_t r1) { cpu::fp8_packed_rows(w, act, n, r0, r1, y); },
+            size_packed_scratch();
+            return for_row_tiles(w.rows, [&](int64_t r0, int64_t r1) { packed_fp8(w, act, n, r0, r1, y); },
                                  kPackedRowTile);
         }
         const uint16_t *act = quantized(x, n, w.cols, cpu::fp8_layout(w.cols));
@@ -44,7 +46,8 @@ public:
         const Fp4Matrix &m = w.fp4;
         if (has_kernels() && m.packed) {
             const uint16_t *act = quantized(x, n, m.cols, cpu::ActLayout::natural);
-            return for_row_tiles(m.rows, [&](int64_t r0, int64_t r1) { cpu::fp4_packed_rows(m, act, n, r0, r1, y); },
+            size_packed_scratch();
+            return for_row_tiles(m.rows, [&](int64_t r0, int64_t r1) { packed_fp4(m, act, n, r0, r1, y); },
                                  kPackedRowTile);
         }
         if (!has_kernels() || m.cols % 128)  // the kernels' layout needs blocks of 4 groups
@@ -98,10 +101,11 @@ public:
         const auto run = [&](const Tile &t) {
             const ExpertLinear &job = *packed[t.job].first;
             const uint16_t *act = act_.data() + packed[t.job].second;
-            if (job.w->format == ExpertFormat::fp4) cpu::fp4_packed_rows(job.w->fp4, act, job.n, t.r0, t.r1, job.y);
-            else cpu::fp8_packed_rows(job.w->fp8, act, job.n, t.r0, t.r1, job.y);
+            if (job.w->format == ExpertFormat::fp4) packed_fp4(job.w->fp4, act, job.n, t.r0, t.r1, job.y);
+            else packed_fp8(job.w->fp8, act, job.n, t.r0, t.r1, job.y);
         };
         const int64_t n_tiles = int64_t(tiles.size());
+        size_packed_scratch();
         // One token per job (decode): tiles of equal cost, split evenly; batches: unequal tiles, handed out in turn.
         if (max_n == 1) {
 #pragma omp parallel for num_threads(threads()) schedule(static)
@@ -126,7 +130,10 @@ public:
         const auto rows = [&](int64_t tile, auto &&f) {
             for_row_tiles(r1 - r0, [&](int64_t a, int64_t b) { f(r0 + a, r0 + b); }, tile);
         };
-        if (packed) return rows(kPackedRowTile, [&](int64_t a, int64_t b) { cpu::fp8_packed_rows(w, act, n, a, b, y); });
+        if (packed) {
+            size_packed_scratch();
+            return rows(kPackedRowTile, [&](int64_t a, int64_t b) { packed_fp8(w, act, n, a, b, y); });
+        }
         if (n >= cpu::kFp8GemmMinColumns) {
             panels_.size(threads(), cpu::gemm_panel_rows(w.cols) * w.cols);
             return rows(cpu::gemm_panel_rows(w.cols), [&](int64_t a, int64_t b) {
@@ -244,6 +251,24 @@ public:
 private:
     // Below AVX512-BF16 (generic, plain AVX-512) the reference's loops are the kernels.
     bool has_kernels() const { return isa_ >= cpu::Isa::avx512_bf16; }
+    // The packed linears: on AMX tiles where the CPU has them (for every number of tokens: the tiles' summation
+    // order differs from the AVX-512 kernels'), else AVX512-BF16. Called inside parallel regions, after
+    // size_packed_scratch().
+    void size_packed_scratch() {
+        if (isa_ >= cpu::Isa::amx) panels_.size(threads(), cpu::kAmxPanelElements + 32);  // + room to align
+    }
+    uint16_t *amx_panel() {  // the thread's panel on a 64-byte boundary (whole cache lines per B tile row)
+        const uintptr_t p = reinterpret_cast<uintptr_t>(panels_.row());
+        return reinterpret_cast<uint16_t *>((p + 63) & ~uintptr_t(63));
+    }
+    void packed_fp4(const Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y) {
+        if (isa_ >= cpu::Isa::amx) cpu::fp4_packed_rows_amx(w, act, n, r0, r1, y, amx_panel());
+        else cpu::fp4_packed_rows(w, act, n, r0, r1, y);
+    }
+    void packed_fp8(const Fp8Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y) {
+        if (isa_ >= cpu::Isa::amx) cpu::fp8_packed_rows_amx(w, act, n, r0, r1, y, amx_panel());
+        else cpu::fp8_packed_rows(w, act, n, r0, r1, y);
+    }
 
     int threads() const { return cpu::resolve_threads(n_threads_); }
     // Splits rows into tiles over the threads; f must not throw (it runs inside an OpenMP region).

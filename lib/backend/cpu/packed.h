@@ -35,5 +35,14 @@ void pack_fp8_rows(const core::Fp8Matrix &w, int64_t r0, int64_t r1, uint8_t *ds
 // layout), for every n alike.
 void fp4_packed_rows(const core::Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y);
 void fp8_packed_rows(const core::Fp8Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y);
+// The same contracts on AMX tiles (amx.cpp), only where the CPU and OS allow AMX (Isa::amx), with `panel` a
+// thread's kAmxPanelElements of scratch: a block's weights decoded into B tiles with their scales folded in, then
+// every token passes over them. Every number of columns sums in the tiles' order, which differs from the AVX-512
+// kernels' (the two never mix).
+constexpr int64_t kAmxPanelElements = int64_t(16) * 8192;  // bf16: 16 rows x up to 8,192 elements (256 KiB)
+void fp4_packed_rows_amx(const core::Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y,
+                         uint16_t *panel);
+void fp8_packed_rows_amx(const core::Fp8Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y,
+                         uint16_t *panel);
 
 }  // namespace dsv4::backend::cpu
