@@ -1,8 +1,8 @@
 // The packed linears on AMX tiles (CPUs with AMX-BF16 whose OS grants tile data; Isa::amx). A 64-byte unit of the
 // packed layout decodes into vectors of 16 rows x one bf16 pair: exactly the rows of an AMX B tile (16 pair rows
-// of 16 outputs, 32 elements). A 16-row block's B tiles are decoded once into a panel (its scales folded into the
-// bf16 exponents, exact), then every token tile of the call passes over the panel: A tiles are the tokens'
-// activation rows as they lie in memory, C tiles hold 16 outputs of up to 16 tokens over all of k.
+// of 16 outputs, 32 elements), the scales folded into the bf16 exponents (exact). A tiles are the tokens'
+// activation rows as they lie in memory, C tiles hold 16 outputs of up to 16 tokens over all of k. Up to 80 tokens
+// take each B tile as it is decoded; more decode a 16-row block once into a panel and pass over it.
 //
 // TDPBF16PS sums in an order of its own (on a Xeon, 71% of outputs differ in their bits from a VDPBF16PS chain
 // over the same pairs, bench/amx_probe.cpp), but gives a token's row the same bits whether its tile holds 1 or 16
