@@ -77,10 +77,9 @@ void encode_kv_entry(const kvcache::LayerGeometry &g, const float *v, uint8_t *e
 
 void decode_kv_entry(const kvcache::LayerGeometry &g, const uint8_t *entry, float *v) {
     const int nope = g.nope_dim(), blocks = nope / kKvSimBlock;
-    for (int b = 0; b < blocks; ++b) {
-        const float scale = core::e8m0_to_f32(entry[nope + b]);
-        for (int i = b * kKvSimBlock; i < (b + 1) * kKvSimBlock; ++i) v[i] = core::fp8_e4m3_to_f32(entry[i]) * scale;
-    }
+    for (int b = 0; b < blocks; ++b)
+        core::decode_fp8_scaled(entry + b * kKvSimBlock, size_t(kKvSimBlock), core::e8m0_to_f32(entry[nope + b]),
+                                v + b * kKvSimBlock);
     for (int i = 0; i < g.rope_dim; ++i) v[nope + i] = core::load_bf16(entry + nope + blocks, size_t(i));
 }
 

@@ -39,6 +39,11 @@ constexpr float kFp4Table[16] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
 
 float fp8_e4m3_to_f32(uint8_t code) { return kFp8Table[code]; }
 
+void decode_fp8_scaled(const uint8_t *codes, size_t n, float scale, float *out) {
+    const float *table = kFp8Table.data();
+    for (size_t i = 0; i < n; ++i) out[i] = table[codes[i]] * scale;
+}
+
 uint8_t f32_to_fp8_e4m3(float f) {
     uint8_t sign = std::signbit(f) ? 0x80 : 0x00;
     if (std::isnan(f)) return uint8_t(sign | 0x7f);

@@ -26,6 +26,8 @@ inline float round_bf16(float f) { return bf16_to_f32(f32_to_bf16(f)); }
 
 // ---- fp8 e4m3fn: 1 sign, 4 exponent (bias 7), 3 mantissa; max 448; no inf; 0x7f/0xff are NaN ---------
 float fp8_e4m3_to_f32(uint8_t code);
+// n e4m3 codes times one scale: out[i] = fp8_e4m3_to_f32(codes[i]) · scale (a cache entry's block).
+void decode_fp8_scaled(const uint8_t *codes, size_t n, float scale, float *out);
 // RNE, saturating to ±448; NaN → 0x7f (sign kept).
 uint8_t f32_to_fp8_e4m3(float f);
 constexpr float kFp8Max = 448.0f;
