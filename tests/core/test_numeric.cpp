@@ -4,6 +4,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <vector>
 
 #include "core/numeric.h"
 #include "core/ops.h"
@@ -59,6 +60,21 @@ TEST_CASE("fp8 e4m3fn: every code decodes and re-encodes exactly", "[numeric]") 
         const uint8_t back = f32_to_fp8_e4m3(v);
         if (c == 0x80) REQUIRE(back == 0x80);  // -0 keeps its sign
         else REQUIRE(back == c);
+    }
+}
+
+TEST_CASE("a block of e4m3 codes times its scale decodes as each code alone", "[numeric]") {
+    std::vector<uint8_t> codes(256);
+    for (int c = 0; c < 256; ++c) codes[size_t(c)] = uint8_t(c);
+    for (const float scale : {1.0f, 0x1p-20f, 0x1p+12f}) {
+        std::vector<float> out(codes.size());
+        decode_fp8_scaled(codes.data(), codes.size(), scale, out.data());
+        for (int c = 0; c < 256; ++c) {
+            const double ref = fp8_reference(uint8_t(c)) * double(scale);
+            INFO("code " << c << " scale " << scale);
+            if (std::isnan(ref)) REQUIRE(std::isnan(out[size_t(c)]));
+            else REQUIRE(double(out[size_t(c)]) == ref);
+        }
     }
 }
 
