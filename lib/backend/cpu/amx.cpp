@@ -24,12 +24,10 @@ using core::Fp8Matrix;
 
 #define DSV4_TARGET_AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512bf16,amx-tile,amx-bf16")))
 
-constexpr int64_t kBlockRows = 16;
 constexpr int kTokenTiles = 5;  // C tiles 0..4; A tiles 5 (16 tokens) and 6 (a last, partial token tile); B tile 7
 constexpr int64_t kPassTokens = 16 * kTokenTiles;
 constexpr int64_t kTileElements = 16 * 32;                          // bf16 of one B tile
-constexpr int64_t kPanelK = kAmxPanelElements / kBlockRows;          // elements of k one panel holds
-constexpr int64_t kStreamPrefetch = 1024;
+constexpr int64_t kPanelK = kAmxPanelElements / kPackedBlockRows;          // elements of k one panel holds
 
 struct TileConfig {
     uint8_t palette = 1, start_row = 0, reserved[14] = {};
@@ -107,8 +105,8 @@ struct Fp8TableCache {
 // B tiles of block b for elements [c0, c1) (multiples of 32) of an FP8 matrix, the block scale folded in.
 DSV4_TARGET_AMX void fp8_panel(const Fp8Matrix &w, int64_t b, int64_t c0, int64_t c1, uint16_t *panel,
                                Fp8TableCache &cache) {
-    const uint8_t *data = w.packed + b * kBlockRows * w.cols;
-    const uint8_t *scale_row = w.scale + (b * kBlockRows / 128) * w.scale_cols();
+    const uint8_t *data = w.packed + b * kPackedBlockRows * w.cols;
+    const uint8_t *scale_row = w.scale + (b * kPackedBlockRows / 128) * w.scale_cols();
     for (int64_t u = c0 / 4; u < c1 / 4; ++u) {  // unit u: pair rows 2u, 2u + 1 from c0
         if (scale_row[u / 32] != cache.code) {
             cache.code = scale_row[u / 32];
@@ -128,12 +126,12 @@ DSV4_TARGET_AMX void fp8_panel(const Fp8Matrix &w, int64_t b, int64_t c0, int64_
 // bf16 exponents of its nonzero values (exact for the codes the kernels take).
 DSV4_TARGET_AMX void fp4_panel(const Fp4Matrix &w, int64_t b, int64_t c0, int64_t c1, uint16_t *panel) {
     const int64_t groups = w.cols / 32;
-    const uint8_t *data = w.packed + b * kBlockRows * w.cols / 2;
-    const uint8_t *scales = w.packed + w.rows * w.cols / 2 + b * groups * kBlockRows;
+    const uint8_t *data = w.packed + b * kPackedBlockRows * w.cols / 2;
+    const uint8_t *scales = w.packed + w.rows * w.cols / 2 + b * groups * kPackedBlockRows;
     const __m512i table = _mm512_loadu_si512(kFp4Bf16.data()), magnitude = _mm512_set1_epi16(0x7fff);
     for (int64_t g = c0 / 32; g < c1 / 32; ++g) {
         // row j's delta (code - 127) << 7 in both words of dword j
-        const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(scales + g * kBlockRows)));
+        const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(scales + g * kPackedBlockRows)));
         const __m512i d = _mm512_slli_epi32(_mm512_sub_epi32(codes, _mm512_set1_epi32(127)), 7);
         const __m512i delta = _mm512_or_si512(_mm512_and_si512(d, _mm512_set1_epi32(0xffff)), _mm512_slli_epi32(d, 16));
         for (int64_t u = 4 * g; u < 4 * g + 4; ++u) {  // unit u: pair rows 4u .. 4u + 3 from c0
@@ -155,7 +153,7 @@ DSV4_TARGET_AMX void store_outputs(int tiles, int64_t i0, int64_t tokens, int64_
     for (int t = 0; t < tiles; ++t) {
         store_tile(t, out);
         for (int64_t i = t * 16; i < std::min(tokens, int64_t(t) * 16 + 16); ++i)
-            for (int l = 0; l < 16; ++l) y[(i0 + i) * rows + b * kBlockRows + l] = round_bf16(out[(i - t * 16) * 16 + l]);
+            for (int l = 0; l < 16; ++l) y[(i0 + i) * rows + b * kPackedBlockRows + l] = round_bf16(out[(i - t * 16) * 16 + l]);
     }
 }
 
@@ -169,7 +167,7 @@ DSV4_TARGET_AMX void amx_rows(int64_t r0, int64_t r1, int64_t n, int64_t k, int6
     if (n <= kPassTokens) {
         const int tiles = int((n + 15) / 16);
         configure(n);
-        for (int64_t b = r0 / kBlockRows; b < r1 / kBlockRows; ++b) {
+        for (int64_t b = r0 / kPackedBlockRows; b < r1 / kPackedBlockRows; ++b) {
             if (!takes(b)) {
                 fallback(b);
                 continue;
@@ -186,7 +184,7 @@ DSV4_TARGET_AMX void amx_rows(int64_t r0, int64_t r1, int64_t n, int64_t k, int6
         return;
     }
     const bool whole = k <= kPanelK;
-    for (int64_t b = r0 / kBlockRows; b < r1 / kBlockRows; ++b) {
+    for (int64_t b = r0 / kPackedBlockRows; b < r1 / kPackedBlockRows; ++b) {
         if (!takes(b)) {
             fallback(b);
             continue;
@@ -218,22 +216,17 @@ DSV4_TARGET_AMX void fp8_packed_rows_amx(const Fp8Matrix &w, const uint16_t *act
     Fp8TableCache cache;
     amx_rows(
         r0, r1, n, w.cols, w.rows, act, y, panel,
-        [&](int64_t b) {
-            return codes_in_range(w.scale + (b * kBlockRows / 128) * w.scale_cols(), w.scale_cols(), kFp8CodeLo, kFp8CodeHi);
-        },
+        [&](int64_t b) { return packed_fp8_block_takes(w, b); },
         [&](int64_t b, int64_t c0, int64_t c1, uint16_t *p) { fp8_panel(w, b, c0, c1, p, cache); },
-        [&](int64_t b) { fp8_rows_generic(w, act, n, b * kBlockRows, (b + 1) * kBlockRows, y, ActLayout::natural); });
+        [&](int64_t b) { fp8_rows_generic(w, act, n, b * kPackedBlockRows, (b + 1) * kPackedBlockRows, y, ActLayout::natural); });
 }
 
 DSV4_TARGET_AMX void fp4_packed_rows_amx(const Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1,
                                          float *y, uint16_t *panel) {
-    const int64_t groups = w.cols / 32;
-    const uint8_t *scales = w.packed + w.rows * w.cols / 2;
     amx_rows(
-        r0, r1, n, w.cols, w.rows, act, y, panel,
-        [&](int64_t b) { return codes_in_range(scales + b * groups * kBlockRows, groups * kBlockRows, kFp4CodeLo, kFp4CodeHi); },
+        r0, r1, n, w.cols, w.rows, act, y, panel, [&](int64_t b) { return packed_fp4_block_takes(w, b); },
         [&](int64_t b, int64_t c0, int64_t c1, uint16_t *p) { fp4_panel(w, b, c0, c1, p); },
-        [&](int64_t b) { fp4_rows_generic(w, act, n, b * kBlockRows, (b + 1) * kBlockRows, y, ActLayout::natural); });
+        [&](int64_t b) { fp4_rows_generic(w, act, n, b * kPackedBlockRows, (b + 1) * kPackedBlockRows, y, ActLayout::natural); });
 }
 
 }  // namespace dsv4::backend::cpu

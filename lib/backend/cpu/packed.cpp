@@ -12,7 +12,6 @@ using namespace simd;
 using core::Fp4Matrix;
 using core::Fp8Matrix;
 
-constexpr int64_t kBlockRows = 16;  // rows per packed block: one vector of fp32 sums
 // Tile shapes: NC columns × blocks(NC) blocks, the sums (FP4: a group's partials) of all of them in registers.
 // Many columns go 12 at a time over one block (the decode shared by 12 columns, 16 or 8 measured 4x / 1.2x
 // slower: spills / latency), 4 columns over 4 blocks, 1 or 2 over 8 (bench_kernels; Zen 5).
@@ -20,8 +19,6 @@ struct TilePlan {
     static constexpr int kWide = 12;
     static constexpr int blocks(int nc) { return nc <= 2 ? 8 : nc == 4 ? 4 : 1; }
 };
-// Each block's units form one sequential stream; the GEMV prefetches this far ahead along it.
-constexpr int64_t kStreamPrefetch = 1024;
 
 // Low nibbles (even elements) or high nibbles (odd elements) of 4 bytes, as the 4 nibbles of a word.
 inline uint16_t gather_nibbles(uint32_t bytes) {
@@ -46,9 +43,9 @@ DSV4_TARGET_AVX512BF16 inline __m512bh broadcast_pair(const uint16_t *pair) {
 // from zero (pairs in element order), then sum += partial · 2^(code-127), an FMA.
 template <int RB, int NC>
 DSV4_TARGET_AVX512BF16 void fp4_packed_tile(const Fp4Matrix &w, int64_t b, const uint16_t *act, float *y) {
-    const int64_t k = w.cols, groups = k / 32, block_bytes = kBlockRows * k / 2;
+    const int64_t k = w.cols, groups = k / 32, block_bytes = kPackedBlockRows * k / 2;
     const uint8_t *data = w.packed + b * block_bytes;
-    const uint8_t *scales = w.packed + w.rows * k / 2 + b * groups * kBlockRows;
+    const uint8_t *scales = w.packed + w.rows * k / 2 + b * groups * kPackedBlockRows;
     const __m512i table = _mm512_loadu_si512(kFp4Bf16.data());
     // the running sums live in L1: each is touched once per group, and the registers hold the partials
     alignas(64) float sum[RB][NC][16] = {};
@@ -68,23 +65,23 @@ DSV4_TARGET_AVX512BF16 void fp4_packed_tile(const Fp4Matrix &w, int64_t b, const
                 }
             }
         for (int j = 0; j < RB; ++j) {
-            const __m128i codes = _mm_loadu_si128(reinterpret_cast<const __m128i *>(scales + (j * groups + g) * kBlockRows));
+            const __m128i codes = _mm_loadu_si128(reinterpret_cast<const __m128i *>(scales + (j * groups + g) * kPackedBlockRows));
             const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu8_epi32(codes), 23));
             for (int i = 0; i < NC; ++i)
                 _mm512_store_ps(sum[j][i], _mm512_fmadd_ps(part[j][i], scale, _mm512_load_ps(sum[j][i])));
         }
     }
     for (int j = 0; j < RB; ++j)
-        for (int i = 0; i < NC; ++i) store_sums(_mm512_load_ps(sum[j][i]), y + i * w.rows + (b + j) * kBlockRows);
+        for (int i = 0; i < NC; ++i) store_sums(_mm512_load_ps(sum[j][i]), y + i * w.rows + (b + j) * kPackedBlockRows);
 }
 
 // RB blocks from block b (within one 128-row scale block) × NC columns: the block scale folded into the decoded
 // weights, every pair added in turn to one sum per output.
 template <int RB, int NC>
 DSV4_TARGET_AVX512BF16 void fp8_packed_tile(const Fp8Matrix &w, int64_t b, const uint16_t *act, float *y) {
-    const int64_t k = w.cols, block_bytes = kBlockRows * k;
+    const int64_t k = w.cols, block_bytes = kPackedBlockRows * k;
     const uint8_t *data = w.packed + b * block_bytes;
-    const uint8_t *scale_row = w.scale + (b * kBlockRows / 128) * w.scale_cols();
+    const uint8_t *scale_row = w.scale + (b * kPackedBlockRows / 128) * w.scale_cols();
     __m512 sum[RB][NC];
     for (int j = 0; j < RB; ++j)
         for (int i = 0; i < NC; ++i) sum[j][i] = _mm512_setzero_ps();
@@ -102,7 +99,7 @@ DSV4_TARGET_AVX512BF16 void fp8_packed_tile(const Fp8Matrix &w, int64_t b, const
             }
     }
     for (int j = 0; j < RB; ++j)
-        for (int i = 0; i < NC; ++i) store_sums(sum[j][i], y + i * w.rows + (b + j) * kBlockRows);
+        for (int i = 0; i < NC; ++i) store_sums(sum[j][i], y + i * w.rows + (b + j) * kPackedBlockRows);
 }
 
 // `count` consecutive blocks from b × NC columns, in tiles of TilePlan::blocks(NC) blocks, then single blocks.
@@ -156,77 +153,82 @@ DSV4_TARGET_AVX512BF16 void packed_rows(int64_t b0, int64_t b1, int64_t n, int64
 
 }  // namespace
 
+DSV4_TARGET_AVX512BF16 bool packed_fp4_block_takes(const Fp4Matrix &w, int64_t b) {
+    const int64_t groups = w.cols / 32;
+    return codes_in_range(w.packed + w.rows * w.cols / 2 + b * groups * kPackedBlockRows, groups * kPackedBlockRows, kFp4CodeLo,
+                          kFp4CodeHi);
+}
+
+DSV4_TARGET_AVX512BF16 bool packed_fp8_block_takes(const Fp8Matrix &w, int64_t b) {
+    return codes_in_range(w.scale + (b * kPackedBlockRows / 128) * w.scale_cols(), w.scale_cols(), kFp8CodeLo, kFp8CodeHi);
+}
+
 size_t packed_fp4_bytes(const Fp4Matrix &w) {
-    if (w.rows <= 0 || w.rows % kBlockRows || w.cols <= 0 || w.cols % 32) return 0;
+    if (w.rows <= 0 || w.rows % kPackedBlockRows || w.cols <= 0 || w.cols % 32) return 0;
     return size_t(w.rows) * size_t(w.cols) / 2 + size_t(w.rows) * size_t(w.cols / 32);
 }
 
 size_t packed_fp8_bytes(const Fp8Matrix &w) {
-    if (w.rows <= 0 || w.rows % kBlockRows || w.cols <= 0 || w.cols % 128) return 0;
+    if (w.rows <= 0 || w.rows % kPackedBlockRows || w.cols <= 0 || w.cols % 128) return 0;
     return size_t(w.rows) * size_t(w.cols);
 }
 
 void pack_fp4_rows(const Fp4Matrix &w, int64_t r0, int64_t r1, uint8_t *dst) {
     const int64_t k = w.cols, groups = k / 32;
     uint8_t *scales = dst + w.rows * k / 2;
-    for (int64_t b = r0 / kBlockRows; b < r1 / kBlockRows; ++b) {
-        uint8_t *unit = dst + b * kBlockRows * k / 2;
+    for (int64_t b = r0 / kPackedBlockRows; b < r1 / kPackedBlockRows; ++b) {
+        uint8_t *unit = dst + b * kPackedBlockRows * k / 2;
         for (int64_t u = 0; u < k / 8; ++u, unit += 64)
             for (int j = 0; j < 32; ++j) {
                 uint32_t bytes;  // elements 8u .. 8u + 7 of the row, two to a byte (even ones in the low nibbles)
-                std::memcpy(&bytes, w.w + (b * kBlockRows + j / 2) * (k / 2) + 4 * u, 4);
+                std::memcpy(&bytes, w.w + (b * kPackedBlockRows + j / 2) * (k / 2) + 4 * u, 4);
                 const uint16_t word = gather_nibbles((j & 1) ? bytes >> 4 : bytes);
                 unit[2 * j] = uint8_t(word);
                 unit[2 * j + 1] = uint8_t(word >> 8);
             }
         for (int64_t g = 0; g < groups; ++g)
-            for (int64_t t = 0; t < kBlockRows; ++t)
-                scales[(b * groups + g) * kBlockRows + t] = w.scale[(b * kBlockRows + t) * groups + g];
+            for (int64_t t = 0; t < kPackedBlockRows; ++t)
+                scales[(b * groups + g) * kPackedBlockRows + t] = w.scale[(b * kPackedBlockRows + t) * groups + g];
     }
 }
 
 void pack_fp8_rows(const Fp8Matrix &w, int64_t r0, int64_t r1, uint8_t *dst) {
     const int64_t k = w.cols;
-    for (int64_t b = r0 / kBlockRows; b < r1 / kBlockRows; ++b) {
-        uint8_t *unit = dst + b * kBlockRows * k;
+    for (int64_t b = r0 / kPackedBlockRows; b < r1 / kPackedBlockRows; ++b) {
+        uint8_t *unit = dst + b * kPackedBlockRows * k;
         for (int64_t u = 0; u < k / 4; ++u, unit += 64)
             for (int lane = 0; lane < 4; ++lane)
                 for (int v = 0; v < 2; ++v)
                     for (int t = 0; t < 8; ++t)
-                        unit[16 * lane + 8 * v + t] = w.w[(b * kBlockRows + 4 * lane + t / 2) * k + 4 * u + 2 * v + (t & 1)];
+                        unit[16 * lane + 8 * v + t] = w.w[(b * kPackedBlockRows + 4 * lane + t / 2) * k + 4 * u + 2 * v + (t & 1)];
     }
 }
 
 DSV4_TARGET_AVX512BF16 void fp4_packed_rows(const Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1,
                                             float *y) {
-    const int64_t groups = w.cols / 32;
-    const uint8_t *scales = w.packed + w.rows * w.cols / 2;
     packed_rows(
-        r0 / kBlockRows, r1 / kBlockRows, n, w.cols, w.rows, act, y,
-        [&](int64_t b) { return codes_in_range(scales + b * groups * kBlockRows, groups * kBlockRows, kFp4CodeLo, kFp4CodeHi); },
-        [](int64_t b) { return b + TilePlan::blocks(1); },
+        r0 / kPackedBlockRows, r1 / kPackedBlockRows, n, w.cols, w.rows, act, y,
+        [&](int64_t b) { return packed_fp4_block_takes(w, b); }, [](int64_t b) { return b + TilePlan::blocks(1); },
         [&](auto rb, auto nc, int64_t b, const uint16_t *a, float *yy) {
             fp4_packed_tile<decltype(rb)::value, decltype(nc)::value>(w, b, a, yy);
         },
         [&](int64_t b, const uint16_t *a, int64_t nb, float *yy) {
-            fp4_rows_generic(w, a, nb, b * kBlockRows, (b + 1) * kBlockRows, yy, ActLayout::natural);
+            fp4_rows_generic(w, a, nb, b * kPackedBlockRows, (b + 1) * kPackedBlockRows, yy, ActLayout::natural);
         });
 }
 
 DSV4_TARGET_AVX512BF16 void fp8_packed_rows(const Fp8Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1,
                                             float *y) {
-    constexpr int64_t kBlocksPerScale = 128 / kBlockRows;
+    constexpr int64_t kBlocksPerScale = 128 / kPackedBlockRows;
     packed_rows(
-        r0 / kBlockRows, r1 / kBlockRows, n, w.cols, w.rows, act, y,
-        [&](int64_t b) {
-            return codes_in_range(w.scale + (b / kBlocksPerScale) * w.scale_cols(), w.scale_cols(), kFp8CodeLo, kFp8CodeHi);
-        },
+        r0 / kPackedBlockRows, r1 / kPackedBlockRows, n, w.cols, w.rows, act, y,
+        [&](int64_t b) { return packed_fp8_block_takes(w, b); },
         [](int64_t b) { return (b / kBlocksPerScale + 1) * kBlocksPerScale; },  // a tile shares one scale block
         [&](auto rb, auto nc, int64_t b, const uint16_t *a, float *yy) {
             fp8_packed_tile<decltype(rb)::value, decltype(nc)::value>(w, b, a, yy);
         },
         [&](int64_t b, const uint16_t *a, int64_t nb, float *yy) {
-            fp8_rows_generic(w, a, nb, b * kBlockRows, (b + 1) * kBlockRows, yy, ActLayout::natural);
+            fp8_rows_generic(w, a, nb, b * kPackedBlockRows, (b + 1) * kPackedBlockRows, yy, ActLayout::natural);
         });
 }
 

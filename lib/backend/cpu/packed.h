@@ -20,6 +20,13 @@ namespace dsv4::backend::cpu {
 // the checkpoint's tensor. Byte 16L + 8v + t (lane L, half v, t < 8) of a unit holds the code of row
 // 16·block + 4L + t/2, element 4·unit + 2v + (t & 1): the FP8 decode's byte interleaves then give the bf16
 // pairs (2v, 2v+1) of the 16 rows.
+// Rows per packed block: the layout's unit (one vector of 16 fp32 sums).
+constexpr int64_t kPackedBlockRows = 16;
+// Whether the packed kernels take block b: its scale codes keep every decoded (or scaled) value a normal float.
+// Other blocks go to the exact generic loops, whatever the kernel and the number of columns.
+bool packed_fp4_block_takes(const core::Fp4Matrix &w, int64_t b);
+bool packed_fp8_block_takes(const core::Fp8Matrix &w, int64_t b);
+
 // packed_*_bytes: the copy's size, 0 where the layout does not apply (the matrix keeps the checkpoint's layout).
 size_t packed_fp4_bytes(const core::Fp4Matrix &w);
 size_t packed_fp8_bytes(const core::Fp8Matrix &w);

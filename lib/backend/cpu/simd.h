@@ -69,6 +69,8 @@ constexpr int64_t kPrefetchAlongRow = 1024;
 // FP8 rows of 1 KiB (the attention's wq_b, 32768 x 1024) prefetch two row tiles ahead: one tile (4 KiB) left the
 // GEMV at 65% of the bandwidth, two reached 74-75% (same runs); the expert shapes' tiles are 8 KiB already.
 constexpr int64_t kMinPrefetchDistance = 8192;
+// The packed layout's 16-row blocks are sequential streams; its kernels prefetch this far ahead along each.
+constexpr int64_t kStreamPrefetch = 1024;
 
 // bf16 bits of the 16 e2m1 codes, twice: vpermw reads the low 5 bits of each index word, so bit 4 (the next
 // code's lowest bit) must not matter.
