@@ -3,6 +3,7 @@
 // linears AMX tiles where those exist; the mHC mixes' single tokens, every lower ISA and every shape the kernels do
 // not cover are the reference backend's.
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "backend/backend.h"
@@ -35,7 +36,7 @@ public:
         }
         const uint16_t *act = quantized(x, n, w.cols, cpu::fp8_layout(w.cols));
         if (n >= cpu::kFp8GemmMinColumns && w.cols % 128 == 0)
-            return for_panels(w.rows, w.cols, [&](int64_t r0, int64_t r1, uint16_t *panel) {
+            return for_panels(0, w.rows, w.cols, [&](int64_t r0, int64_t r1, uint16_t *panel) {
                 if (!cpu::fp8_gemm_avx512bf16(w, act, n, r0, r1, y, panel)) cpu::fp8_rows_avx512bf16(w, act, n, r0, r1, y);
             });
         for_row_tiles(w.rows, [&](int64_t r0, int64_t r1) { cpu::fp8_rows_avx512bf16(w, act, n, r0, r1, y); });
@@ -127,20 +128,15 @@ public:
         for (int64_t i = 0; i < n; ++i)  // x is bf16-valued: exact
             for (int64_t c = 0; c < w.cols; ++c) act_[size_t(i * w.cols + cpu::act_index(layout, c))] = f32_to_bf16(x[i * w.cols + c]);
         const uint16_t *act = act_.data();
-        const auto rows = [&](int64_t tile, auto &&f) {
-            for_row_tiles(r1 - r0, [&](int64_t a, int64_t b) { f(r0 + a, r0 + b); }, tile);
-        };
         if (packed) {
             size_packed_scratch();
-            return rows(kPackedRowTile, [&](int64_t a, int64_t b) { packed_fp8(w, act, n, a, b, y); });
+            return for_row_range(r0, r1, [&](int64_t a, int64_t b) { packed_fp8(w, act, n, a, b, y); }, kPackedRowTile);
         }
-        if (n >= cpu::kFp8GemmMinColumns) {
-            panels_.size(threads(), cpu::gemm_panel_rows(w.cols) * w.cols);
-            return rows(cpu::gemm_panel_rows(w.cols), [&](int64_t a, int64_t b) {
-                if (!cpu::fp8_gemm_avx512bf16(w, act, n, a, b, y, panels_.row())) cpu::fp8_rows_avx512bf16(w, act, n, a, b, y);
+        if (n >= cpu::kFp8GemmMinColumns)
+            return for_panels(r0, r1, w.cols, [&](int64_t a, int64_t b, uint16_t *panel) {
+                if (!cpu::fp8_gemm_avx512bf16(w, act, n, a, b, y, panel)) cpu::fp8_rows_avx512bf16(w, act, n, a, b, y);
             });
-        }
-        rows(kRowTile, [&](int64_t a, int64_t b) { cpu::fp8_rows_avx512bf16(w, act, n, a, b, y); });
+        for_row_range(r0, r1, [&](int64_t a, int64_t b) { cpu::fp8_rows_avx512bf16(w, act, n, a, b, y); });
     }
 
     void linear_bf16(const float *x, int64_t n, const Bf16Matrix &w, float *y) override {
@@ -271,19 +267,24 @@ private:
     }
 
     int threads() const { return cpu::resolve_threads(n_threads_); }
-    // Splits rows into tiles over the threads; f must not throw (it runs inside an OpenMP region).
+    // Splits rows [r0, r1) into tiles (from r0) over the threads; f must not throw (it runs inside an OpenMP
+    // region).
+    template <typename F>
+    void for_row_range(int64_t r0, int64_t r1, F &&f, int64_t tile = kRowTile) {
+        const int64_t tiles = (r1 - r0 + tile - 1) / tile;
+#pragma omp parallel for num_threads(threads()) schedule(static)
+        for (int64_t t = 0; t < tiles; ++t) f(r0 + t * tile, std::min(r1, r0 + (t + 1) * tile));
+    }
     template <typename F>
     void for_row_tiles(int64_t rows, F &&f, int64_t tile = kRowTile) {
-        const int64_t tiles = (rows + tile - 1) / tile;
-#pragma omp parallel for num_threads(threads()) schedule(static)
-        for (int64_t t = 0; t < tiles; ++t) f(t * tile, std::min(rows, (t + 1) * tile));
+        for_row_range(0, rows, std::forward<F>(f), tile);
     }
-    // for_row_tiles over the GEMM path's panels, each thread with its own buffer for a panel's decoded rows.
+    // for_row_range over the GEMM path's panels, each thread with its own buffer for a panel's decoded rows.
     template <typename F>
-    void for_panels(int64_t rows, int64_t cols, F &&f) {
+    void for_panels(int64_t r0, int64_t r1, int64_t cols, F &&f) {
         const int64_t panel_rows = cpu::gemm_panel_rows(cols);
         panels_.size(threads(), panel_rows * cols);
-        for_row_tiles(rows, [&](int64_t r0, int64_t r1) { f(r0, r1, panels_.row()); }, panel_rows);
+        for_row_range(r0, r1, [&](int64_t a, int64_t b) { f(a, b, panels_.row()); }, panel_rows);
     }
     // y = x · wᵀ for bf16-valued x with the bf16 kernels (tiles, or panels for many columns), rounded or not.
     void bf16_times(const float *x, int64_t n, const Bf16Matrix &w, float *y, bool round_out) {

@@ -34,6 +34,13 @@ struct QuantizedRows {
 
 using Scratch = cpu::ThreadRows<float>;
 
+// Row r of bf16 weights widened to fp32 (a load_row of CpuReferenceBackend::weight_rows).
+auto bf16_rows(const Bf16Matrix &w) {
+    return [&w](int64_t r, float *wrow) {
+        for (int64_t c = 0; c < w.cols; ++c) wrow[c] = load_bf16(w.w, size_t(r * w.cols + c));
+    };
+}
+
 class CpuReferenceBackend final : public Backend {
 public:
     explicit CpuReferenceBackend(int n_threads) : n_threads_(n_threads) {}
@@ -88,16 +95,10 @@ public:
     }
 
     void linear_bf16(const float *x, int64_t n, const Bf16Matrix &w, float *y) override {
-        weight_rows(x, n, w.cols, w.rows, 0, w.rows, y, true,
-                    [&](int64_t r, float *wrow) {
-                        for (int64_t c = 0; c < w.cols; ++c) wrow[c] = load_bf16(w.w, size_t(r * w.cols + c));
-                    });
+        weight_rows(x, n, w.cols, w.rows, 0, w.rows, y, true, bf16_rows(w));
     }
     void linear_f32(const float *x, int64_t n, const Bf16Matrix &w, float *y) override {
-        weight_rows(x, n, w.cols, w.rows, 0, w.rows, y, false,
-                    [&](int64_t r, float *wrow) {
-                        for (int64_t c = 0; c < w.cols; ++c) wrow[c] = load_bf16(w.w, size_t(r * w.cols + c));
-                    });
+        weight_rows(x, n, w.cols, w.rows, 0, w.rows, y, false, bf16_rows(w));
     }
     // The dequantised row is the bf16 weight convert.py writes; then the bf16 linear's loop.
     void linear_dequant_fp8(const float *x, int64_t n, const Fp8Matrix &w, int64_t r0, int64_t r1, float *y) override {
