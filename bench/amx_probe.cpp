@@ -3,7 +3,8 @@
 // exactly as the GEMV does. For 16 output rows x 16 tokens x K elements, C = A·Bᵀ through one tile chain and
 // through one vdpbf16ps chain per token, on random and on cancelling data, compared bit for bit; then the tile
 // unit's bf16 rate on one core. Needs a CPU with AMX-BF16 and Linux 5.16+ (asks for tile data with arch_prctl).
-// Standalone (no dependencies; the bench build makes it too): g++ -O2 -static -ffp-contract=off -o amx_probe bench/amx_probe.cpp
+// Standalone (only bench/limits.h; the bench build makes it too):
+//   g++ -O2 -static -fopenmp -ffp-contract=off -o amx_probe bench/amx_probe.cpp
 // GCC 12's AVX-512 headers trip its own uninitialised-value warnings (GCC bug 105593).
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -13,7 +14,6 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -21,14 +21,10 @@
 #include <random>
 #include <vector>
 
+#include "limits.h"
+
 namespace {
 constexpr int kArchReqXcompPerm = 0x1023, kXfeatureTileData = 18;
-
-struct TileConfig {
-    uint8_t palette = 1, start_row = 0, reserved[14] = {};
-    uint16_t colsb[16] = {};
-    uint8_t rows[16] = {};
-};
 
 uint16_t bf16(float f) {
     uint32_t b;
@@ -40,7 +36,7 @@ uint16_t bf16(float f) {
 // rows of 16 pairs (row p: element pairs (2p, 2p+1) of the 16 outputs).
 __attribute__((target("amx-tile,amx-bf16"))) void amx_chain(const uint16_t *a, const uint16_t *b_pairs, int k, float *c,
                                                             int rows = 16) {
-    TileConfig cfg;
+    dsv4::bench::AmxTileConfig cfg;
     for (int t : {0, 1, 2}) {
         cfg.rows[t] = uint8_t(t == 2 ? 16 : rows);
         cfg.colsb[t] = 64;
@@ -81,48 +77,6 @@ float f32(uint16_t h) {
     return f;
 }
 
-__attribute__((target("avx512f,avx512bf16"))) double avx_rate(int reps) {
-    __m512 acc[16];
-    for (auto &v : acc) v = _mm512_setzero_ps();
-    const __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f803f80), y = (__m512bh)_mm512_set1_epi32(0x3f803f80);
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int r = 0; r < reps; ++r)
-        for (auto &v : acc) v = _mm512_dpbf16_ps(v, x, y);
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    float sink = 0;
-    for (auto &v : acc) sink += _mm512_reduce_add_ps(v);
-    return 16.0 * reps * 64 / s / 1e9 + sink * 0;
-}
-
-__attribute__((target("amx-tile,amx-bf16"))) double amx_rate(int reps) {
-    TileConfig cfg;
-    for (int t = 0; t < 8; ++t) {
-        cfg.rows[t] = 16;
-        cfg.colsb[t] = 64;
-    }
-    _tile_loadconfig(&cfg);
-    alignas(64) static uint16_t buf[16 * 32] = {};
-    _tile_loadd(4, buf, 64);
-    _tile_loadd(5, buf, 64);
-    _tile_loadd(6, buf, 64);
-    _tile_loadd(7, buf, 64);
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int r = 0; r < reps; ++r) {  // four independent accumulators
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(1, 4, 7);
-        _tile_dpbf16ps(2, 5, 6);
-        _tile_dpbf16ps(3, 5, 7);
-    }
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    alignas(64) float out[256];
-    _tile_stored(0, out, 64);
-    _tile_release();
-    return 4.0 * reps * 16 * 16 * 32 * 2 / s / 1e9 + out[0] * 0;  // GFLOP/s
-}
 }  // namespace
 
 int main() {
@@ -190,9 +144,7 @@ int main() {
     for (int model = 0; model < 3; ++model)
         std::printf("model '%s': matches %d of %d AMX outputs, %d of %d AVX512-BF16 outputs\n", models[model],
                     model_match[0][model], outputs, model_match[1][model], outputs);
-    double best = 0;
-    for (int r = 0; r < 5; ++r) best = std::max(best, amx_rate(2000000));
     std::printf("AMX bf16 tile rate, one core: %.0f GFLOP/s; AVX512-BF16 vdpbf16ps rate, one core: %.0f GFLOP/s\n",
-                best, avx_rate(20000000));
+                dsv4::bench::amx_peak_gflops(1), dsv4::bench::bf16_peak_gflops(1));
     return 0;
 }
