@@ -3,20 +3,25 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 
 namespace dsv4::core {
 namespace {
 
-// RNE rounding of |a| onto a float format with `mantissa_bits` and minimum normal exponent `min_exp`:
-// the quantum is 2^(max(floor(log2 a), min_exp) - mantissa_bits); division by a power of two is exact, and
-// nearbyint rounds half to even in the default rounding mode.
+uint32_t float_bits(float f) {
+    uint32_t b;
+    std::memcpy(&b, &f, 4);
+    return b;
+}
+
+// RNE rounding of a finite a >= 0 onto a float format with `mantissa_bits` and minimum normal exponent `min_exp`:
+// the quantum is q = 2^(max(floor(log2 a), min_exp) - mantissa_bits). Adding c = 1.5·2^23·q (ulp q, and a < c/2)
+// rounds a to a multiple of q, half to even (c / q is even), and subtracting c again is exact. Bit arithmetic and
+// two additions instead of frexp, ldexp and a division: the FP4/FP8 simulations run this per value.
 float round_to_format(float a, int mantissa_bits, int min_exp) {
-    if (a == 0.0f) return 0.0f;
-    int e;
-    std::frexp(a, &e);  // a = m·2^e, m in [0.5, 1)
-    int exp = std::max(e - 1, min_exp);
-    float quantum = std::ldexp(1.0f, exp - mantissa_bits);
-    return std::nearbyint(a / quantum) * quantum;
+    const int exp = std::max(int(float_bits(a) >> 23) - 127, min_exp);
+    const float c = exp2i(exp - mantissa_bits + 23) * 1.5f;
+    return (a + c) - c;  // (no -ffast-math anywhere: the compiler keeps both roundings)
 }
 
 std::array<float, 256> make_fp8_table() {
@@ -50,11 +55,8 @@ uint8_t f32_to_fp8_e4m3(float f) {
     float a = std::min(std::fabs(f), kFp8Max);
     a = std::min(round_to_format(a, 3, -6), kFp8Max);
     if (a < 0.015625f) return uint8_t(sign | uint8_t(a * 512.0f));  // subnormal: multiples of 2^-9
-    int e;
-    float m = std::frexp(a, &e);  // a = m·2^e
-    int exp_field = e - 1 + 7;
-    int man = int((m * 2.0f - 1.0f) * 8.0f);
-    return uint8_t(sign | uint8_t(exp_field << 3) | uint8_t(man));
+    const uint32_t bits = float_bits(a);  // normal: the float's exponent rebiased, its top 3 mantissa bits
+    return uint8_t(sign | uint32_t(int(bits >> 23) - 127 + 7) << 3 | (bits >> 20 & 7));
 }
 
 float fp4_e2m1_to_f32(uint8_t nibble) { return kFp4Table[nibble & 0x0f]; }
@@ -63,10 +65,9 @@ uint8_t f32_to_fp4_e2m1(float f) {
     uint8_t sign = std::signbit(f) ? 0x8 : 0x0;
     float a = std::isnan(f) ? kFp4Max : std::min(std::fabs(f), kFp4Max);
     a = std::min(round_to_format(a, 1, 0), kFp4Max);
-    // a is one of the eight magnitudes; its code is its index in the table.
-    uint8_t code = 0;
-    while (kFp4Table[code] != a) ++code;
-    return uint8_t(sign | code);
+    if (a < 1.0f) return uint8_t(sign | uint8_t(a * 2.0f));  // 0 and the subnormal 0.5
+    const uint32_t bits = float_bits(a);  // 1 .. 6: exponent field 1 .. 3, then the top mantissa bit
+    return uint8_t(sign | uint32_t(int(bits >> 23) - 127 + 1) << 1 | (bits >> 22 & 1));
 }
 
 void decode_fp4_blocks32(const uint8_t *packed, const uint8_t *scales, size_t n, float *out) {
