@@ -32,62 +32,6 @@ using bench::seconds_since;
 
 namespace {
 
-// Times every call of the wrapped backend by operation.
-class TimingBackend final : public backend::Backend {
-public:
-    explicit TimingBackend(std::unique_ptr<backend::Backend> inner) : inner_(std::move(inner)) {}
-    std::string name() const override { return inner_->name(); }
-    void linear_fp8(const float *x, int64_t n, const core::Fp8Matrix &w, float *y) override {
-        timed("linear_fp8", [&] { inner_->linear_fp8(x, n, w, y); }, n * w.rows * w.cols);
-    }
-    void linear_expert(const float *x, int64_t n, const core::ExpertMatrix &w, float *y) override {
-        const int64_t expert_macs = n * (w.format == core::ExpertFormat::fp8 ? w.fp8.rows * w.fp8.cols : w.fp4.rows * w.fp4.cols);
-        timed("linear_expert", [&] { inner_->linear_expert(x, n, w, y); }, expert_macs);
-    }
-    // a layer's expert matrices in two calls (routed w1/w3 with the shared expert's, then the w2s)
-    void linear_experts(const backend::ExpertLinear *jobs, size_t count) override {
-        int64_t expert_macs = 0;
-        for (size_t j = 0; j < count; ++j) {
-            const core::ExpertMatrix &w = *jobs[j].w;
-            expert_macs += jobs[j].n * (w.format == core::ExpertFormat::fp8 ? w.fp8.rows * w.fp8.cols : w.fp4.rows * w.fp4.cols);
-        }
-        timed("linear_experts", [&] { inner_->linear_experts(jobs, count); }, expert_macs);
-    }
-    void linear_dequant_fp8(const float *x, int64_t n, const core::Fp8Matrix &w, int64_t r0, int64_t r1,
-                            float *y) override {
-        timed("linear_dequant_fp8", [&] { inner_->linear_dequant_fp8(x, n, w, r0, r1, y); }, n * (r1 - r0) * w.cols);
-    }
-    void linear_bf16(const float *x, int64_t n, const core::Bf16Matrix &w, float *y) override {
-        timed("linear_bf16", [&] { inner_->linear_bf16(x, n, w, y); }, n * w.rows * w.cols);
-    }
-    void linear_f32(const float *x, int64_t n, const core::Bf16Matrix &w, float *y) override {
-        timed("linear_f32", [&] { inner_->linear_f32(x, n, w, y); }, n * w.rows * w.cols);
-    }
-    void linear_f32w(const float *x, int64_t n, const float *w, int64_t rows, int64_t cols, float *y) override {
-        timed("linear_f32w", [&] { inner_->linear_f32w(x, n, w, rows, cols, y); }, n * rows * cols);
-    }
-    void attention(const backend::AttentionProblem &p) override { timed("attention", [&] { inner_->attention(p); }); }
-    void index_scores(const float *q, const float *w, int n_heads, int dim, const backend::Fp4Keys &keys, int64_t n,
-                      float *scores) override {
-        timed("index_scores", [&] { inner_->index_scores(q, w, n_heads, dim, keys, n, scores); });
-    }
-
-    std::map<std::string, double> seconds;
-    std::map<std::string, double> macs;  // multiply-adds of the linears
-    std::map<std::string, int64_t> calls;
-
-private:
-    template <typename F>
-    void timed(const char *op, F &&f, int64_t n_macs = 0) {
-        const auto t0 = Clock::now();
-        f();
-        seconds[op] += seconds_since(t0);
-        macs[op] += double(n_macs);
-        calls[op] += 1;
-    }
-    std::unique_ptr<backend::Backend> inner_;
-};
-
 size_t fp8_bytes(const core::Fp8Matrix &m) {
     return m.w ? size_t(m.rows * m.cols + (m.rows + 127) / 128 * m.scale_cols()) : 0;
 }
@@ -95,6 +39,74 @@ size_t expert_bytes(const core::ExpertMatrix &m) {
     return m.format == core::ExpertFormat::fp8 ? fp8_bytes(m.fp8) : size_t(m.fp4.rows * m.fp4.cols / 2 + m.fp4.rows * m.fp4.cols / 32);
 }
 size_t bf16_bytes(const core::Bf16Matrix &m) { return size_t(m.rows * m.cols * 2); }
+
+// Times every call of the wrapped backend by operation, with the multiply-adds and weight bytes it reads.
+class TimingBackend final : public backend::Backend {
+public:
+    explicit TimingBackend(std::unique_ptr<backend::Backend> inner) : inner_(std::move(inner)) {}
+    std::string name() const override { return inner_->name(); }
+    void linear_fp8(const float *x, int64_t n, const core::Fp8Matrix &w, float *y) override {
+        timed("linear_fp8", [&] { inner_->linear_fp8(x, n, w, y); }, n * w.rows * w.cols, fp8_bytes(w));
+    }
+    void linear_expert(const float *x, int64_t n, const core::ExpertMatrix &w, float *y) override {
+        const int64_t expert_macs = n * (w.format == core::ExpertFormat::fp8 ? w.fp8.rows * w.fp8.cols : w.fp4.rows * w.fp4.cols);
+        timed("linear_expert", [&] { inner_->linear_expert(x, n, w, y); }, expert_macs, expert_bytes(w));
+    }
+    // a layer's expert matrices in two calls (routed w1/w3 with the shared expert's, then the w2s)
+    void linear_experts(const backend::ExpertLinear *jobs, size_t count) override {
+        int64_t expert_macs = 0;
+        size_t weight_bytes = 0;
+        for (size_t j = 0; j < count; ++j) {
+            const core::ExpertMatrix &w = *jobs[j].w;
+            expert_macs += jobs[j].n * (w.format == core::ExpertFormat::fp8 ? w.fp8.rows * w.fp8.cols : w.fp4.rows * w.fp4.cols);
+            weight_bytes += expert_bytes(w);
+        }
+        timed("linear_experts", [&] { inner_->linear_experts(jobs, count); }, expert_macs, weight_bytes);
+    }
+    void linear_dequant_fp8(const float *x, int64_t n, const core::Fp8Matrix &w, int64_t r0, int64_t r1,
+                            float *y) override {
+        timed("linear_dequant_fp8", [&] { inner_->linear_dequant_fp8(x, n, w, r0, r1, y); }, n * (r1 - r0) * w.cols,
+              size_t((r1 - r0) * w.cols + (r1 - r0 + 127) / 128 * w.scale_cols()));
+    }
+    void linear_bf16(const float *x, int64_t n, const core::Bf16Matrix &w, float *y) override {
+        timed("linear_bf16", [&] { inner_->linear_bf16(x, n, w, y); }, n * w.rows * w.cols, bf16_bytes(w));
+    }
+    void linear_f32(const float *x, int64_t n, const core::Bf16Matrix &w, float *y) override {
+        timed("linear_f32", [&] { inner_->linear_f32(x, n, w, y); }, n * w.rows * w.cols, bf16_bytes(w));
+    }
+    void linear_f32w(const float *x, int64_t n, const float *w, int64_t rows, int64_t cols, float *y) override {
+        timed("linear_f32w", [&] { inner_->linear_f32w(x, n, w, rows, cols, y); }, n * rows * cols,
+              size_t(rows * cols) * sizeof(float));
+    }
+    void attention(const backend::AttentionProblem &p) override { timed("attention", [&] { inner_->attention(p); }); }
+    void index_scores(const float *q, const float *w, int n_heads, int dim, const backend::Fp4Keys &keys, int64_t n,
+                      float *scores) override {
+        timed("index_scores", [&] { inner_->index_scores(q, w, n_heads, dim, keys, n, scores); });
+    }
+
+    void clear() {
+        seconds.clear();
+        macs.clear();
+        bytes.clear();
+        calls.clear();
+    }
+    std::map<std::string, double> seconds;
+    std::map<std::string, double> macs;   // multiply-adds of the linears
+    std::map<std::string, double> bytes;  // weight bytes the linears read
+    std::map<std::string, int64_t> calls;
+
+private:
+    template <typename F>
+    void timed(const char *op, F &&f, int64_t n_macs = 0, size_t n_bytes = 0) {
+        const auto t0 = Clock::now();
+        f();
+        seconds[op] += seconds_since(t0);
+        macs[op] += double(n_macs);
+        bytes[op] += double(n_bytes);
+        calls[op] += 1;
+    }
+    std::unique_ptr<backend::Backend> inner_;
+};
 
 // Bytes of weights one decode token reads in a layer (the routed experts: n_active of them).
 size_t layer_bytes_per_token(const model::LayerWeights &l, int n_active) {
@@ -176,18 +188,20 @@ size_t touch_weights(const model::Model &m) {
 }  // namespace
 
 // Time per backend operation (per call of `runs`), its share of `total_s`, and, given the peak, the GFLOP/s of
-// the linears as a share of it.
-void print_ops(const TimingBackend &timing, double total_s, int runs, double peak) {
+// the linears as a share of it, or, given the bandwidth, the rate they read their weights at as a share of that.
+void print_ops(const TimingBackend &timing, double total_s, int runs, double peak, double bw) {
     double in_backend = 0;
     for (const auto &[op, sec] : timing.seconds) {
-        fmt::print("  {:<14} {:8.2f} ms  {:5.1f}%  {:5} calls", op, sec / runs * 1e3, 100 * sec / runs / total_s,
+        fmt::print("  {:<18} {:8.2f} ms  {:5.1f}%  {:5} calls", op, sec / runs * 1e3, 100 * sec / runs / total_s,
                    timing.calls.at(op) / runs);
         const double gflops = 2 * timing.macs.at(op) / sec / 1e9;
         if (peak > 0 && timing.macs.at(op) > 0) fmt::print("  {:7.1f} GFLOP/s = {:4.1f}% of the peak", gflops, 100 * gflops / peak);
+        const double gbs = timing.bytes.at(op) / sec / 1e9;
+        if (bw > 0 && gbs > 0) fmt::print("  {:6.1f} MB at {:5.1f} GB/s = {:3.0f}% of the bandwidth", timing.bytes.at(op) / runs / 1e6, gbs, 100 * gbs / bw);
         fmt::print("\n");
         in_backend += sec / runs;
     }
-    fmt::print("  {:<14} {:8.2f} ms  {:5.1f}%  (model code outside the backend: routing, norms, mHC, cache decode)\n",
+    fmt::print("  {:<18} {:8.2f} ms  {:5.1f}%  (model code outside the backend: routing, norms, mHC, cache decode)\n",
                "other", (total_s - in_backend) * 1e3, 100 * (total_s - in_backend) / total_s);
 }
 
@@ -266,9 +280,7 @@ int run(int argc, char **argv) {
     double first_s = 0, prefill_s = 0;
     for (double *pass : {&first_s, &prefill_s}) {
         ctx.seq_truncate(0, 0);
-        timing->seconds.clear();
-        timing->macs.clear();
-        timing->calls.clear();
+        timing->clear();
         const auto t_prefill = Clock::now();
         ctx.decode(prompt.data(), nullptr, nullptr, 0, nullptr, 1024);
         *pass = seconds_since(t_prefill);
@@ -278,7 +290,7 @@ int run(int argc, char **argv) {
                "(a context's first pass: {:.1f} tokens/s)\n",
                prefill_tps, prefill_tps * 2 * layer_macs / 1e9, 100 * prefill_tps * 2 * layer_macs / 1e9 / peak,
                1024 / first_s);
-    print_ops(*timing, prefill_s, 1, peak);
+    print_ops(*timing, prefill_s, 1, peak, 0);
     fmt::print("bytes one decode step reads {:6.1f} MB (layers {:.1f} MB, LM head {:.1f} MB): {:.2f} ms at the bandwidth\n",
                step_bytes / 1e6, layer_bytes / 1e6, head_bytes / 1e6, step_bytes / bw / 1e6);
 
@@ -299,8 +311,7 @@ int run(int argc, char **argv) {
             const int32_t warm = token(rng);
             ctx.decode(&warm, nullptr, nullptr, 0, nullptr, 1);
         }
-        timing->seconds.clear();
-        timing->calls.clear();
+        timing->clear();
         const auto t0 = Clock::now();
         for (int i = 0; i < steps; ++i) {
             const int32_t t = token(rng);
@@ -315,7 +326,7 @@ int run(int argc, char **argv) {
         fmt::print("\ndecode at {:6} context: {:8.2f} ms/step ({:.1f} tokens/s) = {:.2f}x the bandwidth time ({:.1f} GB/s, "
                    "best probe so far), {:.2f}x the first context\n", L, step_s * 1e3, 1 / step_s,
                    step_s / (step_bytes / bw / 1e9), bw, step_s / first_step);
-        print_ops(*timing, step_s, steps, 0);
+        print_ops(*timing, step_s, steps, 0, bw);
         if (L != contexts.front()) continue;
         // Whole-model projection from the first context: the full model's layers at this run's bytes per layer
         // kind and measured/limit ratio (window layers: an HCA layer without its compressor, a slight overestimate).
