@@ -107,14 +107,9 @@ public:
         };
         const int64_t n_tiles = int64_t(tiles.size());
         size_packed_scratch();
-        // One token per job (decode): tiles of equal cost, split evenly; batches: unequal tiles, handed out in turn.
-        if (max_n == 1) {
-#pragma omp parallel for num_threads(threads()) schedule(static)
-            for (int64_t t = 0; t < n_tiles; ++t) run(tiles[size_t(t)]);
-        } else {
+        // Tiles of unequal cost (FP4 and FP8 rows, a job's token count), handed out in turn.
 #pragma omp parallel for num_threads(threads()) schedule(dynamic)
-            for (int64_t t = 0; t < n_tiles; ++t) run(tiles[size_t(t)]);
-        }
+        for (int64_t t = 0; t < n_tiles; ++t) run(tiles[size_t(t)]);
     }
 
     // The FP8 kernels with bf16 activations as they are (no act_quant): the packed tiles, else the checkpoint-layout
