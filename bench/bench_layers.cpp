@@ -79,6 +79,9 @@ public:
               size_t(rows * cols) * sizeof(float));
     }
     void attention(const backend::AttentionProblem &p) override { timed("attention", [&] { inner_->attention(p); }); }
+    void decode_kv_entries(const backend::Fp8Entries &e, float *rows) override {
+        timed("decode_kv_entries", [&] { inner_->decode_kv_entries(e, rows); });
+    }
     void index_scores(const float *q, const float *w, int n_heads, int dim, const backend::Fp4Keys &keys, int64_t n,
                       float *scores) override {
         timed("index_scores", [&] { inner_->index_scores(q, w, n_heads, dim, keys, n, scores); });

@@ -14,7 +14,7 @@ namespace {
 using core::BlockFormat;
 using core::round_bf16;
 
-constexpr int kKvSimBlock = 64;     // FP8 simulation block of KV nope dims (spec §4.3)
+constexpr int kKvSimBlock = backend::kKvEntryScaleBlock;  // FP8 simulation block of KV nope dims (spec §4.3)
 constexpr int kIndexSimBlock = 32;  // FP4 simulation block of indexer q/k (spec §6)
 
 struct CompressorRefs {
@@ -73,14 +73,6 @@ void encode_kv_entry(const kvcache::LayerGeometry &g, const float *v, uint8_t *e
         uint16_t bits = core::f32_to_bf16(v[nope + i]);
         std::memcpy(rope + 2 * i, &bits, 2);
     }
-}
-
-void decode_kv_entry(const kvcache::LayerGeometry &g, const uint8_t *entry, float *v) {
-    const int nope = g.nope_dim(), blocks = nope / kKvSimBlock;
-    for (int b = 0; b < blocks; ++b)
-        core::decode_fp8_scaled(entry + b * kKvSimBlock, size_t(kKvSimBlock), core::e8m0_to_f32(entry[nope + b]),
-                                v + b * kKvSimBlock);
-    for (int i = 0; i < g.rope_dim; ++i) v[nope + i] = core::load_bf16(entry + nope + blocks, size_t(i));
 }
 
 // The layout Backend::index_scores decodes (backend::Fp4Keys).
@@ -221,6 +213,7 @@ void attention_forward(const LayerContext &ctx, const float *x, int64_t N, const
 
         std::vector<float> rows, head_dot(static_cast<size_t>(nI));
         std::vector<uint8_t> valid;
+        std::vector<const uint8_t *> entries;  // the compressed entries a query attends to
         for (int64_t t = 0; t < s.n; ++t) {
             const int64_t i = s.row0 + t, pos = s.start_pos + t;
             // Window part: always W slots, oldest → newest, -1 padding while pos < W-1 (spec §7). The attention
@@ -250,10 +243,10 @@ void attention_forward(const LayerContext &ctx, const float *x, int64_t N, const
                 std::iota(selected.begin(), selected.end(), 0);
             }
             if (rows.size() < size_t(W + int64_t(selected.size())) * d) rows.resize(size_t(W + int64_t(selected.size())) * d);
-            for (size_t k = 0; k < selected.size(); ++k) {
-                decode_kv_entry(g, cache.kv.entry(size_t(selected[k])), &rows[(size_t(W) + k) * d]);
-                valid.push_back(1);
-            }
+            entries.resize(selected.size());
+            for (size_t k = 0; k < selected.size(); ++k) entries[k] = cache.kv.entry(size_t(selected[k]));
+            be.decode_kv_entries({entries.data(), int64_t(entries.size()), g.nope_dim(), g.rope_dim}, &rows[size_t(W) * d]);
+            valid.resize(valid.size() + selected.size(), 1);
             backend::AttentionProblem p;
             p.q = &q[size_t(i * H * d)];
             p.kv = rows.data();

@@ -34,9 +34,8 @@ struct LayerContext {
 void attention_forward(const LayerContext &ctx, const float *x, int64_t n_rows, const std::vector<Span> &spans,
                        float *y);
 
-// Lossless cache entry codecs (exposed for tests): FP8 nope dims + e8m0 per 64 + bf16 rope dims.
+// Lossless cache entry codecs: FP8 nope dims + e8m0 per 64 + bf16 rope dims (backend::Fp8Entries decodes them).
 void encode_kv_entry(const kvcache::LayerGeometry &g, const float *values, uint8_t *entry);
-void decode_kv_entry(const kvcache::LayerGeometry &g, const uint8_t *entry, float *values);
 // FP4 codes + e8m0 per 32 (backend::Fp4Keys decodes them).
 void encode_index_entry(const kvcache::LayerGeometry &g, const float *values, uint8_t *entry);
 

@@ -33,6 +33,15 @@ struct Fp4Keys {
     const uint8_t *entry(int64_t j) const { return pages[j / entries_per_page] + (j % entries_per_page) * entry_bytes; }
 };
 
+// Compressed KV entries as the cache stores them (attention::encode_kv_entry): nope_dim e4m3 codes, one e8m0 scale
+// per kKvEntryScaleBlock of them, then rope_dim bf16 values. Backends decode the entries a query attends to.
+constexpr int kKvEntryScaleBlock = 64;
+struct Fp8Entries {
+    const uint8_t *const *entries;  // count entry pointers
+    int64_t count;
+    int nope_dim, rope_dim;
+};
+
 // One routed- or shared-expert linear of a batch: y[n, rows] = linear_expert(x[n, cols], *w).
 struct ExpertLinear {
     const float *x;
@@ -70,6 +79,9 @@ public:
     virtual void linear_f32w(const float *x, int64_t n, const float *w, int64_t rows, int64_t cols, float *y) = 0;
     // Sparse attention with sink over an explicit row list, online softmax in chunks of 64 rows (spec §4.5).
     virtual void attention(const AttentionProblem &p) = 0;
+    // rows[j, ·] = entry j's values in fp32: each code's e4m3 value times its block's 2^(scale - 127) (one fp32
+    // product), then the bf16 rope dims. rows holds count × (nope_dim + rope_dim) floats.
+    virtual void decode_kv_entries(const Fp8Entries &e, float *rows) = 0;
     // Lightning-indexer scores of one query over n keys (spec §6): for key j,
     // score[j] = bf16(Σ_h bf16(relu(bf16(q_h · k_j)) · w_h)), q [n_heads, dim], w [n_heads], keys as cached.
     virtual void index_scores(const float *q, const float *w, int n_heads, int dim, const Fp4Keys &keys, int64_t n,

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 
@@ -571,6 +572,56 @@ TEST_CASE("lightning-indexer scores equal the float64 reference with the referen
         }
     }
   }
+}
+
+TEST_CASE("compressed KV entries decode to their e4m3 values times the block scale, rope dims from bf16", "[ops]") {
+    // Every code (both NaN codes, subnormals, -0) in some entry, scale codes from 2^-127 (subnormal products) to
+    // 2^127 (overflow to inf); the float64 decode is code value x 2^(scale - 127) rounded once to fp32.
+    const int nope = 448, rope = 64, d = nope + rope, n = 40;
+    const int entry_bytes = nope + nope / backend::kKvEntryScaleBlock + 2 * rope;
+    std::vector<std::vector<uint8_t>> storage(size_t(n), std::vector<uint8_t>(static_cast<size_t>(entry_bytes)));
+    std::vector<const uint8_t *> entries;
+    for (int j = 0; j < n; ++j) {
+        std::vector<uint8_t> &e = storage[size_t(j)];
+        for (int c = 0; c < nope; ++c) e[size_t(c)] = uint8_t(j < 4 ? (j * nope + c) % 256 : randint(0, 255));
+        for (int b = 0; b < nope / backend::kKvEntryScaleBlock; ++b)
+            e[size_t(nope + b)] = uint8_t(j == 4 ? 0 : j == 5 ? 254 : j == 6 ? 1 + b : randint(110, 140));
+        for (int i = 0; i < rope; ++i) {
+            const uint16_t bits = core::f32_to_bf16(randn());
+            std::memcpy(&e[size_t(nope + nope / backend::kKvEntryScaleBlock + 2 * i)], &bits, 2);
+        }
+        entries.push_back(e.data());
+    }
+    std::reverse(entries.begin() + n / 2, entries.end());  // entries in any order, as a top-k selects them
+    for (auto &[isa, be] : quantized_backends()) {
+        INFO("backend " << isa);
+        for (const int count : {1, n}) {
+            std::vector<float> rows(size_t(count * d), -1.0f);
+            be->decode_kv_entries({entries.data(), count, nope, rope}, rows.data());
+            for (int j = 0; j < count; ++j) {
+                const uint8_t *e = entries[size_t(j)];
+                for (int c = 0; c < d; ++c) {
+                    INFO("entry " << j << " element " << c);
+                    const float got = rows[size_t(j * d + c)];
+                    if (c >= nope) {
+                        REQUIRE(got == core::bf16_to_f32(uint16_t(e[nope + nope / 64 + 2 * (c - nope)] |
+                                                                  e[nope + nope / 64 + 2 * (c - nope) + 1] << 8)));
+                        continue;
+                    }
+                    const uint8_t code = e[c];
+                    const int exp = (code >> 3) & 15, man = code & 7;
+                    if (exp == 15 && man == 7) {
+                        REQUIRE(std::isnan(got));
+                        continue;
+                    }
+                    const double value = (exp ? std::ldexp(1.0 + man / 8.0, exp - 7) : std::ldexp(double(man), -9)) *
+                                         (code & 0x80 ? -1.0 : 1.0) * std::ldexp(1.0, e[nope + c / 64] - 127);
+                    REQUIRE(got == float(value));
+                    REQUIRE(std::signbit(got) == bool(code & 0x80));
+                }
+            }
+        }
+    }
 }
 
 TEST_CASE("indexer top-k: descending scores, ties to the lower index, as a full sort orders them", "[ops]") {

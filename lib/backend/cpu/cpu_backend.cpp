@@ -207,6 +207,15 @@ public:
         }
     }
 
+    void decode_kv_entries(const Fp8Entries &e, float *rows) override {
+        if (!has_kernels() || e.nope_dim % kKvEntryScaleBlock || e.rope_dim % 16) return reference_->decode_kv_entries(e, rows);
+        constexpr int64_t kEntriesPerTile = 64;  // ~40 KiB of rows: a tile is worth a thread's wake-up
+        const int64_t tiles = (e.count + kEntriesPerTile - 1) / kEntriesPerTile;
+#pragma omp parallel for num_threads(threads()) schedule(static) if (tiles > 1)
+        for (int64_t t = 0; t < tiles; ++t)
+            cpu::decode_kv_entries_avx512(e, t * kEntriesPerTile, std::min(e.count, (t + 1) * kEntriesPerTile), rows);
+    }
+
     void index_scores(const float *q, const float *w, int n_heads, int dim, const Fp4Keys &keys, int64_t n,
                       float *scores) override {
         if (!has_kernels() || n_heads > 64 || dim % 32 || dim > cpu::kIndexMaxDim)

@@ -775,3 +775,37 @@ DSV4_TARGET_AVX512BF16 void index_scores_avx512(const IndexQuery &query, int n_h
 }
 
 }  // namespace dsv4::backend::cpu
+
+namespace dsv4::backend::cpu {
+
+// e4m3 codes to fp32 by bit arithmetic, 16 at a time: a normal code's exponent and mantissa fields move into the
+// float's (rebiased by 120), a subnormal's mantissa m is m · 2^-9 (an exact conversion and product); the NaN
+// codes stay NaN, the sign moves to bit 31. Then the product with the block's scale, as the scalar decode.
+DSV4_TARGET_AVX512BF16 void decode_kv_entries_avx512(const Fp8Entries &e, int64_t j0, int64_t j1, float *rows) {
+    const int d = e.nope_dim + e.rope_dim;
+    const __m512i magnitude_mask = _mm512_set1_epi32(0x7f), bias = _mm512_set1_epi32(120 << 23);
+    const __m512 subnormal_unit = _mm512_set1_ps(1.0f / 512.0f);
+    for (int64_t j = j0; j < j1; ++j) {
+        const uint8_t *entry = e.entries[j];
+        float *row = rows + j * d;
+        for (int c = 0; c < e.nope_dim; c += 16) {
+            const __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(entry + c)));
+            const __m512i mag = _mm512_and_si512(x, magnitude_mask);
+            __m512 v = _mm512_mask_blend_ps(_mm512_cmpge_epu32_mask(mag, _mm512_set1_epi32(8)),
+                                            _mm512_mul_ps(_mm512_cvtepi32_ps(mag), subnormal_unit),
+                                            _mm512_castsi512_ps(_mm512_add_epi32(_mm512_slli_epi32(mag, 20), bias)));
+            v = _mm512_mask_blend_ps(_mm512_cmpeq_epi32_mask(mag, magnitude_mask), v, _mm512_set1_ps(NAN));
+            const __m512i sign = _mm512_slli_epi32(_mm512_andnot_si512(magnitude_mask, x), 24);
+            v = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(v), sign));
+            const float scale = core::e8m0_to_f32(entry[e.nope_dim + c / kKvEntryScaleBlock]);
+            _mm512_storeu_ps(row + c, _mm512_mul_ps(v, _mm512_set1_ps(scale)));
+        }
+        const uint8_t *rope = entry + e.nope_dim + e.nope_dim / kKvEntryScaleBlock;
+        for (int i = 0; i < e.rope_dim; i += 16) {
+            const __m512i bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(rope + 2 * i)));
+            _mm512_storeu_ps(row + e.nope_dim + i, _mm512_castsi512_ps(_mm512_slli_epi32(bits, 16)));
+        }
+    }
+}
+
+}  // namespace dsv4::backend::cpu

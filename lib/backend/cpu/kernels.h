@@ -96,6 +96,9 @@ void qk_heads_f32_avx512(const float *q, int nh, const float *rows, const uint8_
 void pv_heads_f32_avx512(float *acc, int nh, const float *probs, const float *rows, const uint8_t *valid, int count, int n);
 void scale_f32_avx512(float *acc, float alpha, int n);
 
+// Backend::decode_kv_entries for entries [j0, j1) (nope_dim a multiple of 64, rope_dim of 16): equal value for value.
+void decode_kv_entries_avx512(const Fp8Entries &e, int64_t j0, int64_t j1, float *rows);
+
 // Lightning-indexer scores of keys [j0, j1) (the contract of Backend::index_scores), heads padded to a multiple of
 // 16 with zero queries and weights. The query comes twice: as pairs of bf16 ([dim/2, n_heads] dwords, elements
 // 2p and 2p+1 of a head in dword p; q is FP4-simulated, so exact in bf16) for keys whose scales keep them normal

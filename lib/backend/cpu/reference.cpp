@@ -159,6 +159,20 @@ public:
                 });
     }
 
+    void decode_kv_entries(const Fp8Entries &e, float *rows) override {
+        const int d = e.nope_dim + e.rope_dim;
+#pragma omp parallel for num_threads(threads()) schedule(static)
+        for (int64_t j = 0; j < e.count; ++j) {
+            const uint8_t *entry = e.entries[j];
+            float *row = rows + j * d;
+            for (int b = 0; b < e.nope_dim / kKvEntryScaleBlock; ++b)
+                decode_fp8_scaled(entry + b * kKvEntryScaleBlock, size_t(kKvEntryScaleBlock),
+                                  e8m0_to_f32(entry[e.nope_dim + b]), row + b * kKvEntryScaleBlock);
+            const uint8_t *rope = entry + e.nope_dim + e.nope_dim / kKvEntryScaleBlock;
+            for (int i = 0; i < e.rope_dim; ++i) row[e.nope_dim + i] = load_bf16(rope, size_t(i));
+        }
+    }
+
     void index_scores(const float *q, const float *w, int n_heads, int dim, const Fp4Keys &keys, int64_t n,
                       float *scores) override {
         const int nt = threads();
