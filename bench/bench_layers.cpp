@@ -40,6 +40,24 @@ size_t expert_bytes(const core::ExpertMatrix &m) {
 }
 size_t bf16_bytes(const core::Bf16Matrix &m) { return size_t(m.rows * m.cols * 2); }
 
+// Time, multiply-adds (of the linears), weight bytes read and calls per backend operation.
+struct OpTimes {
+    struct Op {
+        double seconds = 0, macs = 0, bytes = 0;
+        int64_t calls = 0;
+    };
+    std::map<std::string, Op> ops;
+    void add(const OpTimes &other) {
+        for (const auto &[name, o] : other.ops) {
+            Op &mine = ops[name];
+            mine.seconds += o.seconds;
+            mine.macs += o.macs;
+            mine.bytes += o.bytes;
+            mine.calls += o.calls;
+        }
+    }
+};
+
 // Times every call of the wrapped backend by operation, with the multiply-adds and weight bytes it reads.
 class TimingBackend final : public backend::Backend {
 public:
@@ -87,26 +105,18 @@ public:
         timed("index_scores", [&] { inner_->index_scores(q, w, n_heads, dim, keys, n, scores); });
     }
 
-    void clear() {
-        seconds.clear();
-        macs.clear();
-        bytes.clear();
-        calls.clear();
-    }
-    std::map<std::string, double> seconds;
-    std::map<std::string, double> macs;   // multiply-adds of the linears
-    std::map<std::string, double> bytes;  // weight bytes the linears read
-    std::map<std::string, int64_t> calls;
+    OpTimes times;
 
 private:
     template <typename F>
     void timed(const char *op, F &&f, int64_t n_macs = 0, size_t n_bytes = 0) {
         const auto t0 = Clock::now();
         f();
-        seconds[op] += seconds_since(t0);
-        macs[op] += double(n_macs);
-        bytes[op] += double(n_bytes);
-        calls[op] += 1;
+        OpTimes::Op &o = times.ops[op];
+        o.seconds += seconds_since(t0);
+        o.macs += double(n_macs);
+        o.bytes += double(n_bytes);
+        o.calls += 1;
     }
     std::unique_ptr<backend::Backend> inner_;
 };
@@ -192,17 +202,17 @@ size_t touch_weights(const model::Model &m) {
 
 // Time per backend operation (per call of `runs`), its share of `total_s`, and, given the peak, the GFLOP/s of
 // the linears as a share of it, or, given the bandwidth, the rate they read their weights at as a share of that.
-void print_ops(const TimingBackend &timing, double total_s, int runs, double peak, double bw) {
+void print_ops(const OpTimes &times, double total_s, int runs, double peak, double bw) {
     double in_backend = 0;
-    for (const auto &[op, sec] : timing.seconds) {
-        fmt::print("  {:<18} {:8.2f} ms  {:5.1f}%  {:5} calls", op, sec / runs * 1e3, 100 * sec / runs / total_s,
-                   timing.calls.at(op) / runs);
-        const double gflops = 2 * timing.macs.at(op) / sec / 1e9;
-        if (peak > 0 && timing.macs.at(op) > 0) fmt::print("  {:7.1f} GFLOP/s = {:4.1f}% of the peak", gflops, 100 * gflops / peak);
-        const double gbs = timing.bytes.at(op) / sec / 1e9;
-        if (bw > 0 && gbs > 0) fmt::print("  {:6.1f} MB at {:5.1f} GB/s = {:3.0f}% of the bandwidth", timing.bytes.at(op) / runs / 1e6, gbs, 100 * gbs / bw);
+    for (const auto &[op, o] : times.ops) {
+        fmt::print("  {:<18} {:8.2f} ms  {:5.1f}%  {:5} calls", op, o.seconds / runs * 1e3, 100 * o.seconds / runs / total_s,
+                   o.calls / runs);
+        const double gflops = 2 * o.macs / o.seconds / 1e9;
+        if (peak > 0 && o.macs > 0) fmt::print("  {:7.1f} GFLOP/s = {:4.1f}% of the peak", gflops, 100 * gflops / peak);
+        const double gbs = o.bytes / o.seconds / 1e9;
+        if (bw > 0 && gbs > 0) fmt::print("  {:6.1f} MB at {:5.1f} GB/s = {:3.0f}% of the bandwidth", o.bytes / runs / 1e6, gbs, 100 * gbs / bw);
         fmt::print("\n");
-        in_backend += sec / runs;
+        in_backend += o.seconds / runs;
     }
     fmt::print("  {:<18} {:8.2f} ms  {:5.1f}%  (model code outside the backend: routing, norms, mHC, cache decode)\n",
                "other", (total_s - in_backend) * 1e3, 100 * (total_s - in_backend) / total_s);
@@ -246,6 +256,7 @@ int run(int argc, char **argv) {
     runtime::ContextOptions o;
     o.n_ctx = int(*std::max_element(contexts.begin(), contexts.end()) + steps + 3);  // + 2 warm-up steps
     o.n_ctx = std::max(o.n_ctx, 1024 + 1);
+    o.n_seq_max = int(contexts.size());
     o.n_threads = threads;
     o.make_backend = [&](int n) {
         auto t = std::make_unique<TimingBackend>(backend::make_cpu_backend(n));
@@ -283,7 +294,7 @@ int run(int argc, char **argv) {
     double first_s = 0, prefill_s = 0;
     for (double *pass : {&first_s, &prefill_s}) {
         ctx.seq_truncate(0, 0);
-        timing->clear();
+        timing->times = {};
         const auto t_prefill = Clock::now();
         ctx.decode(prompt.data(), nullptr, nullptr, 0, nullptr, 1024);
         *pass = seconds_since(t_prefill);
@@ -293,44 +304,45 @@ int run(int argc, char **argv) {
                "(a context's first pass: {:.1f} tokens/s)\n",
                prefill_tps, prefill_tps * 2 * layer_macs / 1e9, 100 * prefill_tps * 2 * layer_macs / 1e9 / peak,
                1024 / first_s);
-    print_ops(*timing, prefill_s, 1, peak, 0);
+    print_ops(timing->times, prefill_s, 1, peak, 0);
     fmt::print("bytes one decode step reads {:6.1f} MB (layers {:.1f} MB, LM head {:.1f} MB): {:.2f} ms at the bandwidth\n",
                step_bytes / 1e6, layer_bytes / 1e6, head_bytes / 1e6, step_bytes / bw / 1e6);
 
-    // Decode at each context length, on a synthetic cache of that length.
+    // Decode at each context length, on a synthetic cache of that length in a sequence of its own. The contexts
+    // take turns step by step, so that the machine's bandwidth drift (up to 2x between minutes) weighs on all of
+    // them alike and their ratio is a fair one.
     const std::vector<uint8_t> header = [&] {
         std::vector<uint8_t> blob = ctx.save_state(0);
         return std::vector<uint8_t>(blob.begin(), blob.begin() + 20);  // magic, version, fingerprint, rewind
     }();
     std::vector<kvcache::LayerGeometry> geo = model->cache_geometry(o.n_rewind);
     geo.resize(size_t(c.n_layers));
-    double first_step = 0;
-    std::map<std::string, double> first_ops;
-    for (int64_t L : contexts) {
+    const int32_t n_seq = int32_t(contexts.size());
+    for (int32_t seq = 0; seq < n_seq; ++seq) {
         std::vector<uint8_t> blob = header;
-        synthetic_cache(geo, L, uint64_t(L)).serialize(blob);
-        ctx.load_state(0, blob.data(), blob.size());
-        for (int i = 0; i < 2; ++i) {  // warm-up: first touches of the new cache and buffers
-            const int32_t warm = token(rng);
-            ctx.decode(&warm, nullptr, nullptr, 0, nullptr, 1);
-        }
-        timing->clear();
-        const auto t0 = Clock::now();
-        for (int i = 0; i < steps; ++i) {
+        synthetic_cache(geo, contexts[size_t(seq)], uint64_t(contexts[size_t(seq)])).serialize(blob);
+        ctx.load_state(seq, blob.data(), blob.size());
+    }
+    std::vector<double> step_s(static_cast<size_t>(n_seq), 0.0);
+    std::vector<OpTimes> step_ops(static_cast<size_t>(n_seq));
+    for (int i = -2; i < steps; ++i)  // two warm-up rounds: first touches of the new caches and buffers
+        for (int32_t seq = 0; seq < n_seq; ++seq) {
             const int32_t t = token(rng);
-            ctx.decode(&t, nullptr, nullptr, 0, nullptr, 1);
+            timing->times = {};
+            const auto t0 = Clock::now();
+            ctx.decode(&t, nullptr, nullptr, seq, nullptr, 1);
+            if (i < 0) continue;
+            step_s[size_t(seq)] += seconds_since(t0) / steps;
+            step_ops[size_t(seq)].add(timing->times);
         }
-        const double step_s = seconds_since(t0) / steps;
-        bw = std::max(bw, bench::read_bandwidth(threads, 3));
-        if (first_step == 0) {
-            first_step = step_s;
-            first_ops = timing->seconds;
-        }
+    bw = std::max(bw, bench::read_bandwidth(threads, 3));
+    for (int32_t seq = 0; seq < n_seq; ++seq) {
+        const double s = step_s[size_t(seq)];
         fmt::print("\ndecode at {:6} context: {:8.2f} ms/step ({:.1f} tokens/s) = {:.2f}x the bandwidth time ({:.1f} GB/s, "
-                   "best probe so far), {:.2f}x the first context\n", L, step_s * 1e3, 1 / step_s,
-                   step_s / (step_bytes / bw / 1e9), bw, step_s / first_step);
-        print_ops(*timing, step_s, steps, 0, bw);
-        if (L != contexts.front()) continue;
+                   "best probe), {:.2f}x the first context\n", contexts[size_t(seq)], s * 1e3, 1 / s,
+                   s / (step_bytes / bw / 1e9), bw, s / step_s[0]);
+        print_ops(step_ops[size_t(seq)], s, steps, 0, bw);
+        if (seq != 0) continue;
         // Whole-model projection from the first context: the full model's layers at this run's bytes per layer
         // kind and measured/limit ratio (window layers: an HCA layer without its compressor, a slight overestimate).
         const nlohmann::json cfg = nlohmann::json::parse(io::read_text_file(std::string(argv[1]) + "/config.json"));
@@ -338,7 +350,7 @@ int run(int argc, char **argv) {
             const auto &full = cfg["dsv4_bench_full_model"];
             size_t bytes = size_t(full["vocab_size"].get<int64_t>()) * size_t(c.dim) * 2;
             for (int ratio : full["compress_ratios"].get<std::vector<int>>()) bytes += bytes_by_ratio[ratio ? ratio : 128];
-            const double ratio = step_s / (step_bytes / bw / 1e9);
+            const double ratio = s / (step_bytes / bw / 1e9);
             fmt::print("  whole model ({} layers, vocab {}): {:.2f} GB per token -> {:.2f} tokens/s here, {:.2f} at "
                        "186 GB/s (bandwidth limits {:.2f} / {:.2f})\n",
                        full["compress_ratios"].size(), full["vocab_size"].get<int64_t>(), bytes / 1e9,
