@@ -529,10 +529,17 @@ TEST_CASE("lightning-indexer scores equal the float64 reference with the referen
     for (int trial = 0; trial < 6; ++trial) {
         const int heads = trial % 2 ? 64 : randint(1, 20), dim = 128;
         const int64_t n = randint(1, 300), per_page = randint(1, 70), entry_bytes = dim / 2 + dim / 32 + 3;
-        // q exact in bf16 as the model's (FP4-simulated) queries are, except in one trial (the kernels' fp32 path)
+        // q FP4-simulated as the model's queries are (block scales from 2^-8 to 2^8; the kernels' integer path),
+        // except in one trial (arbitrary floats: the fp32 path)
         auto q = bf16_vector(size_t(heads * dim), 1.0f);
         if (trial == 5)
             for (float &v : q) v += randn(1e-3f);
+        else
+            for (int b = 0; b < heads * dim / 32; ++b) {
+                const float scale = std::ldexp(1.0f, randint(-8, 8));
+                for (int i = 0; i < 32; ++i) q[size_t(32 * b + i)] *= scale;
+                core::simulate_blocks(core::BlockFormat::fp4_e2m1, &q[size_t(32 * b)], 32, 32);
+            }
         // Keys as the cache stores them, in pages: random e2m1 codes, e8m0 scales around 1 (in one trial some keys
         // with a scale no bf16 exponent can fold in); the float copy is what they decode to.
         std::vector<std::vector<uint8_t>> pages(size_t((n + per_page - 1) / per_page),

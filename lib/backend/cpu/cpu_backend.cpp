@@ -3,6 +3,7 @@
 // linears AMX tiles where those exist; the mHC mixes' single tokens, every lower ISA and every shape the kernels do
 // not cover are the reference backend's.
 #include <algorithm>
+#include <cmath>
 #include <utility>
 #include <vector>
 
@@ -222,8 +223,7 @@ public:
             return reference_->index_scores(q, w, n_heads, dim, keys, n, scores);
         // Heads padded to a multiple of 16 with zero queries and weights: a padded head adds bf16(relu(0)·0) = 0.
         // The fp32 path decodes each block of 32 key elements as its 16 even then its 16 odd elements; q's rows
-        // follow that order, so only the fp32 summation order of the dots changes. The bf16 path needs q exact in
-        // bf16 (the model's indexer queries are FP4-simulated); another q takes the fp32 path for every key.
+        // follow that order, so only the fp32 summation order of the dots changes.
         const int padded = (n_heads + 15) / 16 * 16;
         qt_.assign(size_t(padded) * size_t(dim) + size_t(padded), 0.0f);
         for (int h = 0; h < n_heads; ++h)
@@ -233,15 +233,13 @@ public:
             }
         float *wp = qt_.data() + size_t(padded) * size_t(dim);
         std::copy_n(w, n_heads, wp);
-        bool exact_in_bf16 = true;
-        for (int64_t i = 0; i < int64_t(n_heads) * dim && exact_in_bf16; ++i) exact_in_bf16 = round_bf16(q[i]) == q[i];
-        qp_.assign(size_t(padded) * size_t(dim / 2), 0u);
-        for (int h = 0; h < n_heads && exact_in_bf16; ++h)
-            for (int p = 0; p < dim / 2; ++p)
-                qp_[size_t(p) * size_t(padded) + size_t(h)] =
-                    uint32_t(f32_to_bf16(q[h * dim + 2 * p])) | uint32_t(f32_to_bf16(q[h * dim + 2 * p + 1])) << 16;
-        const cpu::IndexQuery query{exact_in_bf16 ? qp_.data() : nullptr, qt_.data(), wp};
-        constexpr int64_t kKeysPerTile = 256;
+        cpu::IndexQuery query{nullptr, nullptr, nullptr, 0, -1, qt_.data(), wp};
+        if (int8_index_query(q, n_heads, dim, padded, query.key_code_lo, query.key_code_hi)) {
+            query.int8 = q8_.data();
+            query.int8_offset = q8_offset_.data();
+            query.int8_scale = q8_scale_.data();
+        }
+        constexpr int64_t kKeysPerTile = 64;  // a 1K-token context's 256 keys still split over the threads
         const int64_t tiles = (n + kKeysPerTile - 1) / kKeysPerTile;
 #pragma omp parallel for num_threads(threads()) schedule(static)
         for (int64_t t = 0; t < tiles; ++t)
@@ -249,6 +247,50 @@ public:
     }
 
 private:
+    // The indexer query as the integer path takes it (cpu::IndexQuery) in q8_, q8_offset_, q8_scale_, with the
+    // key scale codes that keep its terms exact; false if some block of q is not an FP4 value set (integers
+    // |q8| <= 12 times one power of two), as only a query that skipped the FP4 simulation would be.
+    bool int8_index_query(const float *q, int n_heads, int dim, int padded, int &key_code_lo, int &key_code_hi) {
+        const int blocks = dim / 32;
+        q8_.assign(size_t(dim / 4) * size_t(padded), 0u);
+        q8_offset_.assign(size_t(blocks) * size_t(padded), 0);
+        q8_scale_.assign(size_t(blocks) * size_t(padded), 1.0f);
+        std::vector<int8_t> q8(static_cast<size_t>(dim));
+        int exp_lo = 0, exp_hi = 0;  // of the scales 2^(e-1)
+        for (int h = 0; h < n_heads; ++h) {
+            for (int b = 0; b < blocks; ++b) {
+                const float *qb = q + h * dim + 32 * b;
+                float amax = 0.0f;
+                for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(qb[i]));
+                int e = 0;  // the least with amax <= 6 · 2^e (amax >= 2^(exponent), so from exponent - 3 up)
+                if (amax > 0.0f)
+                    for (e = std::ilogb(amax) - 3; amax > 6.0f * exp2i(e);) ++e;
+                if (e < -100 || e > 100) return false;
+                const float up = exp2i(1 - e);
+                int32_t sum = 0;
+                for (int i = 0; i < 32; ++i) {
+                    const float v = qb[i] * up;  // exact: a power of two within range
+                    if (!(std::fabs(v) <= 12.0f) || v != float(int(v))) return false;  // NaN and inf fail too
+                    q8[size_t(32 * b + i)] = int8_t(v);
+                    sum += int(v);
+                }
+                q8_offset_[size_t(b) * size_t(padded) + size_t(h)] = 12 * sum;
+                q8_scale_[size_t(b) * size_t(padded) + size_t(h)] = exp2i(e - 1);
+                exp_lo = std::min(exp_lo, e - 1);
+                exp_hi = std::max(exp_hi, e - 1);
+            }
+            auto *bytes = reinterpret_cast<uint8_t *>(q8_.data());
+            for (int p = 0; p < dim; ++p)
+                bytes[(size_t(p / 4) * size_t(padded) + size_t(h)) * 4 + size_t(p % 4)] =
+                    uint8_t(q8[size_t(cpu::index_int8_position_dim(p))]);
+        }
+        // key scale 2^(code-128) normal (codes 2 .. 254), and every term's factor 2^(e-1+code-128) within
+        // [2^-126, 2^111], so that the integer block sums (below 2^16) times it stay normal floats: exact
+        key_code_lo = std::max(2, 2 - exp_lo);
+        key_code_hi = std::min(254, 239 - exp_hi);
+        return key_code_lo <= key_code_hi;
+    }
+
     // Below AVX512-BF16 (generic, plain AVX-512) the reference's loops are the kernels.
     bool has_kernels() const { return isa_ >= cpu::Isa::avx512_bf16; }
     // The packed linears: on AMX tiles where the CPU has them (for every number of tokens: the tiles' summation
@@ -322,7 +364,9 @@ private:
     cpu::ThreadRows<uint16_t> panels_;  // per-thread decoded weight rows of the GEMM path
     cpu::ThreadRows<float> scratch_;     // per-thread attention rows: accumulators [block, head_dim] + scores
     std::vector<float> qt_;      // the indexer query transposed, [dim, heads padded to 16], then the weights
-    std::vector<uint32_t> qp_;   // the indexer query as bf16 pairs, [dim/2, heads padded to 16]
+    std::vector<uint32_t> q8_;        // the indexer query's integer form (cpu::IndexQuery)
+    std::vector<int32_t> q8_offset_;
+    std::vector<float> q8_scale_;
     cpu::ThreadRows<float> xt_;  // per-thread linear_f32w input blocks transposed, [cols, kF32wBlock]
 };
 

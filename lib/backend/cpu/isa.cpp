@@ -36,11 +36,11 @@ Isa detect_uncached() {
     const bool f = b & (1u << 16), bw = b & (1u << 30), vl = b & (1u << 31);
     if (!(f && bw && vl)) return Isa::generic;
     const bool amx_bf16 = d & (1u << 22), amx_tile = d & (1u << 24), amx_int8 = d & (1u << 25);
-    const bool vbmi = c & (1u << 1), dq = b & (1u << 17);
+    const bool vbmi = c & (1u << 1), vnni = c & (1u << 11), dq = b & (1u << 17);
     uint32_t a1 = 0, b1, c1, d1;
     __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1);
     const bool bf16 = a1 & (1u << 5);
-    if (!(bf16 && vbmi && dq)) return Isa::avx512;  // BF16 without VBMI: Cooper Lake only
+    if (!(bf16 && vbmi && vnni && dq)) return Isa::avx512;  // BF16 without VBMI: Cooper Lake only
     const bool tile_state = (xcr0 & (3u << 17)) == (3u << 17);  // XTILECFG + XTILEDATA
     if (amx_bf16 && amx_tile && amx_int8 && tile_state && os_allows_amx()) return Isa::amx;
     return Isa::avx512_bf16;

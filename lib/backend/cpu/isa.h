@@ -9,7 +9,7 @@ namespace dsv4::backend::cpu {
 enum class Isa {
     generic = 0,     // portable C++ (the reference kernels)
     avx512 = 1,      // AVX-512 F + BW + VL
-    avx512_bf16 = 2, // + AVX512_BF16 (vdpbf16ps), AVX512_VBMI (byte permutes), AVX512DQ
+    avx512_bf16 = 2, // + AVX512_BF16 (vdpbf16ps), AVX512_VBMI (byte permutes), AVX512_VNNI, AVX512DQ
     amx = 3,         // + AMX-TILE / AMX-BF16 / AMX-INT8, with the OS's permission for tile data
 };
 

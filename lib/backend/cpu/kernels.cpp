@@ -653,16 +653,14 @@ DSV4_TARGET_AVX512BF16 void pv_heads_f32_avx512(float *acc, int nh, const float 
 
 namespace {
 
-constexpr int kMaxHeadBlocks = 4;  // up to 64 indexer heads, 16 to a vector
 
 // The scores from each key's per-head dots (head blocks of 16): bf16(Σ_h bf16(relu(bf16(dot_h))·w_h)), the sum
 // over heads in vector order.
-template <int KB>
-DSV4_TARGET_AVX512BF16 inline void index_head_sums(const __m512 (&acc)[KB][kMaxHeadBlocks], int hb, const float *w,
-                                                   float *scores) {
+template <int KB, int HB>
+DSV4_TARGET_AVX512BF16 inline void index_head_sums(const __m512 (&acc)[KB][HB], const float *w, float *scores) {
     for (int k = 0; k < KB; ++k) {
         __m512 total = _mm512_setzero_ps();
-        for (int b = 0; b < hb; ++b) {
+        for (int b = 0; b < HB; ++b) {
             const __m512 relu = _mm512_max_ps(round_bf16_ps(acc[k][b]), _mm512_setzero_ps());
             total = _mm512_add_ps(total, round_bf16_ps(_mm512_mul_ps(relu, _mm512_loadu_ps(w + b * 16))));
         }
@@ -670,113 +668,132 @@ DSV4_TARGET_AVX512BF16 inline void index_head_sums(const __m512 (&acc)[KB][kMaxH
     }
 }
 
-// KB keys at once against every head block: KB · (n_heads/16) accumulators share each loaded column of q.
-template <int KB>
-DSV4_TARGET_AVX512BF16 void index_keys_block(const float *qt, const float *w, int n_heads, int dim, const float *keys,
-                                             float *scores) {
-    const int hb = n_heads / 16;
-    __m512 acc[KB][kMaxHeadBlocks];
-    for (int k = 0; k < KB; ++k)
-        for (int b = 0; b < hb; ++b) acc[k][b] = _mm512_setzero_ps();
-    for (int c = 0; c < dim; ++c) {
-        __m512 kc[KB];
-        for (int k = 0; k < KB; ++k) kc[k] = _mm512_set1_ps(keys[int64_t(k) * dim + c]);
-        for (int b = 0; b < hb; ++b) {
-            const __m512 qc = _mm512_loadu_ps(qt + int64_t(c) * n_heads + b * 16);
-            for (int k = 0; k < KB; ++k) acc[k][b] = _mm512_fmadd_ps(qc, kc[k], acc[k][b]);
-        }
-    }
-    index_head_sums<KB>(acc, hb, w, scores);
-}
-
-// KB cached keys decoded into buf [KB, dim], each block of 32 as its 16 even then its 16 odd elements (values
-// times their power-of-two scale: exact).
-template <int KB>
-DSV4_TARGET_AVX512BF16 void decode_keys(const Fp4Keys &keys, int64_t j, int dim, float *buf) {
+// One key whose scales the integer path cannot take (or any key when the query is not FP4-representable): the
+// key decoded to fp32 (each block of 32 as its 16 even then its 16 odd elements, values times their power-of-two
+// scale: exact), then fp32 products with the transposed query.
+template <int HB>
+DSV4_TARGET_AVX512BF16 void index_fp32_key(const IndexQuery &q, int dim, const Fp4Keys &keys, int64_t j, float *scores) {
+    constexpr int n_heads = 16 * HB;
     const __m512 table = _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, -0.0f, -0.5f, -1.0f, -1.5f, -2.0f,
                                         -3.0f, -4.0f, -6.0f);
     const __m512i low4 = _mm512_set1_epi32(0x0f);
-    for (int k = 0; k < KB; ++k) {
-        const uint8_t *entry = keys.entry(j + k);
-        for (int g = 0; g < dim / 32; ++g) {
-            const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(entry + g * 16)));
-            const __m512 scale = _mm512_set1_ps(e8m0_to_f32(entry[dim / 2 + g]));
-            float *out = buf + int64_t(k) * dim + g * 32;
-            _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_and_si512(codes, low4), table), scale));
-            _mm512_storeu_ps(out + 16, _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(codes, 4), table), scale));
-        }
+    alignas(64) float key[kIndexMaxDim];
+    const uint8_t *entry = keys.entry(j);
+    for (int g = 0; g < dim / 32; ++g) {
+        const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(entry + g * 16)));
+        const __m512 scale = _mm512_set1_ps(e8m0_to_f32(entry[dim / 2 + g]));
+        _mm512_store_ps(key + g * 32, _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_and_si512(codes, low4), table), scale));
+        _mm512_store_ps(key + g * 32 + 16, _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(codes, 4), table), scale));
     }
+    __m512 acc[1][HB];
+    for (int b = 0; b < HB; ++b) acc[0][b] = _mm512_setzero_ps();
+    for (int c = 0; c < dim; ++c) {
+        const __m512 kc = _mm512_set1_ps(key[c]);
+        for (int b = 0; b < HB; ++b)
+            acc[0][b] = _mm512_fmadd_ps(_mm512_loadu_ps(q.transposed + int64_t(c) * n_heads + b * 16), kc, acc[0][b]);
+    }
+    index_head_sums<1, HB>(acc, q.weights, scores + j);
 }
 
-// KB keys against every head block in bf16 pairs: qp holds q as pairs of bf16 (dword p·n_heads + h = elements
-// 2p, 2p+1 of head h), keys the keys' pairs (dword k·dim/2 + p); one vdpbf16ps adds two exact products per head.
-template <int KB>
-DSV4_TARGET_AVX512BF16 void index_pairs_block(const uint32_t *qp, const float *w, int n_heads, int dim, const uint32_t *keys,
-                                              float *scores) {
-    const int hb = n_heads / 16;
-    __m512 acc[KB][kMaxHeadBlocks];
+// 2·e2m1 + 12 of the 16 codes (0 .. 24: unsigned, as vpdpbusd's first operand takes them), one table per 128-bit
+// lane for vpshufb.
+constexpr std::array<uint8_t, 16> kFp4TwiceOffset = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
+
+// Whether a key's scale codes keep every term of the integer path exact (IndexQuery's key code range).
+DSV4_TARGET_AVX512BF16 inline bool key_takes_int8(const IndexQuery &q, const uint8_t *entry, int dim) {
+    return q.int8 && codes_in_range(entry + dim / 2, dim / 32, q.key_code_lo, q.key_code_hi);
+}
+
+// KB keys against every head block with exact integer dots: each key decodes to bytes 2·e2m1 + 12 in the decode
+// order (index_int8_position_dim), and per block of 32 dims, vpdpbusd adds 4 products per head to an int32 sum from
+// zero; minus the query's offset that is the exact integer Σ q8·(2·e2m1), times 2^(query block exponent - 1) ·
+// 2^(key scale - 128) (both powers of two, the product normal: exact), added to the head's fp32 dot block by block.
+template <int KB, int HB>
+DSV4_TARGET_AVX512BF16 void index_int8_block(const IndexQuery &q, int dim, const Fp4Keys &keys, int64_t j, float *scores) {
+    constexpr int n_heads = 16 * HB;  // compile-time: the sums stay in registers
+    const int chunks = (dim + 127) / 128;
+    alignas(64) uint8_t key_bytes[KB][kIndexMaxDim];
+    float key_scale[KB][kIndexMaxDim / 32];
+    const __m512i table = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i *>(kFp4TwiceOffset.data())));
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    for (int k = 0; k < KB; ++k) {
+        const uint8_t *entry = keys.entry(j + k);
+        for (int z = 0; z < chunks; ++z) {
+            const int bytes = std::min(64, dim / 2 - 64 * z);
+            const __m512i codes = _mm512_maskz_loadu_epi8(bytes == 64 ? ~__mmask64(0) : (__mmask64(1) << bytes) - 1, entry + 64 * z);
+            const __m512i lo = _mm512_shuffle_epi8(table, _mm512_and_si512(codes, low4));
+            const __m512i hi = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(codes, 4), low4));
+            _mm512_store_si512(key_bytes[k] + 128 * z, _mm512_unpacklo_epi8(lo, hi));
+            _mm512_store_si512(key_bytes[k] + 128 * z + 64, _mm512_unpackhi_epi8(lo, hi));
+        }
+        for (int b = 0; b < dim / 32; ++b) {  // 2^(code-128): codes 2 .. 254 (key_takes_int8), a normal float
+            const uint32_t bits = uint32_t(entry[dim / 2 + b] - 1) << 23;
+            std::memcpy(&key_scale[k][b], &bits, 4);
+        }
+    }
+    __m512 acc[KB][HB];
     for (int k = 0; k < KB; ++k)
-        for (int b = 0; b < hb; ++b) acc[k][b] = _mm512_setzero_ps();
-    for (int p = 0; p < dim / 2; ++p) {
-        __m512bh kp[KB];
-        for (int k = 0; k < KB; ++k) kp[k] = (__m512bh)_mm512_set1_epi32(int(keys[k * (dim / 2) + p]));
-        for (int b = 0; b < hb; ++b) {
-            const __m512bh qv = (__m512bh)_mm512_loadu_si512(qp + int64_t(p) * n_heads + b * 16);
-            for (int k = 0; k < KB; ++k) acc[k][b] = _mm512_dpbf16_ps(acc[k][b], qv, kp[k]);
+        for (int h = 0; h < HB; ++h) acc[k][h] = _mm512_setzero_ps();
+    for (int b = 0; b < dim / 32; ++b) {
+        __m512i dot[KB][HB];
+        for (int k = 0; k < KB; ++k)
+            for (int h = 0; h < HB; ++h) dot[k][h] = _mm512_setzero_si512();
+        // block b's dwords: 4 in each half of its chunk (see index_int8_position_dim)
+        const int g0 = 32 * (b / 4) + 4 * (b % 4);
+        for (const int g : {g0, g0 + 1, g0 + 2, g0 + 3, g0 + 16, g0 + 17, g0 + 18, g0 + 19}) {
+            __m512i kb[KB];
+            for (int k = 0; k < KB; ++k) {
+                int32_t four;
+                std::memcpy(&four, key_bytes[k] + 4 * g, 4);
+                kb[k] = _mm512_set1_epi32(four);
+            }
+            for (int h = 0; h < HB; ++h) {
+                const __m512i qv = _mm512_loadu_si512(q.int8 + int64_t(g) * n_heads + 16 * h);
+                for (int k = 0; k < KB; ++k) dot[k][h] = _mm512_dpbusd_epi32(dot[k][h], kb[k], qv);
+            }
+        }
+        for (int h = 0; h < HB; ++h) {
+            const __m512i offset = _mm512_loadu_si512(q.int8_offset + int64_t(b) * n_heads + 16 * h);
+            const __m512 qscale = _mm512_loadu_ps(q.int8_scale + int64_t(b) * n_heads + 16 * h);
+            for (int k = 0; k < KB; ++k) {
+                const __m512 scale = _mm512_mul_ps(qscale, _mm512_set1_ps(key_scale[k][b]));
+                const __m512 term = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(dot[k][h], offset)), scale);
+                acc[k][h] = _mm512_add_ps(acc[k][h], term);
+            }
         }
     }
-    index_head_sums<KB>(acc, hb, w, scores);
+    index_head_sums<KB, HB>(acc, q.weights, scores + j);
 }
 
-// bf16 of the e2m1 codes in the low half of 16 dwords (a vpermd table).
-constexpr std::array<uint32_t, 16> kFp4Bf16Dwords = {0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0,
-                                                     0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000, 0xc040, 0xc080, 0xc0c0};
-
-// KB cached keys as bf16 pairs (element 2p in the low half of dword p) with each group's scale folded into the
-// exponents: exact while every value stays a normal bf16 (scale codes in [kFp4CodeLo, kFp4CodeHi]); false if a
-// key's scales leave that range.
-template <int KB>
-DSV4_TARGET_AVX512BF16 bool decode_key_pairs(const Fp4Keys &keys, int64_t j, int dim, uint32_t *buf) {
-    const __m512i table = _mm512_loadu_si512(kFp4Bf16Dwords.data()), low4 = _mm512_set1_epi32(0x0f);
-    for (int k = 0; k < KB; ++k) {
-        const uint8_t *entry = keys.entry(j + k);
-        if (!codes_in_range(entry + dim / 2, dim / 32, kFp4CodeLo, kFp4CodeHi)) return false;
-        for (int g = 0; g < dim / 32; ++g) {
-            const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(entry + g * 16)));
-            // the scale on every entry but +0 and -0 (codes 0 and 8)
-            const __m512i scaled = _mm512_mask_add_epi32(table, 0xfefe, table, _mm512_set1_epi32((int(entry[dim / 2 + g]) - 127) << 7));
-            const __m512i lo = _mm512_permutexvar_epi32(_mm512_and_si512(bytes, low4), scaled);
-            const __m512i hi = _mm512_permutexvar_epi32(_mm512_srli_epi32(bytes, 4), scaled);
-            _mm512_storeu_si512(buf + k * (dim / 2) + g * 16, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
-        }
-    }
-    return true;
+template <int KB, int HB>
+DSV4_TARGET_AVX512BF16 void index_fp4_keys_block(const IndexQuery &q, int dim, const Fp4Keys &keys, int64_t j, float *scores) {
+    bool all = true;
+    for (int k = 0; k < KB && all; ++k) all = key_takes_int8(q, keys.entry(j + k), dim);
+    if (all) return index_int8_block<KB, HB>(q, dim, keys, j, scores);
+    for (int k = 0; k < KB; ++k)
+        if (key_takes_int8(q, keys.entry(j + k), dim)) index_int8_block<1, HB>(q, dim, keys, j + k, scores);
+        else index_fp32_key<HB>(q, dim, keys, j + k, scores);
 }
 
-template <int KB>
-DSV4_TARGET_AVX512BF16 void index_fp4_keys_block(const uint32_t *qp, const float *qt, const float *w, int n_heads, int dim,
-                                                 const Fp4Keys &keys, int64_t j, float *scores) {
-    alignas(64) uint32_t pairs[KB * kIndexMaxDim / 2];
-    if (qp && decode_key_pairs<KB>(keys, j, dim, pairs)) return index_pairs_block<KB>(qp, w, n_heads, dim, pairs, scores + j);
-    alignas(64) float buf[KB * kIndexMaxDim];  // scales out of bf16's range: fp32 products
-    decode_keys<KB>(keys, j, dim, buf);
-    index_keys_block<KB>(qt, w, n_heads, dim, buf, scores + j);
+// Keys [j0, j1) for HB head blocks: KB keys at a time (KB · HB sums in registers), then one by one.
+template <int KB, int HB>
+DSV4_TARGET_AVX512BF16 void index_keys_range(const IndexQuery &q, int dim, const Fp4Keys &keys, int64_t j0, int64_t j1,
+                                             float *scores) {
+    int64_t j = j0;
+    for (; j + KB <= j1; j += KB) index_fp4_keys_block<KB, HB>(q, dim, keys, j, scores);
+    for (; j < j1; ++j) index_fp4_keys_block<1, HB>(q, dim, keys, j, scores);
 }
 }  // namespace
 
 DSV4_TARGET_AVX512BF16 void index_scores_avx512(const IndexQuery &query, int n_heads, int dim, const Fp4Keys &keys,
                                                 int64_t j0, int64_t j1, float *scores) {
-    int64_t j = j0;
-    if (n_heads <= 32)
-        for (; j + 4 <= j1; j += 4) index_fp4_keys_block<4>(query.pairs, query.transposed, query.weights, n_heads, dim, keys, j, scores);
-    else
-        for (; j + 2 <= j1; j += 2) index_fp4_keys_block<2>(query.pairs, query.transposed, query.weights, n_heads, dim, keys, j, scores);
-    for (; j < j1; ++j) index_fp4_keys_block<1>(query.pairs, query.transposed, query.weights, n_heads, dim, keys, j, scores);
+    switch (n_heads / 16) {  // up to 64 heads (the backend's limit), 16 to a vector
+    case 1: return index_keys_range<4, 1>(query, dim, keys, j0, j1, scores);
+    case 2: return index_keys_range<4, 2>(query, dim, keys, j0, j1, scores);
+    case 3: return index_keys_range<2, 3>(query, dim, keys, j0, j1, scores);
+    default: return index_keys_range<2, 4>(query, dim, keys, j0, j1, scores);
+    }
 }
-
-}  // namespace dsv4::backend::cpu
-
-namespace dsv4::backend::cpu {
 
 // e4m3 codes to fp32 by bit arithmetic, 16 at a time: a normal code's exponent and mantissa fields move into the
 // float's (rebiased by 120), a subnormal's mantissa m is m · 2^-9 (an exact conversion and product); the NaN

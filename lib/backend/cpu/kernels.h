@@ -100,17 +100,28 @@ void scale_f32_avx512(float *acc, float alpha, int n);
 void decode_kv_entries_avx512(const Fp8Entries &e, int64_t j0, int64_t j1, float *rows);
 
 // Lightning-indexer scores of keys [j0, j1) (the contract of Backend::index_scores), heads padded to a multiple of
-// 16 with zero queries and weights. The query comes twice: as pairs of bf16 ([dim/2, n_heads] dwords, elements
-// 2p and 2p+1 of a head in dword p; q is FP4-simulated, so exact in bf16) for keys whose scales keep them normal
-// bf16 values, where vdpbf16ps adds exact products; and transposed in fp32 ([dim, n_heads], within each 32 dims the
-// even dims first, then the odd ones, the order the fp32 key decode uses) for the others. dim a multiple of 32, at
-// most kIndexMaxDim. Only the fp32 summation order of the dots differs from the reference.
+// 16 with zero queries and weights. The model's queries are FP4-simulated: per head and block of 32 dims,
+// q = q8 · 2^(e-1) with integers q8 (|q8| <= 12), and the cached keys are 2·e2m1 · 2^(scale-128): their dot is
+// exact integer block sums (vpdpbusd) times powers of two, where the scales keep those products normal floats
+// (codes in [key_code_lo, key_code_hi]). Other keys, and every key when int8 is null (a query not of that form),
+// take fp32 products ([dim, n_heads] transposed query, within each 32 dims the even dims first, then the odd
+// ones, the order the fp32 key decode uses). dim a multiple of 32, at most kIndexMaxDim. Only the fp32 summation
+// order of the dots differs from the reference.
 constexpr int kIndexMaxDim = 256;
 struct IndexQuery {
-    const uint32_t *pairs;  // null: every key takes the fp32 path
+    const uint32_t *int8;       // [dim/4, n_heads] dwords of 4 q8 bytes, dims in index_int8_position order; or null
+    const int32_t *int8_offset;  // [dim/32, n_heads]: 12 · Σ q8 over the block (the keys' bytes carry + 12)
+    const float *int8_scale;    // [dim/32, n_heads]: 2^(e-1)
+    int key_code_lo, key_code_hi;
     const float *transposed;
     const float *weights;  // [n_heads]
 };
+// The dim whose q8 byte goes to position p of the int8 query's dwords (byte 4g + t of dword row g): within each
+// 128 dims, the keys decode as two vectors whose 128-bit lane L holds dims 32L .. 32L+15, then 32L+16 .. 32L+31.
+inline int index_int8_position_dim(int p) {
+    const int base = p & ~127, r = p & 127, half = r >> 6, lane = (r & 63) >> 4;
+    return base + 32 * lane + 16 * half + (r & 15);
+}
 void index_scores_avx512(const IndexQuery &query, int n_heads, int dim, const Fp4Keys &keys, int64_t j0, int64_t j1,
                          float *scores);
 

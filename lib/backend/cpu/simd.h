@@ -16,7 +16,7 @@
 namespace dsv4::backend::cpu::simd {
 using core::round_bf16;
 
-#define DSV4_TARGET_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512bf16")))
+#define DSV4_TARGET_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512vnni,avx512bf16")))
 
 // bf16 bits of the 128 e4m3 magnitudes.
 // Computed at compile time: a table filled by a dynamic initialiser could be read before it runs.
