@@ -97,7 +97,7 @@ public:
               size_t(rows * cols) * sizeof(float));
     }
     void attention(const backend::AttentionProblem &p) override { timed("attention", [&] { inner_->attention(p); }); }
-    void decode_kv_entries(const backend::Fp8Entries &e, float *rows) override {
+    void decode_kv_entries(const backend::Fp8Entries &e, uint16_t *rows) override {
         timed("decode_kv_entries", [&] { inner_->decode_kv_entries(e, rows); });
     }
     void index_scores(const float *q, const float *w, int n_heads, int dim, const backend::Fp4Keys &keys, int64_t n,

@@ -211,7 +211,7 @@ void attention_forward(const LayerContext &ctx, const float *x, int64_t N, const
         core::FloatBuffer span_scores(size_t(s.n * n_entries), -INFINITY);
         std::vector<int32_t> span_topk(size_t(s.n * topk_width), -1);
 
-        std::vector<float> rows, head_dot(static_cast<size_t>(nI));
+        std::vector<uint16_t> rows;  // bf16, the reference's KV dtype
         std::vector<uint8_t> valid;
         std::vector<const uint8_t *> entries;  // the compressed entries a query attends to
         for (int64_t t = 0; t < s.n; ++t) {
@@ -222,11 +222,12 @@ void attention_forward(const LayerContext &ctx, const float *x, int64_t N, const
             valid.assign(size_t(W), 0);
             const int64_t w0 = std::max<int64_t>(0, pos - W + 1);
             for (int64_t p = w0; p <= pos; ++p) {
-                float *dst = &rows[size_t((p - w0) * d)];
-                if (p >= s.start_pos) std::copy_n(&kv[size_t((s.row0 + p - s.start_pos) * d)], d, dst);
-                else {
-                    const uint16_t *src = cache.window.row(p);
-                    for (int c = 0; c < d; ++c) dst[c] = core::bf16_to_f32(src[c]);
+                uint16_t *dst = &rows[size_t((p - w0) * d)];
+                if (p >= s.start_pos) {
+                    const float *src = &kv[size_t((s.row0 + p - s.start_pos) * d)];
+                    for (int c = 0; c < d; ++c) dst[c] = core::f32_to_bf16(src[c]);
+                } else {
+                    std::copy_n(cache.window.row(p), d, dst);
                 }
                 valid[size_t(p - w0)] = 1;
             }

@@ -15,7 +15,7 @@ constexpr int kBackendApiVersion = 1;
 
 struct AttentionProblem {
     const float *q = nullptr;        // bf16 values [n_heads, head_dim]
-    const float *kv = nullptr;       // bf16 values [n_rows, head_dim]: K = V (one shared KV head)
+    const uint16_t *kv = nullptr;    // bf16 [n_rows, head_dim]: K = V (one shared KV head), as the reference holds it
     const uint8_t *valid = nullptr;  // [n_rows]: 0 = empty slot (index -1), contributes nothing
     int64_t n_rows = 0;
     int n_heads = 0, head_dim = 0;
@@ -79,9 +79,10 @@ public:
     virtual void linear_f32w(const float *x, int64_t n, const float *w, int64_t rows, int64_t cols, float *y) = 0;
     // Sparse attention with sink over an explicit row list, online softmax in chunks of 64 rows (spec §4.5).
     virtual void attention(const AttentionProblem &p) = 0;
-    // rows[j, ·] = entry j's values in fp32: each code's e4m3 value times its block's 2^(scale - 127) (one fp32
-    // product), then the bf16 rope dims. rows holds count × (nope_dim + rope_dim) floats.
-    virtual void decode_kv_entries(const Fp8Entries &e, float *rows) = 0;
+    // rows[j, ·] = entry j's values in bf16, the reference's KV dtype: each code's e4m3 value times its block's
+    // 2^(scale - 127) (an fp32 product, rounded to bf16: exact but for results below bf16's normal range), then the
+    // bf16 rope dims. rows holds count × (nope_dim + rope_dim) values.
+    virtual void decode_kv_entries(const Fp8Entries &e, uint16_t *rows) = 0;
     // Lightning-indexer scores of one query over n keys (spec §6): for key j,
     // score[j] = bf16(Σ_h bf16(relu(bf16(q_h · k_j)) · w_h)), q [n_heads, dim], w [n_heads], keys as cached.
     virtual void index_scores(const float *q, const float *w, int n_heads, int dim, const Fp4Keys &keys, int64_t n,

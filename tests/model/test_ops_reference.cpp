@@ -447,16 +447,18 @@ TEST_CASE("bf16-weight linears (bf16 output, fp32 output) and the fp32-weight li
   }
 }
 
-TEST_CASE("the attention kernel's P.V update rounds each product before its sum, as the reference", "[ops]") {
+TEST_CASE("the attention kernel's P.V update adds the rows' products in row order, as the reference (bf16 P and V)", "[ops]") {
     if (backend::cpu::detect_isa() < backend::cpu::Isa::avx512_bf16) return;
     for (int trial = 0; trial < 20; ++trial) {
         const int nh = randint(1, backend::cpu::kMaxHeadBlock), n = 16 * randint(1, 40);
         const int count = randint(1, int(backend::cpu::kAttentionChunk));
-        std::vector<float> acc(size_t(nh * n)), probs(size_t(nh) * backend::cpu::kAttentionChunk), rows(size_t(count * n));
+        std::vector<float> acc(size_t(nh * n)), probs(size_t(nh) * backend::cpu::kAttentionChunk);
+        const std::vector<float> rows = bf16_vector(size_t(count * n), 1.0f);
+        std::vector<uint16_t> rows_bf16(rows.size());
+        for (size_t i = 0; i < rows.size(); ++i) rows_bf16[i] = core::f32_to_bf16(rows[i]);
         std::vector<uint8_t> valid(static_cast<size_t>(count));
         for (float &v : acc) v = randn(1.0f);
         for (float &v : probs) v = core::round_bf16(std::fabs(randn(0.5f)));
-        for (float &v : rows) v = randn(1.0f);
         for (auto &v : valid) v = uint8_t(randint(0, 4) != 0);
         std::vector<float> want = acc;
         for (int h = 0; h < nh; ++h)
@@ -466,7 +468,7 @@ TEST_CASE("the attention kernel's P.V update rounds each product before its sum,
                         volatile float product = probs[size_t(h) * backend::cpu::kAttentionChunk + size_t(j)] * rows[size_t(j * n + i)];
                         want[size_t(h * n + i)] = want[size_t(h * n + i)] + product;
                     }
-        backend::cpu::pv_heads_f32_avx512(acc.data(), nh, probs.data(), rows.data(), valid.data(), count, n);
+        backend::cpu::pv_heads_avx512(acc.data(), nh, probs.data(), rows_bf16.data(), valid.data(), count, n);
         INFO("heads " << nh << " head_dim " << n << " rows " << count);
         REQUIRE(acc == want);
     }
@@ -479,6 +481,8 @@ TEST_CASE("sparse attention with sink equals the float64 softmax", "[ops]") {
         const int H = randint(1, 4), d = 64 * randint(1, 2);
         const int64_t rows = randint(1, 300);
         const auto q = bf16_vector(size_t(H * d), 1.0f), kv = bf16_vector(size_t(rows * d), 1.0f);
+        std::vector<uint16_t> kv_bf16(kv.size());
+        for (size_t i = 0; i < kv.size(); ++i) kv_bf16[i] = core::f32_to_bf16(kv[i]);
         std::vector<uint8_t> valid(static_cast<size_t>(rows));
         for (auto &v : valid) v = randint(0, 4) != 0;
         valid[0] = 1;
@@ -487,7 +491,7 @@ TEST_CASE("sparse attention with sink equals the float64 softmax", "[ops]") {
         std::vector<float> out(static_cast<size_t>(H * d));
         backend::AttentionProblem p;
         p.q = q.data();
-        p.kv = kv.data();
+        p.kv = kv_bf16.data();
         p.valid = valid.data();
         p.n_rows = rows;
         p.n_heads = H;
@@ -581,9 +585,10 @@ TEST_CASE("lightning-indexer scores equal the float64 reference with the referen
   }
 }
 
-TEST_CASE("compressed KV entries decode to their e4m3 values times the block scale, rope dims from bf16", "[ops]") {
+TEST_CASE("compressed KV entries decode to bf16: e4m3 values times the block scale, rope dims as stored", "[ops]") {
     // Every code (both NaN codes, subnormals, -0) in some entry, scale codes from 2^-127 (subnormal products) to
-    // 2^127 (overflow to inf); the float64 decode is code value x 2^(scale - 127) rounded once to fp32.
+    // 2^127 (overflow to inf); the float64 decode is code value x 2^(scale - 127) rounded to fp32 (the product
+    // the reference forms), then to bf16.
     const int nope = 448, rope = 64, d = nope + rope, n = 40;
     const int entry_bytes = nope + nope / backend::kKvEntryScaleBlock + 2 * rope;
     std::vector<std::vector<uint8_t>> storage(size_t(n), std::vector<uint8_t>(static_cast<size_t>(entry_bytes)));
@@ -603,13 +608,13 @@ TEST_CASE("compressed KV entries decode to their e4m3 values times the block sca
     for (auto &[isa, be] : quantized_backends()) {
         INFO("backend " << isa);
         for (const int count : {1, n}) {
-            std::vector<float> rows(size_t(count * d), -1.0f);
+            std::vector<uint16_t> rows(size_t(count * d), 0xbf80);  // -1
             be->decode_kv_entries({entries.data(), count, nope, rope}, rows.data());
             for (int j = 0; j < count; ++j) {
                 const uint8_t *e = entries[size_t(j)];
                 for (int c = 0; c < d; ++c) {
                     INFO("entry " << j << " element " << c);
-                    const float got = rows[size_t(j * d + c)];
+                    const float got = core::bf16_to_f32(rows[size_t(j * d + c)]);
                     if (c >= nope) {
                         REQUIRE(got == core::bf16_to_f32(uint16_t(e[nope + nope / 64 + 2 * (c - nope)] |
                                                                   e[nope + nope / 64 + 2 * (c - nope) + 1] << 8)));
@@ -623,7 +628,7 @@ TEST_CASE("compressed KV entries decode to their e4m3 values times the block sca
                     }
                     const double value = (exp ? std::ldexp(1.0 + man / 8.0, exp - 7) : std::ldexp(double(man), -9)) *
                                          (code & 0x80 ? -1.0 : 1.0) * std::ldexp(1.0, e[nope + c / 64] - 127);
-                    REQUIRE(got == float(value));
+                    REQUIRE(got == core::round_bf16(float(value)));
                     REQUIRE(std::signbit(got) == bool(code & 0x80));
                 }
             }

@@ -57,7 +57,8 @@ constexpr int kMaxHeadBlock = 4;
 // The reference's sparse attention with sink for heads [h0, h0 + nh) of p (nh <= kMaxHeadBlock): online softmax
 // over chunks of 64 rows, P rounded to bf16 before P·V, fp32 accumulation. Each head runs the reference's
 // operations in the reference's order; a block only lets them share each loaded row. The inner loops over
-// head_dim are the caller's: dots(h0, nh, rows, valid, n, out) writes out[h·kAttentionChunk + j] = q_h·row j for
+// head_dim are the caller's (rows: the chunk's bf16 rows): dots(h0, nh, rows, valid, n, out) writes
+// out[h·kAttentionChunk + j] = q_h·row j for
 // the block's heads and the valid rows j < n (any summation order), scale(acc, alpha) does
 // acc *= alpha, and pv(acc, nh, probs, rows, valid, n) does, for each head h and each element i of head_dim,
 // acc_h[i] = acc_h[i] + probs[h·kAttentionChunk + j]·rows[j·head_dim + i] (product rounded, then the sum) for the

@@ -186,10 +186,13 @@ public:
 
     // The reference's attention (cpu::attention_heads) with the inner loops over head_dim vectorised and heads
     // in blocks that share each row they load (each head re-reading every row cost more than the arithmetic at
-    // long contexts); only the q·k summation order differs from the reference.
+    // long contexts); only the q·k summation order differs from the reference (q is bf16: exact products).
     void attention(const AttentionProblem &p) override {
-        if (!has_kernels() || p.head_dim % 16) return reference_->attention(p);
+        if (!has_kernels() || p.head_dim % 32) return reference_->attention(p);
         const int d = p.head_dim, nt = threads();
+        act_.resize(size_t(p.n_heads) * size_t(d));
+        for (size_t i = 0; i < act_.size(); ++i) act_[i] = f32_to_bf16(p.q[i]);
+        const uint16_t *q = act_.data();
         const int block = std::clamp(p.n_heads / nt, 1, cpu::kMaxHeadBlock), n_blocks = (p.n_heads + block - 1) / block;
         scratch_.size(nt, int64_t(block) * (d + cpu::kAttentionChunk));
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -198,19 +201,19 @@ public:
             const int h0 = b * block, nh = std::min(block, p.n_heads - h0);
             cpu::attention_heads(
                 p, h0, nh, acc, acc + size_t(block) * size_t(d),
-                [&p, d](int first, int n, const float *rows, const uint8_t *valid, int count, float *out) {
-                    cpu::qk_heads_f32_avx512(p.q + int64_t(first) * d, n, rows, valid, count, d, out);
+                [q, d](int first, int n, const uint16_t *rows, const uint8_t *valid, int count, float *out) {
+                    cpu::qk_heads_bf16_avx512(q + int64_t(first) * d, n, rows, valid, count, d, out);
                 },
                 [d](float *a, float alpha) { cpu::scale_f32_avx512(a, alpha, d); },
-                [d](float *a, int n, const float *probs, const float *rows, const uint8_t *valid, int count) {
-                    cpu::pv_heads_f32_avx512(a, n, probs, rows, valid, count, d);
+                [d](float *a, int n, const float *probs, const uint16_t *rows, const uint8_t *valid, int count) {
+                    cpu::pv_heads_avx512(a, n, probs, rows, valid, count, d);
                 });
         }
     }
 
-    void decode_kv_entries(const Fp8Entries &e, float *rows) override {
+    void decode_kv_entries(const Fp8Entries &e, uint16_t *rows) override {
         if (!has_kernels() || e.nope_dim % kKvEntryScaleBlock || e.rope_dim % 16) return reference_->decode_kv_entries(e, rows);
-        constexpr int64_t kEntriesPerTile = 64;  // ~40 KiB of rows: a tile is worth a thread's wake-up
+        constexpr int64_t kEntriesPerTile = 64;  // 64 KiB of rows: a tile is worth a thread's wake-up
         const int64_t tiles = (e.count + kEntriesPerTile - 1) / kEntriesPerTile;
 #pragma omp parallel for num_threads(threads()) schedule(static) if (tiles > 1)
         for (int64_t t = 0; t < tiles; ++t)
@@ -360,7 +363,7 @@ private:
     std::unique_ptr<Backend> reference_;
     cpu::Isa isa_;
     int n_threads_;
-    std::vector<uint16_t> act_;  // dequantised activations of the current call (bf16 bits)
+    std::vector<uint16_t> act_;  // the current call's bf16 operand: dequantised activations, the attention's q
     cpu::ThreadRows<uint16_t> panels_;  // per-thread decoded weight rows of the GEMM path
     cpu::ThreadRows<float> scratch_;     // per-thread attention rows: accumulators [block, head_dim] + scores
     std::vector<float> qt_;      // the indexer query transposed, [dim, heads padded to 16], then the weights

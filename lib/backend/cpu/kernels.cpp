@@ -553,25 +553,27 @@ DSV4_TARGET_AVX512BF16 void bf16_gemm_avx512bf16(const Bf16Matrix &w, const uint
 }
 
 namespace {
-// NH heads x RB rows of q·k: NH + RB loads per NH·RB FMAs over each 16 elements of head_dim.
+// NH heads x RB bf16 rows of q·k: NH + RB loads per NH·RB vdpbf16ps (exact products) over each 32 elements of
+// head_dim.
 template <int NH, int RB>
-DSV4_TARGET_AVX512BF16 void qk_block(const float *q, const float *rows, int n, float *out) {
+DSV4_TARGET_AVX512BF16 void qk_block(const uint16_t *q, const uint16_t *rows, int n, float *out) {
     __m512 s[NH][RB];
     for (int h = 0; h < NH; ++h)
         for (int r = 0; r < RB; ++r) s[h][r] = _mm512_setzero_ps();
-    for (int i = 0; i < n; i += 16) {
-        __m512 v[RB];
-        for (int r = 0; r < RB; ++r) v[r] = _mm512_loadu_ps(rows + int64_t(r) * n + i);
+    for (int i = 0; i < n; i += 32) {
+        __m512bh v[RB];
+        for (int r = 0; r < RB; ++r) v[r] = (__m512bh)_mm512_loadu_si512(rows + int64_t(r) * n + i);
         for (int h = 0; h < NH; ++h) {
-            const __m512 qh = _mm512_loadu_ps(q + h * n + i);
-            for (int r = 0; r < RB; ++r) s[h][r] = _mm512_fmadd_ps(qh, v[r], s[h][r]);
+            const __m512bh qh = (__m512bh)_mm512_loadu_si512(q + h * n + i);
+            for (int r = 0; r < RB; ++r) s[h][r] = _mm512_dpbf16_ps(s[h][r], qh, v[r]);
         }
     }
     for (int h = 0; h < NH; ++h)
         for (int r = 0; r < RB; ++r) out[h * kAttentionChunk + r] = _mm512_reduce_add_ps(s[h][r]);
 }
 template <int NH>
-DSV4_TARGET_AVX512BF16 void qk_heads(const float *q, const float *rows, const uint8_t *valid, int count, int n, float *out) {
+DSV4_TARGET_AVX512BF16 void qk_heads(const uint16_t *q, const uint16_t *rows, const uint8_t *valid, int count, int n,
+                                     float *out) {
     int j = 0;
     for (; j < count;) {
         if (j + 4 <= count && valid[j] && valid[j + 1] && valid[j + 2] && valid[j + 3]) {
@@ -585,8 +587,8 @@ DSV4_TARGET_AVX512BF16 void qk_heads(const float *q, const float *rows, const ui
 }
 }  // namespace
 
-DSV4_TARGET_AVX512BF16 void qk_heads_f32_avx512(const float *q, int nh, const float *rows, const uint8_t *valid,
-                                                int count, int n, float *out) {
+DSV4_TARGET_AVX512BF16 void qk_heads_bf16_avx512(const uint16_t *q, int nh, const uint16_t *rows, const uint8_t *valid,
+                                                 int count, int n, float *out) {
     static_assert(kMaxHeadBlock == 4, "one instantiation per block size");
     switch (nh) {
     case 4: return qk_heads<4>(q, rows, valid, count, n, out);
@@ -602,10 +604,15 @@ DSV4_TARGET_AVX512BF16 void scale_f32_avx512(float *acc, float alpha, int n) {
 }
 
 namespace {
+// 16 bf16 values widened to fp32 (exact).
+DSV4_TARGET_AVX512BF16 inline __m512 load_bf16x16(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p))), 16));
+}
+
 // NH heads x 64 elements of head_dim held in registers while the chunk's rows pass: one row load serves the
 // NH heads, and no accumulator goes back to memory between rows.
 template <int NH>
-DSV4_TARGET_AVX512BF16 void pv_block(float *acc, const float *probs, const float *rows, const uint8_t *valid, int count,
+DSV4_TARGET_AVX512BF16 void pv_block(float *acc, const float *probs, const uint16_t *rows, const uint8_t *valid, int count,
                                      int n, int i0) {
     __m512 a[NH][4];
     for (int h = 0; h < NH; ++h)
@@ -613,35 +620,36 @@ DSV4_TARGET_AVX512BF16 void pv_block(float *acc, const float *probs, const float
     for (int j = 0; j < count; ++j) {
         if (!valid[j]) continue;
         __m512 v[4];
-        for (int q = 0; q < 4; ++q) v[q] = _mm512_loadu_ps(rows + int64_t(j) * n + i0 + 16 * q);
+        for (int q = 0; q < 4; ++q) v[q] = load_bf16x16(rows + int64_t(j) * n + i0 + 16 * q);
         for (int h = 0; h < NH; ++h) {
             const __m512 p = _mm512_set1_ps(probs[h * kAttentionChunk + j]);
-            // mul then add, not FMA: the reference rounds the product before the sum
-            for (int q = 0; q < 4; ++q) a[h][q] = _mm512_add_ps(a[h][q], _mm512_mul_ps(p, v[q]));
+            // the reference rounds the product, then the sum: with p and v bf16 the product is exact, so one FMA
+            // rounds the same
+            for (int q = 0; q < 4; ++q) a[h][q] = _mm512_fmadd_ps(p, v[q], a[h][q]);
         }
     }
     for (int h = 0; h < NH; ++h)
         for (int q = 0; q < 4; ++q) _mm512_storeu_ps(acc + h * n + i0 + 16 * q, a[h][q]);
 }
 template <int NH>
-DSV4_TARGET_AVX512BF16 void pv_heads(float *acc, const float *probs, const float *rows, const uint8_t *valid, int count,
+DSV4_TARGET_AVX512BF16 void pv_heads(float *acc, const float *probs, const uint16_t *rows, const uint8_t *valid, int count,
                                      int n) {
     int i0 = 0;
     for (; i0 + 64 <= n; i0 += 64) pv_block<NH>(acc, probs, rows, valid, count, n, i0);
     for (; i0 < n; i0 += 16)  // a head_dim that is not a multiple of 64: the rest 16 at a time
         for (int j = 0; j < count; ++j) {
             if (!valid[j]) continue;
-            const __m512 v = _mm512_loadu_ps(rows + int64_t(j) * n + i0);
+            const __m512 v = load_bf16x16(rows + int64_t(j) * n + i0);
             for (int h = 0; h < NH; ++h) {
                 float *a = acc + h * n + i0;
-                _mm512_storeu_ps(a, _mm512_add_ps(_mm512_loadu_ps(a), _mm512_mul_ps(_mm512_set1_ps(probs[h * kAttentionChunk + j]), v)));
+                _mm512_storeu_ps(a, _mm512_fmadd_ps(_mm512_set1_ps(probs[h * kAttentionChunk + j]), v, _mm512_loadu_ps(a)));
             }
         }
 }
 }  // namespace
 
-DSV4_TARGET_AVX512BF16 void pv_heads_f32_avx512(float *acc, int nh, const float *probs, const float *rows,
-                                                const uint8_t *valid, int count, int n) {
+DSV4_TARGET_AVX512BF16 void pv_heads_avx512(float *acc, int nh, const float *probs, const uint16_t *rows,
+                                            const uint8_t *valid, int count, int n) {
     static_assert(kMaxHeadBlock == 4, "one instantiation per block size");
     switch (nh) {
     case 4: return pv_heads<4>(acc, probs, rows, valid, count, n);
@@ -797,14 +805,15 @@ DSV4_TARGET_AVX512BF16 void index_scores_avx512(const IndexQuery &query, int n_h
 
 // e4m3 codes to fp32 by bit arithmetic, 16 at a time: a normal code's exponent and mantissa fields move into the
 // float's (rebiased by 120), a subnormal's mantissa m is m · 2^-9 (an exact conversion and product); the NaN
-// codes stay NaN, the sign moves to bit 31. Then the product with the block's scale, as the scalar decode.
-DSV4_TARGET_AVX512BF16 void decode_kv_entries_avx512(const Fp8Entries &e, int64_t j0, int64_t j1, float *rows) {
+// codes stay NaN, the sign moves to bit 31. Then the product with the block's scale and the rounding to bf16, as
+// the scalar decode (f32_to_bf16: round half to even on the bits; NaN stays a quiet NaN).
+DSV4_TARGET_AVX512BF16 void decode_kv_entries_avx512(const Fp8Entries &e, int64_t j0, int64_t j1, uint16_t *rows) {
     const int d = e.nope_dim + e.rope_dim;
     const __m512i magnitude_mask = _mm512_set1_epi32(0x7f), bias = _mm512_set1_epi32(120 << 23);
     const __m512 subnormal_unit = _mm512_set1_ps(1.0f / 512.0f);
     for (int64_t j = j0; j < j1; ++j) {
         const uint8_t *entry = e.entries[j];
-        float *row = rows + j * d;
+        uint16_t *row = rows + j * d;
         for (int c = 0; c < e.nope_dim; c += 16) {
             const __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(entry + c)));
             const __m512i mag = _mm512_and_si512(x, magnitude_mask);
@@ -815,13 +824,10 @@ DSV4_TARGET_AVX512BF16 void decode_kv_entries_avx512(const Fp8Entries &e, int64_
             const __m512i sign = _mm512_slli_epi32(_mm512_andnot_si512(magnitude_mask, x), 24);
             v = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(v), sign));
             const float scale = core::e8m0_to_f32(entry[e.nope_dim + c / kKvEntryScaleBlock]);
-            _mm512_storeu_ps(row + c, _mm512_mul_ps(v, _mm512_set1_ps(scale)));
+            const __m512i bits = _mm512_castps_si512(round_bf16_ps(_mm512_mul_ps(v, _mm512_set1_ps(scale))));
+            _mm256_storeu_si256(reinterpret_cast<__m256i *>(row + c), _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
         }
-        const uint8_t *rope = entry + e.nope_dim + e.nope_dim / kKvEntryScaleBlock;
-        for (int i = 0; i < e.rope_dim; i += 16) {
-            const __m512i bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(rope + 2 * i)));
-            _mm512_storeu_ps(row + e.nope_dim + i, _mm512_castsi512_ps(_mm512_slli_epi32(bits, 16)));
-        }
+        std::memcpy(row + e.nope_dim, entry + e.nope_dim + e.nope_dim / kKvEntryScaleBlock, size_t(e.rope_dim) * 2);
     }
 }
 

@@ -87,17 +87,19 @@ void bf16_gemm_avx512bf16(const core::Bf16Matrix &w, const uint16_t *x, int64_t 
                           bool round_out);
 void f32_rows_avx512bf16(const core::Bf16Matrix &w, const float *x, int64_t n, int64_t r0, int64_t r1, float *y);
 
-// Vector helpers of the attention kernel (n = head_dim, a multiple of 16), for nh <= kMaxHeadBlock heads: qk:
-// out[h·kAttentionChunk + j] = Σ q_h[i]·rows[j·n + i] in fp32 (any order; q_h = q + h·n) for the valid rows
-// j < count; pv: for every head h and element i, acc_h[i] = acc_h[i] +
+// Vector helpers of the attention kernel over bf16 rows (n = head_dim, a multiple of 32), for nh <= kMaxHeadBlock
+// heads: qk: out[h·kAttentionChunk + j] = Σ q_h[i]·rows[j·n + i] in fp32 (exact products, any order; q in bf16,
+// q_h = q + h·n) for the valid rows j < count; pv: for every head h and element i, acc_h[i] = acc_h[i] +
 // probs[h·kAttentionChunk + j]·rows[j·n + i] over the valid rows j < count in order, each product rounded before
-// its sum (acc_h = acc + h·n), as the reference; scale: acc[i] = acc[i]·alpha.
-void qk_heads_f32_avx512(const float *q, int nh, const float *rows, const uint8_t *valid, int count, int n, float *out);
-void pv_heads_f32_avx512(float *acc, int nh, const float *probs, const float *rows, const uint8_t *valid, int count, int n);
+// its sum (acc_h = acc + h·n), as the reference (probs are bf16 values, so the products are exact: FMAs);
+// scale: acc[i] = acc[i]·alpha.
+void qk_heads_bf16_avx512(const uint16_t *q, int nh, const uint16_t *rows, const uint8_t *valid, int count, int n,
+                          float *out);
+void pv_heads_avx512(float *acc, int nh, const float *probs, const uint16_t *rows, const uint8_t *valid, int count, int n);
 void scale_f32_avx512(float *acc, float alpha, int n);
 
 // Backend::decode_kv_entries for entries [j0, j1) (nope_dim a multiple of 64, rope_dim of 16): equal value for value.
-void decode_kv_entries_avx512(const Fp8Entries &e, int64_t j0, int64_t j1, float *rows);
+void decode_kv_entries_avx512(const Fp8Entries &e, int64_t j0, int64_t j1, uint16_t *rows);
 
 // Lightning-indexer scores of keys [j0, j1) (the contract of Backend::index_scores), heads padded to a multiple of
 // 16 with zero queries and weights. The model's queries are FP4-simulated: per head and block of 32 dims,

@@ -2,6 +2,7 @@
 // output element is computed by one thread in a fixed order, so results do not depend on the thread count.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "backend/backend.h"
@@ -140,36 +141,38 @@ public:
         for (int h = 0; h < p.n_heads; ++h)
             cpu::attention_heads(
                 p, h, 1, acc_scratch.row(), score_scratch.row(),
-                [&p, d](int h0, int, const float *rows, const uint8_t *valid, int n, float *out) {
+                [&p, d](int h0, int, const uint16_t *rows, const uint8_t *valid, int n, float *out) {
                     const float *q = p.q + int64_t(h0) * d;
                     for (int j = 0; j < n; ++j) {
                         if (!valid[j]) continue;
                         float dot = 0.0f;
-                        for (int t = 0; t < d; ++t) dot += q[t] * rows[int64_t(j) * d + t];
+                        for (int t = 0; t < d; ++t) dot += q[t] * bf16_to_f32(rows[int64_t(j) * d + t]);
                         out[j] = dot;
                     }
                 },
                 [d](float *acc, float alpha) {
                     for (int t = 0; t < d; ++t) acc[t] *= alpha;
                 },
-                [d](float *acc, int, const float *probs, const float *rows, const uint8_t *valid, int n) {
+                [d](float *acc, int, const float *probs, const uint16_t *rows, const uint8_t *valid, int n) {
                     for (int j = 0; j < n; ++j)
                         if (valid[j])
-                            for (int t = 0; t < d; ++t) acc[t] += probs[j] * rows[int64_t(j) * d + t];
+                            for (int t = 0; t < d; ++t) acc[t] += probs[j] * bf16_to_f32(rows[int64_t(j) * d + t]);
                 });
     }
 
-    void decode_kv_entries(const Fp8Entries &e, float *rows) override {
+    void decode_kv_entries(const Fp8Entries &e, uint16_t *rows) override {
         const int d = e.nope_dim + e.rope_dim;
 #pragma omp parallel for num_threads(threads()) schedule(static)
         for (int64_t j = 0; j < e.count; ++j) {
             const uint8_t *entry = e.entries[j];
-            float *row = rows + j * d;
-            for (int b = 0; b < e.nope_dim / kKvEntryScaleBlock; ++b)
+            uint16_t *row = rows + j * d;
+            float block[kKvEntryScaleBlock];
+            for (int b = 0; b < e.nope_dim / kKvEntryScaleBlock; ++b) {
                 decode_fp8_scaled(entry + b * kKvEntryScaleBlock, size_t(kKvEntryScaleBlock),
-                                  e8m0_to_f32(entry[e.nope_dim + b]), row + b * kKvEntryScaleBlock);
-            const uint8_t *rope = entry + e.nope_dim + e.nope_dim / kKvEntryScaleBlock;
-            for (int i = 0; i < e.rope_dim; ++i) row[e.nope_dim + i] = load_bf16(rope, size_t(i));
+                                  e8m0_to_f32(entry[e.nope_dim + b]), block);
+                for (int i = 0; i < kKvEntryScaleBlock; ++i) row[b * kKvEntryScaleBlock + i] = f32_to_bf16(block[i]);
+            }
+            std::memcpy(row + e.nope_dim, entry + e.nope_dim + e.nope_dim / kKvEntryScaleBlock, size_t(e.rope_dim) * 2);
         }
     }
 
