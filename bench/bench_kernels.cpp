@@ -95,10 +95,11 @@ int main(int argc, char **argv) {
                 mats[c].fp8 = {w, sc, s.rows, s.cols};
             }
             // the packed layout: a copy of every matrix of the pool, as dsv4_model_params::repack_weights makes
-            bench::HugeBuffer packed_pool(packed ? copies * per : 0);
+            const size_t packed_per = fp4 ? backend::cpu::packed_fp4_bytes(mats[0].fp4) : backend::cpu::packed_fp8_bytes(mats[0].fp8);
+            bench::HugeBuffer packed_pool(packed ? copies * packed_per : 0);
             if (packed)
                 for (size_t c = 0; c < copies; ++c) {
-                    uint8_t *dst = packed_pool.data() + c * per;
+                    uint8_t *dst = packed_pool.data() + c * packed_per;
                     if (fp4) backend::cpu::pack_fp4_rows(mats[c].fp4, 0, s.rows, dst), mats[c].fp4.packed = dst;
                     else backend::cpu::pack_fp8_rows(mats[c].fp8, 0, s.rows, dst), mats[c].fp8.packed = dst;
                 }

@@ -14,6 +14,7 @@
 #include "backend/cpu/isa.h"
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/packed.h"
+#include "backend/cpu/simd.h"
 #include "core/numeric.h"
 #include "model/mhc.h"
 #include "moe/moe.h"
@@ -257,7 +258,7 @@ TEST_CASE("the packed weight layout: FP4 and FP8 linears equal the float64 refer
         m4.fp4 = {w4.data(), s4.data(), rows, cols4};
         core::Fp8Matrix m8{w8.data(), s8.data(), rows, cols8};
         std::vector<uint8_t> p4(backend::cpu::packed_fp4_bytes(m4.fp4)), p8(backend::cpu::packed_fp8_bytes(m8));
-        REQUIRE(p4.size() == w4.size() + s4.size());
+        REQUIRE(p4.size() == w4.size() + s4.size() + size_t(rows / 16));  // + one "the kernels take it" byte per block
         REQUIRE(p8.size() == w8.size());
         // packed in two halves, as a loader splits the work over threads
         for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, rows / 32 * 16}, {rows / 32 * 16, rows}}) {
@@ -266,6 +267,13 @@ TEST_CASE("the packed weight layout: FP4 and FP8 linears equal the float64 refer
         }
         m4.fp4.packed = p4.data();
         m8.packed = p8.data();
+        for (int64_t b = 0; b < rows / 16; ++b) {  // the layout's per-block flag: every scale code of the block in range
+            const auto first = s4.begin() + b * 16 * (cols4 / 32), last = first + 16 * (cols4 / 32);
+            const bool in_range = std::all_of(first, last, [](uint8_t c) {
+                return c >= backend::cpu::simd::kFp4CodeLo && c <= backend::cpu::simd::kFp4CodeHi;
+            });
+            REQUIRE(backend::cpu::packed_fp4_block_takes(m4.fp4, b) == in_range);
+        }
 
         std::vector<float> y4(static_cast<size_t>(n * rows)), y8(static_cast<size_t>(n * rows)), one(static_cast<size_t>(rows));
         be->linear_expert(x4.data(), n, m4, y4.data());

@@ -153,10 +153,8 @@ DSV4_TARGET_AVX512BF16 void packed_rows(int64_t b0, int64_t b1, int64_t n, int64
 
 }  // namespace
 
-DSV4_TARGET_AVX512BF16 bool packed_fp4_block_takes(const Fp4Matrix &w, int64_t b) {
-    const int64_t groups = w.cols / 32;
-    return codes_in_range(w.packed + w.rows * w.cols / 2 + b * groups * kPackedBlockRows, groups * kPackedBlockRows, kFp4CodeLo,
-                          kFp4CodeHi);
+bool packed_fp4_block_takes(const Fp4Matrix &w, int64_t b) {
+    return w.packed[w.rows * w.cols / 2 + w.rows * (w.cols / 32) + b] != 0;
 }
 
 DSV4_TARGET_AVX512BF16 bool packed_fp8_block_takes(const Fp8Matrix &w, int64_t b) {
@@ -165,7 +163,7 @@ DSV4_TARGET_AVX512BF16 bool packed_fp8_block_takes(const Fp8Matrix &w, int64_t b
 
 size_t packed_fp4_bytes(const Fp4Matrix &w) {
     if (w.rows <= 0 || w.rows % kPackedBlockRows || w.cols <= 0 || w.cols % 32) return 0;
-    return size_t(w.rows) * size_t(w.cols) / 2 + size_t(w.rows) * size_t(w.cols / 32);
+    return size_t(w.rows) * size_t(w.cols) / 2 + size_t(w.rows) * size_t(w.cols / 32) + size_t(w.rows / kPackedBlockRows);
 }
 
 size_t packed_fp8_bytes(const Fp8Matrix &w) {
@@ -175,7 +173,7 @@ size_t packed_fp8_bytes(const Fp8Matrix &w) {
 
 void pack_fp4_rows(const Fp4Matrix &w, int64_t r0, int64_t r1, uint8_t *dst) {
     const int64_t k = w.cols, groups = k / 32;
-    uint8_t *scales = dst + w.rows * k / 2;
+    uint8_t *scales = dst + w.rows * k / 2, *takes = scales + w.rows * groups;
     for (int64_t b = r0 / kPackedBlockRows; b < r1 / kPackedBlockRows; ++b) {
         uint8_t *unit = dst + b * kPackedBlockRows * k / 2;
         for (int64_t u = 0; u < k / 8; ++u, unit += 64)
@@ -186,9 +184,13 @@ void pack_fp4_rows(const Fp4Matrix &w, int64_t r0, int64_t r1, uint8_t *dst) {
                 unit[2 * j] = uint8_t(word);
                 unit[2 * j + 1] = uint8_t(word >> 8);
             }
+        takes[b] = 1;
         for (int64_t g = 0; g < groups; ++g)
-            for (int64_t t = 0; t < kPackedBlockRows; ++t)
-                scales[(b * groups + g) * kPackedBlockRows + t] = w.scale[(b * kPackedBlockRows + t) * groups + g];
+            for (int64_t t = 0; t < kPackedBlockRows; ++t) {
+                const uint8_t code = w.scale[(b * kPackedBlockRows + t) * groups + g];
+                scales[(b * groups + g) * kPackedBlockRows + t] = code;
+                if (code < kFp4CodeLo || code > kFp4CodeHi) takes[b] = 0;
+            }
     }
 }
 

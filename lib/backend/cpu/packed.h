@@ -13,7 +13,8 @@
 namespace dsv4::backend::cpu {
 
 // FP4 (rows a multiple of 16, cols of 32): [rows/16][cols/8] units of 64 bytes, then the scales [rows/16][cols/32]
-// [16] (the 16 rows' codes of each group side by side). In a unit, little-endian word j (bytes 2j, 2j+1) belongs to
+// [16] (the 16 rows' codes of each group side by side), then one byte per block: 1 where the kernels take it (see
+// packed_fp4_block_takes; checking the block's scales at every call read them twice, the first time cold). In a unit, little-endian word j (bytes 2j, 2j+1) belongs to
 // row 16·block + j/2, and its nibble q (bits 4q..4q+3) holds the code of element 8·unit + 2q + (j & 1): shifting the
 // unit by 4q and one vpermw give the bf16 pairs (2q, 2q+1) of the 16 rows.
 // FP8 (rows a multiple of 16, cols of 128): [rows/16][cols/4] units of 64 bytes; the 128x128 block scales stay in
