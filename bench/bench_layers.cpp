@@ -81,10 +81,8 @@ public:
         }
         timed("linear_experts", [&] { inner_->linear_experts(jobs, count); }, expert_macs, weight_bytes);
     }
-    void linear_dequant_fp8(const float *x, int64_t n, const core::Fp8Matrix &w, int64_t r0, int64_t r1,
-                            float *y) override {
-        timed("linear_dequant_fp8", [&] { inner_->linear_dequant_fp8(x, n, w, r0, r1, y); }, n * (r1 - r0) * w.cols,
-              size_t((r1 - r0) * w.cols + (r1 - r0 + 127) / 128 * w.scale_cols()));
+    void linear_dequant_fp8(const float *x, int64_t n, const core::Fp8Matrix &w, int groups, float *y) override {
+        timed("linear_dequant_fp8", [&] { inner_->linear_dequant_fp8(x, n, w, groups, y); }, n * w.rows * w.cols, fp8_bytes(w));
     }
     void linear_bf16(const float *x, int64_t n, const core::Bf16Matrix &w, float *y) override {
         timed("linear_bf16", [&] { inner_->linear_bf16(x, n, w, y); }, n * w.rows * w.cols, bf16_bytes(w));

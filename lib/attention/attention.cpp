@@ -274,15 +274,10 @@ void attention_forward(const LayerContext &ctx, const float *x, int64_t N, const
     }
 
     model::observe(ctx.observer, "attn_heads", layer, DSV4_DTYPE_BF16, N, int64_t(H) * d, o.data());
-    // Grouped low-rank output projection (spec §4.6): group g of H/G heads through rows g·R_o.. of wo_a.
-    const int G = cfg.o_groups, Ro = cfg.o_lora_rank;
-    const int64_t group_in = int64_t(H / G) * d;
-    core::FloatBuffer group_x(static_cast<size_t>(N * group_in)), z(size_t(N) * G * Ro);
-    for (int g = 0; g < G; ++g) {
-        for (int64_t i = 0; i < N; ++i)
-            std::copy_n(&o[size_t(i * H * d + g * group_in)], group_in, &group_x[size_t(i * group_in)]);
-        be.linear_dequant_fp8(group_x.data(), N, w.wo_a, int64_t(g) * Ro, int64_t(g + 1) * Ro, z.data());  // z[i, g·R_o + r]
-    }
+    // Grouped low-rank output projection (spec §4.6): group g of H/G heads (o's g-th slice) through rows g·R_o.. of
+    // wo_a, z[i, g·R_o + r].
+    core::FloatBuffer z(size_t(N) * size_t(w.wo_a.rows));
+    be.linear_dequant_fp8(o.data(), N, w.wo_a, cfg.o_groups, z.data());
     be.linear_fp8(z.data(), N, w.wo_b, y);
 }
 

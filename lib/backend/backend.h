@@ -65,12 +65,12 @@ public:
     virtual void linear_experts(const ExpertLinear *jobs, size_t count) {
         for (size_t j = 0; j < count; ++j) linear_expert(jobs[j].x, jobs[j].n, *jobs[j].w, jobs[j].y);
     }
-    // y[i, r] = bf16(Σ_c x[i, c] · dequant(w)[r, c]) for rows r0 <= r < r1 (y's rows w.rows long): the reference's
-    // bf16 linear over FP8 weights that convert.py dequantises to bf16 (wo_a), read in their FP8 form. x is bf16
-    // and not quantised; e4m3 times its power-of-two block scale is exactly the bf16 weight, so only the fp32
-    // summation order may differ from the bf16 linear.
-    virtual void linear_dequant_fp8(const float *x, int64_t n, const core::Fp8Matrix &w, int64_t r0, int64_t r1,
-                                    float *y) = 0;
+    // The grouped projection (wo_a, spec §4.6): w's rows in `groups` groups of R = w.rows / groups, group g of x
+    // (x[i, g·w.cols ..], x's rows groups · w.cols long) through group g of the rows:
+    // y[i, g·R + r] = bf16(Σ_c x[i, g·w.cols + c] · dequant(w)[g·R + r, c]). The reference's bf16 linear over FP8
+    // weights that convert.py dequantises to bf16, read in their FP8 form: x is bf16 and not quantised; e4m3 times
+    // its power-of-two block scale is exactly the bf16 weight, so only the fp32 summation order may differ.
+    virtual void linear_dequant_fp8(const float *x, int64_t n, const core::Fp8Matrix &w, int groups, float *y) = 0;
     // y = bf16(x · wᵀ) with bf16 inputs, fp32 accumulation and one rounding (indexer weights_proj).
     virtual void linear_bf16(const float *x, int64_t n, const core::Bf16Matrix &w, float *y) = 0;
     // y = x · wᵀ in fp32 with bf16-stored weights (compressor, router gate, LM head).

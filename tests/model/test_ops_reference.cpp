@@ -354,12 +354,15 @@ TEST_CASE("a batch of expert linears gives each job exactly what linear_expert g
   }
 }
 
-TEST_CASE("FP8 weights dequantised (wo_a): rows of the bf16 linear over e4m3 times its block scale, unquantised "
-          "activations, equal the float64 reference and the bf16 linear of the dequantised weights", "[ops]") {
+TEST_CASE("FP8 weights dequantised (grouped wo_a): each group of rows times its group of the unquantised inputs "
+          "equals the float64 reference and the bf16 linear of the dequantised weights", "[ops]") {
   for (auto &[isa, be] : quantized_backends()) {
     INFO("backend " << isa);
     for (int trial = 0; trial < 6; ++trial) {
-        const int64_t n = trial % 3 == 2 ? randint(32, 40) : randint(1, 6), rows = 16 * randint(2, 20), cols = 128 * randint(1, 3);
+        // groups of R rows as wo_a's: R a multiple of 16 (the packed tiles') or of 4
+        const int groups = randint(1, 4);
+        const int64_t R = (trial % 2 ? 16 : 4) * randint(1, 12), rows = groups * R;
+        const int64_t n = trial % 3 == 2 ? randint(32, 40) : randint(1, 6), cols = 128 * randint(1, 3);
         std::vector<uint8_t> w(static_cast<size_t>(rows * cols)), s(static_cast<size_t>((rows + 127) / 128 * (cols / 128)));
         for (auto &c : w) c = uint8_t(randint(0, 0x7e) | (randint(0, 1) << 7));
         for (auto &c : s) c = scale_code(120, 130);
@@ -374,31 +377,28 @@ TEST_CASE("FP8 weights dequantised (wo_a): rows of the bf16 linear over e4m3 tim
             for (int64_t c = 0; c < cols; ++c)
                 dequant[size_t(r * cols + c)] = core::f32_to_bf16(core::fp8_e4m3_to_f32(w[size_t(r * cols + c)]) *
                                                                   core::e8m0_to_f32(s[size_t((r / 128) * (cols / 128) + c / 128)]));
-        const core::Bf16Matrix mb{reinterpret_cast<const uint8_t *>(dequant.data()), rows, cols};
-        const auto x = bf16_vector(size_t(n * cols), 1.0f);
-        // a row range as a group of wo_a takes it: multiples of 16 (the packed tiles') or of 4, or the whole matrix
-        const int step = trial % 2 ? 16 : 4;
-        const int64_t r0 = trial < 2 ? 0 : step * randint(0, int(rows / step / 2));
-        const int64_t r1 = trial < 2 ? rows : r0 + step * randint(1, int((rows - r0) / step));
-        std::vector<float> y(static_cast<size_t>(n * rows), -1.0f), yb(y.size());
-        be->linear_dequant_fp8(x.data(), n, m, r0, r1, y.data());
-        be->linear_bf16(x.data(), n, mb, yb.data());
-        for (int64_t i = 0; i < n; ++i)
-            for (int64_t r = 0; r < rows; ++r) {
-                INFO("row " << r << " of [" << r0 << ", " << r1 << "), column " << i);
-                if (r < r0 || r >= r1) {
-                    REQUIRE(y[size_t(i * rows + r)] == -1.0f);  // rows outside the range untouched
-                    continue;
+        const auto x = bf16_vector(size_t(n * groups * cols), 1.0f);
+        std::vector<float> y(static_cast<size_t>(n * rows), -1.0f);
+        be->linear_dequant_fp8(x.data(), n, m, groups, y.data());
+        for (int g = 0; g < groups; ++g) {
+            // the reference's path: the bf16 linear of the dequantised rows over the group's inputs
+            const core::Bf16Matrix mb{reinterpret_cast<const uint8_t *>(&dequant[size_t(g * R * cols)]), R, cols};
+            std::vector<float> xg(static_cast<size_t>(n * cols)), yb(static_cast<size_t>(n * R));
+            for (int64_t i = 0; i < n; ++i) std::copy_n(&x[size_t((i * groups + g) * cols)], cols, &xg[size_t(i * cols)]);
+            be->linear_bf16(xg.data(), n, mb, yb.data());
+            for (int64_t i = 0; i < n; ++i)
+                for (int64_t r = 0; r < R; ++r) {
+                    INFO("group " << g << " of " << groups << ", row " << r << " of " << R << ", column " << i);
+                    double ref = 0, mag = 0;
+                    for (int64_t c = 0; c < cols; ++c) {
+                        const double t = double(xg[size_t(i * cols + c)]) * core::bf16_to_f32(dequant[size_t((g * R + r) * cols + c)]);
+                        ref += t;
+                        mag += std::fabs(t);
+                    }
+                    require_bf16_close(y[size_t(i * rows + g * R + r)], ref, 1e-6 + 0x1p-20 * mag);
+                    require_bf16_close(yb[size_t(i * R + r)], ref, 1e-6 + 0x1p-20 * mag);
                 }
-                double ref = 0, mag = 0;
-                for (int64_t c = 0; c < cols; ++c) {
-                    const double t = double(x[size_t(i * cols + c)]) * core::bf16_to_f32(dequant[size_t(r * cols + c)]);
-                    ref += t;
-                    mag += std::fabs(t);
-                }
-                require_bf16_close(y[size_t(i * rows + r)], ref, 1e-6 + 0x1p-20 * mag);
-                require_bf16_close(yb[size_t(i * rows + r)], ref, 1e-6 + 0x1p-20 * mag);
-            }
+        }
     }
   }
 }

@@ -37,7 +37,7 @@ public:
         }
         const uint16_t *act = quantized(x, n, w.cols, cpu::fp8_layout(w.cols));
         if (n >= cpu::kFp8GemmMinColumns && w.cols % 128 == 0)
-            return for_panels(0, w.rows, w.cols, [&](int64_t r0, int64_t r1, uint16_t *panel) {
+            return for_panels(1, w.rows, w.cols, [&](int64_t, int64_t r0, int64_t r1, uint16_t *panel) {
                 if (!cpu::fp8_gemm_avx512bf16(w, act, n, r0, r1, y, panel)) cpu::fp8_rows_avx512bf16(w, act, n, r0, r1, y);
             });
         for_row_tiles(w.rows, [&](int64_t r0, int64_t r1) { cpu::fp8_rows_avx512bf16(w, act, n, r0, r1, y); });
@@ -114,25 +114,28 @@ public:
     }
 
     // The FP8 kernels with bf16 activations as they are (no act_quant): the packed tiles, else the checkpoint-layout
-    // tiles or panels, over rows [r0, r1).
-    void linear_dequant_fp8(const float *x, int64_t n, const Fp8Matrix &w, int64_t r0, int64_t r1, float *y) override {
-        if (!has_kernels() || w.cols % 128 || r0 % 4)  // the tiles' 4-row blocks must not straddle scale blocks
-            return reference_->linear_dequant_fp8(x, n, w, r0, r1, y);
-        const bool packed = w.packed && r0 % 16 == 0 && r1 % 16 == 0;
-        const cpu::ActLayout layout = packed ? cpu::ActLayout::natural : cpu::fp8_layout(w.cols);
-        act_.resize(size_t(n * w.cols));
-        for (int64_t i = 0; i < n; ++i)  // x is bf16-valued: exact
-            for (int64_t c = 0; c < w.cols; ++c) act_[size_t(i * w.cols + cpu::act_index(layout, c))] = f32_to_bf16(x[i * w.cols + c]);
-        const uint16_t *act = act_.data();
+    // tiles or panels; every group's row tiles in one parallel region, each over its group's activations.
+    void linear_dequant_fp8(const float *x, int64_t n, const Fp8Matrix &w, int groups, float *y) override {
+        const int64_t R = w.rows / groups, k = w.cols;
+        if (!has_kernels() || k % 128 || R % 4)  // the tiles' 4-row blocks must not straddle scale blocks
+            return reference_->linear_dequant_fp8(x, n, w, groups, y);
+        const bool packed = w.packed && R % 16 == 0;
+        const cpu::ActLayout layout = packed ? cpu::ActLayout::natural : cpu::fp8_layout(k);
+        act_.resize(size_t(groups * n * k));  // [group][token][k]: a group's activations as the kernels take them
+        for (int64_t g = 0; g < groups; ++g)
+            for (int64_t i = 0; i < n; ++i)  // x is bf16-valued: exact
+                for (int64_t c = 0; c < k; ++c)
+                    act_[size_t((g * n + i) * k + cpu::act_index(layout, c))] = f32_to_bf16(x[(i * groups + g) * k + c]);
+        const auto act = [&](int64_t g) { return act_.data() + g * n * k; };
         if (packed) {
             size_packed_scratch();
-            return for_row_range(r0, r1, [&](int64_t a, int64_t b) { packed_fp8(w, act, n, a, b, y); }, kPackedRowTile);
+            return for_group_tiles(groups, R, kPackedRowTile, [&](int64_t g, int64_t a, int64_t b) { packed_fp8(w, act(g), n, a, b, y); });
         }
         if (n >= cpu::kFp8GemmMinColumns)
-            return for_panels(r0, r1, w.cols, [&](int64_t a, int64_t b, uint16_t *panel) {
-                if (!cpu::fp8_gemm_avx512bf16(w, act, n, a, b, y, panel)) cpu::fp8_rows_avx512bf16(w, act, n, a, b, y);
+            return for_panels(groups, R, k, [&](int64_t g, int64_t a, int64_t b, uint16_t *panel) {
+                if (!cpu::fp8_gemm_avx512bf16(w, act(g), n, a, b, y, panel)) cpu::fp8_rows_avx512bf16(w, act(g), n, a, b, y);
             });
-        for_row_range(r0, r1, [&](int64_t a, int64_t b) { cpu::fp8_rows_avx512bf16(w, act, n, a, b, y); });
+        for_group_tiles(groups, R, kRowTile, [&](int64_t g, int64_t a, int64_t b) { cpu::fp8_rows_avx512bf16(w, act(g), n, a, b, y); });
     }
 
     void linear_bf16(const float *x, int64_t n, const Bf16Matrix &w, float *y) override {
@@ -316,24 +319,27 @@ private:
     }
 
     int threads() const { return cpu::resolve_threads(n_threads_); }
-    // Splits rows [r0, r1) into tiles (from r0) over the threads; f must not throw (it runs inside an OpenMP
-    // region).
+    // Splits each of `groups` row ranges [g·R, (g+1)·R) into tiles from its start, and all the tiles over the
+    // threads: f(g, a, b) for rows [a, b) of group g; f must not throw (it runs inside an OpenMP region).
     template <typename F>
-    void for_row_range(int64_t r0, int64_t r1, F &&f, int64_t tile = kRowTile) {
-        const int64_t tiles = (r1 - r0 + tile - 1) / tile;
+    void for_group_tiles(int64_t groups, int64_t R, int64_t tile, F &&f) {
+        const int64_t per_group = (R + tile - 1) / tile;
 #pragma omp parallel for num_threads(threads()) schedule(static)
-        for (int64_t t = 0; t < tiles; ++t) f(r0 + t * tile, std::min(r1, r0 + (t + 1) * tile));
+        for (int64_t t = 0; t < groups * per_group; ++t) {
+            const int64_t g = t / per_group, a = g * R + t % per_group * tile;
+            f(g, a, std::min((g + 1) * R, a + tile));
+        }
     }
     template <typename F>
     void for_row_tiles(int64_t rows, F &&f, int64_t tile = kRowTile) {
-        for_row_range(0, rows, std::forward<F>(f), tile);
+        for_group_tiles(1, rows, tile, [&](int64_t, int64_t a, int64_t b) { f(a, b); });
     }
-    // for_row_range over the GEMM path's panels, each thread with its own buffer for a panel's decoded rows.
+    // for_group_tiles over the GEMM path's panels, each thread with its own buffer for a panel's decoded rows.
     template <typename F>
-    void for_panels(int64_t r0, int64_t r1, int64_t cols, F &&f) {
+    void for_panels(int64_t groups, int64_t R, int64_t cols, F &&f) {
         const int64_t panel_rows = cpu::gemm_panel_rows(cols);
         panels_.size(threads(), panel_rows * cols);
-        for_row_range(r0, r1, [&](int64_t a, int64_t b) { f(a, b, panels_.row()); }, panel_rows);
+        for_group_tiles(groups, R, panel_rows, [&](int64_t g, int64_t a, int64_t b) { f(g, a, b, panels_.row()); });
     }
     // y = x · wᵀ for bf16-valued x with the bf16 kernels (tiles, or panels for many columns), rounded or not.
     void bf16_times(const float *x, int64_t n, const Bf16Matrix &w, float *y, bool round_out) {

@@ -102,11 +102,16 @@ public:
         weight_rows(x, n, w.cols, w.rows, 0, w.rows, y, false, bf16_rows(w));
     }
     // The dequantised row is the bf16 weight convert.py writes; then the bf16 linear's loop.
-    void linear_dequant_fp8(const float *x, int64_t n, const Fp8Matrix &w, int64_t r0, int64_t r1, float *y) override {
-        weight_rows(x, n, w.cols, w.rows, r0, r1, y, true, [&](int64_t r, float *wrow) {
-            for (int64_t c = 0; c < w.cols; ++c)
-                wrow[c] = fp8_e4m3_to_f32(w.w[r * w.cols + c]) * e8m0_to_f32(w.scale[(r / 128) * w.scale_cols() + c / 128]);
-        });
+    void linear_dequant_fp8(const float *x, int64_t n, const Fp8Matrix &w, int groups, float *y) override {
+        const int64_t R = w.rows / groups;
+        std::vector<float> xg(static_cast<size_t>(n * w.cols));
+        for (int g = 0; g < groups; ++g) {
+            for (int64_t i = 0; i < n; ++i) std::copy_n(x + (i * groups + g) * w.cols, w.cols, &xg[size_t(i * w.cols)]);
+            weight_rows(xg.data(), n, w.cols, w.rows, g * R, (g + 1) * R, y, true, [&](int64_t r, float *wrow) {
+                for (int64_t c = 0; c < w.cols; ++c)
+                    wrow[c] = fp8_e4m3_to_f32(w.w[r * w.cols + c]) * e8m0_to_f32(w.scale[(r / 128) * w.scale_cols() + c / 128]);
+            });
+        }
     }
 
     // One running sum per output, in order; four rows share each pass over x, so four independent chains of adds
