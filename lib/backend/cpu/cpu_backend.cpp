@@ -170,8 +170,8 @@ public:
     }
     // The reference's order (one running sum per output): the mHC mixes feed Sinkhorn and the router, and a
     // dot-product order moved layer 1's gate scores of the tiny-flash fixture to 15x their golden tolerance.
-    // From 16 columns the same sums run 16 columns to a vector (x transposed first); leftover columns and single
-    // tokens take the reference loop.
+    // From 16 columns the same sums run 16 columns to a vector (x transposed first); leftover columns (single
+    // tokens: decode) 16 rows to a vector, the weights transposed in registers.
     void linear_f32w(const float *x, int64_t n, const float *w, int64_t rows, int64_t cols, float *y) override {
         const int64_t vec = has_kernels() ? n / 16 * 16 : 0;
         if (vec > 0) {
@@ -184,7 +184,17 @@ public:
                 cpu::f32w_block_avx512(x + i0 * cols, nb, w, rows, cols, y + i0 * rows, xt);
             }
         }
-        if (vec < n) reference_->linear_f32w(x + vec * cols, n - vec, w, rows, cols, y + vec * rows);
+        if (vec == n) return;
+        if (!has_kernels()) return reference_->linear_f32w(x + vec * cols, n - vec, w, rows, cols, y + vec * rows);
+        // rows in even blocks of at most 16, at least one per thread: the weights are read once per token, so
+        // their bytes, not the blocks, must be shared evenly (24 rows: 12 and 12, not 16 and 8)
+        const int64_t row_blocks = std::min(rows, std::max<int64_t>((rows + 15) / 16, threads()));
+        const int64_t block = (rows + row_blocks - 1) / row_blocks, tasks = (n - vec) * row_blocks;
+#pragma omp parallel for num_threads(threads()) schedule(static)
+        for (int64_t t = 0; t < tasks; ++t) {
+            const int64_t i = vec + t / row_blocks, r0 = t % row_blocks * block;
+            if (r0 < rows) cpu::f32w_token_avx512(x + i * cols, w, r0, std::min(rows, r0 + block), cols, y + i * rows);
+        }
     }
 
     // The reference's attention (cpu::attention_heads) with the inner loops over head_dim vectorised and heads

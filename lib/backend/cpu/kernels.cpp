@@ -348,6 +348,50 @@ DSV4_TARGET_AVX512BF16 void f32w_block_avx512(const float *x, int64_t n, const f
     }
 }
 
+namespace {
+// r[0..15] (16 rows of 16 floats) transposed in place: r[t] becomes element t of every row.
+DSV4_TARGET_AVX512BF16 inline void transpose16x16(__m512 r[16]) {
+    __m512 a[16], b[16];
+    for (int i = 0; i < 16; i += 2) {  // rows 2k, 2k+1 interleaved within 128-bit lanes
+        a[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        a[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {  // lane L of b[i + q]: element 4L + q of rows i .. i + 3
+        b[i] = _mm512_shuffle_ps(a[i], a[i + 2], 0x44);
+        b[i + 1] = _mm512_shuffle_ps(a[i], a[i + 2], 0xee);
+        b[i + 2] = _mm512_shuffle_ps(a[i + 1], a[i + 3], 0x44);
+        b[i + 3] = _mm512_shuffle_ps(a[i + 1], a[i + 3], 0xee);
+    }
+    for (int q = 0; q < 4; ++q) {  // gather each element's four row quartets
+        const __m512 c0 = _mm512_shuffle_f32x4(b[q], b[4 + q], 0x88), c1 = _mm512_shuffle_f32x4(b[q], b[4 + q], 0xdd);
+        const __m512 c2 = _mm512_shuffle_f32x4(b[8 + q], b[12 + q], 0x88), c3 = _mm512_shuffle_f32x4(b[8 + q], b[12 + q], 0xdd);
+        r[q] = _mm512_shuffle_f32x4(c0, c2, 0x88);
+        r[8 + q] = _mm512_shuffle_f32x4(c0, c2, 0xdd);
+        r[4 + q] = _mm512_shuffle_f32x4(c1, c3, 0x88);
+        r[12 + q] = _mm512_shuffle_f32x4(c1, c3, 0xdd);
+    }
+}
+}  // namespace
+
+DSV4_TARGET_AVX512BF16 void f32w_token_avx512(const float *x, const float *w, int64_t r0, int64_t r1, int64_t cols,
+                                              float *y) {
+    const int64_t nr = r1 - r0;
+    __m512 acc = _mm512_setzero_ps();
+    int64_t c0 = 0;
+    for (; c0 + 16 <= cols; c0 += 16) {
+        __m512 v[16];
+        for (int64_t i = 0; i < 16; ++i) v[i] = i < nr ? _mm512_loadu_ps(w + (r0 + i) * cols + c0) : _mm512_setzero_ps();
+        transpose16x16(v);
+        for (int t = 0; t < 16; ++t) acc = _mm512_add_ps(acc, _mm512_mul_ps(v[t], _mm512_set1_ps(x[c0 + t])));
+    }
+    alignas(64) float sums[16];
+    _mm512_store_ps(sums, acc);
+    for (int64_t i = 0; i < nr; ++i) {  // the rest of each row's sum in the same order
+        for (int64_t c = c0; c < cols; ++c) sums[i] += x[c] * w[(r0 + i) * cols + c];
+        y[r0 + i] = sums[i];
+    }
+}
+
 void fp4_rows_generic(const Fp4Matrix &w, const uint16_t *act, int64_t n, int64_t r0, int64_t r1, float *y,
                       ActLayout layout) {
     for (int64_t r = r0; r < r1; ++r)

@@ -76,6 +76,9 @@ constexpr int64_t kFp8GemmMinColumns = 32, kBf16GemmMinColumns = 16;
 // into y [n, rows]; xt is scratch for x transposed (cols x n floats). Bit-identical to the reference loop.
 constexpr int64_t kF32wBlock = 48;
 void f32w_block_avx512(const float *x, int64_t n, const float *w, int64_t rows, int64_t cols, float *y, float *xt);
+// The same order for one token x [cols] over rows [r0, r1) of w (at most 16), y[r] for those rows: the rows' sums in
+// the lanes of one vector, each 16 columns of the rows transposed in registers.
+void f32w_token_avx512(const float *x, const float *w, int64_t r0, int64_t r1, int64_t cols, float *y);
 
 // Linears with bf16 weights [rows, cols] (cols a multiple of 32), rows [r0, r1) for every i < n:
 // bf16_rows: x holds bf16 bits, y = x · wᵀ (exact products, fp32 sums: vdpbf16ps), rounded to bf16 if round_out;
