@@ -70,7 +70,6 @@ public:
         std::vector<Input> inputs;
         std::vector<std::pair<const ExpertLinear *, size_t>> packed;  // job, its input's offset
         size_t act_size = 0;
-        int64_t max_n = 0;
         for (size_t j = 0; j < count; ++j) {
             const ExpertLinear &job = jobs[j];
             const bool fp4 = job.w->format == ExpertFormat::fp4;
@@ -86,7 +85,6 @@ public:
                 act_size += size_t(job.n * cols);
             }
             packed.emplace_back(&job, in->at);
-            max_n = std::max(max_n, job.n);
         }
         act_.resize(act_size);
         for (const Input &in : inputs) quantize_into(in.x, in.n, in.cols, cpu::ActLayout::natural, act_.data() + in.at);
