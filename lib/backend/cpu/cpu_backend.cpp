@@ -37,7 +37,7 @@ public:
         }
         const uint16_t *act = quantized(x, n, w.cols, cpu::fp8_layout(w.cols));
         if (n >= cpu::kFp8GemmMinColumns && w.cols % 128 == 0)
-            return for_panels(1, w.rows, w.cols, [&](int64_t, int64_t r0, int64_t r1, uint16_t *panel) {
+            return for_panels(0, 1, w.rows, w.cols, [&](int64_t, int64_t r0, int64_t r1, uint16_t *panel) {
                 if (!cpu::fp8_gemm_avx512bf16(w, act, n, r0, r1, y, panel)) cpu::fp8_rows_avx512bf16(w, act, n, r0, r1, y);
             });
         for_row_tiles(w.rows, [&](int64_t r0, int64_t r1) { cpu::fp8_rows_avx512bf16(w, act, n, r0, r1, y); });
@@ -112,28 +112,35 @@ public:
     }
 
     // The FP8 kernels with bf16 activations as they are (no act_quant): the packed tiles, else the checkpoint-layout
-    // tiles or panels; every group's row tiles in one parallel region, each over its group's activations.
+    // tiles or panels, over each group's activations. Few tokens (decode): every group's row tiles in one parallel
+    // region; many (prefill): a group at a time, so that its activations stay in cache while its rows pass.
     void linear_dequant_fp8(const float *x, int64_t n, const Fp8Matrix &w, int groups, float *y) override {
         const int64_t R = w.rows / groups, k = w.cols;
         if (!has_kernels() || k % 128 || R % 4)  // the tiles' 4-row blocks must not straddle scale blocks
             return reference_->linear_dequant_fp8(x, n, w, groups, y);
         const bool packed = w.packed && R % 16 == 0;
         const cpu::ActLayout layout = packed ? cpu::ActLayout::natural : cpu::fp8_layout(k);
-        act_.resize(size_t(groups * n * k));  // [group][token][k]: a group's activations as the kernels take them
-        for (int64_t g = 0; g < groups; ++g)
-            for (int64_t i = 0; i < n; ++i)  // x is bf16-valued: exact
-                for (int64_t c = 0; c < k; ++c)
-                    act_[size_t((g * n + i) * k + cpu::act_index(layout, c))] = f32_to_bf16(x[(i * groups + g) * k + c]);
-        const auto act = [&](int64_t g) { return act_.data() + g * n * k; };
-        if (packed) {
-            size_packed_scratch();
-            return for_group_tiles(groups, R, kPackedRowTile, [&](int64_t g, int64_t a, int64_t b) { packed_fp8(w, act(g), n, a, b, y); });
+        constexpr int64_t kOneRegionBytes = int64_t(1) << 20;
+        const int64_t per_region = groups * n * k * 2 <= kOneRegionBytes ? groups : 1;
+        for (int64_t g0 = 0; g0 < groups; g0 += per_region) {
+            const int64_t g1 = std::min<int64_t>(groups, g0 + per_region);
+            act_.resize(size_t((g1 - g0) * n * k));  // [group][token][k]: a group's activations as the kernels take them
+            for (int64_t g = g0; g < g1; ++g)
+                for (int64_t i = 0; i < n; ++i)  // x is bf16-valued: exact
+                    for (int64_t c = 0; c < k; ++c)
+                        act_[size_t(((g - g0) * n + i) * k + cpu::act_index(layout, c))] = f32_to_bf16(x[(i * groups + g) * k + c]);
+            const auto act = [&](int64_t g) { return act_.data() + (g - g0) * n * k; };
+            if (packed) {
+                size_packed_scratch();
+                for_group_tiles(g0, g1, R, kPackedRowTile, [&](int64_t g, int64_t a, int64_t b) { packed_fp8(w, act(g), n, a, b, y); });
+            } else if (n >= cpu::kFp8GemmMinColumns) {
+                for_panels(g0, g1, R, k, [&](int64_t g, int64_t a, int64_t b, uint16_t *panel) {
+                    if (!cpu::fp8_gemm_avx512bf16(w, act(g), n, a, b, y, panel)) cpu::fp8_rows_avx512bf16(w, act(g), n, a, b, y);
+                });
+            } else {
+                for_group_tiles(g0, g1, R, kRowTile, [&](int64_t g, int64_t a, int64_t b) { cpu::fp8_rows_avx512bf16(w, act(g), n, a, b, y); });
+            }
         }
-        if (n >= cpu::kFp8GemmMinColumns)
-            return for_panels(groups, R, k, [&](int64_t g, int64_t a, int64_t b, uint16_t *panel) {
-                if (!cpu::fp8_gemm_avx512bf16(w, act(g), n, a, b, y, panel)) cpu::fp8_rows_avx512bf16(w, act(g), n, a, b, y);
-            });
-        for_group_tiles(groups, R, kRowTile, [&](int64_t g, int64_t a, int64_t b) { cpu::fp8_rows_avx512bf16(w, act(g), n, a, b, y); });
     }
 
     void linear_bf16(const float *x, int64_t n, const Bf16Matrix &w, float *y) override {
@@ -327,27 +334,27 @@ private:
     }
 
     int threads() const { return cpu::resolve_threads(n_threads_); }
-    // Splits each of `groups` row ranges [g·R, (g+1)·R) into tiles from its start, and all the tiles over the
-    // threads: f(g, a, b) for rows [a, b) of group g; f must not throw (it runs inside an OpenMP region).
+    // Splits the row ranges [g·R, (g+1)·R) of groups g0 <= g < g1 into tiles from their starts, and all the tiles
+    // over the threads: f(g, a, b) for rows [a, b) of group g; f must not throw (it runs inside an OpenMP region).
     template <typename F>
-    void for_group_tiles(int64_t groups, int64_t R, int64_t tile, F &&f) {
+    void for_group_tiles(int64_t g0, int64_t g1, int64_t R, int64_t tile, F &&f) {
         const int64_t per_group = (R + tile - 1) / tile;
 #pragma omp parallel for num_threads(threads()) schedule(static)
-        for (int64_t t = 0; t < groups * per_group; ++t) {
-            const int64_t g = t / per_group, a = g * R + t % per_group * tile;
+        for (int64_t t = 0; t < (g1 - g0) * per_group; ++t) {
+            const int64_t g = g0 + t / per_group, a = g * R + t % per_group * tile;
             f(g, a, std::min((g + 1) * R, a + tile));
         }
     }
     template <typename F>
     void for_row_tiles(int64_t rows, F &&f, int64_t tile = kRowTile) {
-        for_group_tiles(1, rows, tile, [&](int64_t, int64_t a, int64_t b) { f(a, b); });
+        for_group_tiles(0, 1, rows, tile, [&](int64_t, int64_t a, int64_t b) { f(a, b); });
     }
     // for_group_tiles over the GEMM path's panels, each thread with its own buffer for a panel's decoded rows.
     template <typename F>
-    void for_panels(int64_t groups, int64_t R, int64_t cols, F &&f) {
+    void for_panels(int64_t g0, int64_t g1, int64_t R, int64_t cols, F &&f) {
         const int64_t panel_rows = cpu::gemm_panel_rows(cols);
         panels_.size(threads(), panel_rows * cols);
-        for_group_tiles(groups, R, panel_rows, [&](int64_t g, int64_t a, int64_t b) { f(g, a, b, panels_.row()); });
+        for_group_tiles(g0, g1, R, panel_rows, [&](int64_t g, int64_t a, int64_t b) { f(g, a, b, panels_.row()); });
     }
     // y = x · wᵀ for bf16-valued x with the bf16 kernels (tiles, or panels for many columns), rounded or not.
     void bf16_times(const float *x, int64_t n, const Bf16Matrix &w, float *y, bool round_out) {
