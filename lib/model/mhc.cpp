@@ -82,12 +82,13 @@ void hc_post(const HcMix &mix, const float *y, const float *h, int64_t N, int hc
         const float *post = &mix.post[size_t(i * hc)], *C = &mix.comb[size_t(i * hc * hc)];
         const float *hi = h + i * hc * D, *yi = y + i * D;
         float *oi = out + i * hc * D;
-        for (int k = 0; k < hc; ++k)
-            for (int c = 0; c < D; ++c) {
-                float acc = 0.0f;
-                for (int j = 0; j < hc; ++j) acc += C[j * hc + k] * hi[j * D + c];
-                oi[k * D + c] = core::round_bf16(post[k] * yi[c] + acc);
-            }
+        for (int k = 0; k < hc; ++k) {  // c innermost (vectorised), each element's sum over j in the same order
+            float *ok = oi + k * D;
+            std::fill_n(ok, D, 0.0f);
+            for (int j = 0; j < hc; ++j)
+                for (int c = 0; c < D; ++c) ok[c] += C[j * hc + k] * hi[j * D + c];
+            for (int c = 0; c < D; ++c) ok[c] = core::round_bf16(post[k] * yi[c] + ok[c]);
+        }
     }
 }
 
