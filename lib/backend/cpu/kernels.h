@@ -114,7 +114,7 @@ void decode_kv_entries_avx512(const Fp8Entries &e, int64_t j0, int64_t j1, uint1
 // order of the dots differs from the reference.
 constexpr int kIndexMaxDim = 256;
 struct IndexQuery {
-    const uint32_t *int8;       // [dim/4, n_heads] dwords of 4 q8 bytes, dims in index_int8_position order; or null
+    const uint32_t *int8;       // [dim/4, n_heads] dwords of 4 q8 bytes, dims in index_int8_position_dim order; or null
     const int32_t *int8_offset;  // [dim/32, n_heads]: 12 · Σ q8 over the block (the keys' bytes carry + 12)
     const float *int8_scale;    // [dim/32, n_heads]: 2^(e-1)
     int key_code_lo, key_code_hi;
