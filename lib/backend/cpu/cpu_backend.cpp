@@ -208,9 +208,7 @@ public:
     void attention(const AttentionProblem &p) override {
         if (!has_kernels() || p.head_dim % 32) return reference_->attention(p);
         const int d = p.head_dim, nt = threads();
-        act_.resize(size_t(p.n_heads) * size_t(d));
-        for (size_t i = 0; i < act_.size(); ++i) act_[i] = f32_to_bf16(p.q[i]);
-        const uint16_t *q = act_.data();
+        const uint16_t *q = as_bf16(p.q, size_t(p.n_heads) * size_t(d));
         const int block = std::clamp(p.n_heads / nt, 1, cpu::kMaxHeadBlock), n_blocks = (p.n_heads + block - 1) / block;
         scratch_.size(nt, int64_t(block) * (d + cpu::kAttentionChunk));
 #pragma omp parallel for num_threads(nt) schedule(dynamic)
@@ -359,11 +357,15 @@ private:
         panels_.size(threads(), panel_rows * cols);
         for_group_tiles(g0, g1, R, panel_rows, [&](int64_t g, int64_t a, int64_t b) { f(g, a, b, panels_.row()); });
     }
+    // count bf16-valued floats as bf16 bits in act_ (exact).
+    const uint16_t *as_bf16(const float *x, size_t count) {
+        act_.resize(count);
+        for (size_t i = 0; i < count; ++i) act_[i] = f32_to_bf16(x[i]);
+        return act_.data();
+    }
     // y = x · wᵀ for bf16-valued x with the bf16 kernels (tiles, or panels for many columns), rounded or not.
     void bf16_times(const float *x, int64_t n, const Bf16Matrix &w, float *y, bool round_out) {
-        act_.resize(size_t(n * w.cols));
-        for (size_t i = 0; i < act_.size(); ++i) act_[i] = f32_to_bf16(x[i]);
-        const uint16_t *act = act_.data();
+        const uint16_t *act = as_bf16(x, size_t(n * w.cols));
         if (n >= cpu::kBf16GemmMinColumns)
             return for_row_tiles(
                 w.rows, [&](int64_t r0, int64_t r1) { cpu::bf16_gemm_avx512bf16(w, act, n, r0, r1, y, round_out); },
