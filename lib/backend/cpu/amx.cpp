@@ -56,19 +56,24 @@ DSV4_TARGET_AMX void configure(int64_t tokens) {
         _tile_loadd(A, act + (C) * 16 * k + c, int(k * 2));      \
         _tile_dpbf16ps(C, A, 7);                                 \
     } while (0)
-template <int A>
-DSV4_TARGET_AMX inline void tile_product_from(int t, const uint16_t *act, int64_t k, int64_t c) {
-    switch (t) {
-    case 0: DSV4_AMX_PRODUCT(0, A); break;
-    case 1: DSV4_AMX_PRODUCT(1, A); break;
-    case 2: DSV4_AMX_PRODUCT(2, A); break;
-    case 3: DSV4_AMX_PRODUCT(3, A); break;
-    default: DSV4_AMX_PRODUCT(4, A); break;
-    }
-}
 DSV4_TARGET_AMX inline void tile_product(int t, const uint16_t *act, int64_t k, int64_t c, bool partial) {
-    if (partial) tile_product_from<6>(t, act, k, c);
-    else tile_product_from<5>(t, act, k, c);
+    if (partial) {
+        switch (t) {
+        case 0: DSV4_AMX_PRODUCT(0, 6); break;
+        case 1: DSV4_AMX_PRODUCT(1, 6); break;
+        case 2: DSV4_AMX_PRODUCT(2, 6); break;
+        case 3: DSV4_AMX_PRODUCT(3, 6); break;
+        default: DSV4_AMX_PRODUCT(4, 6); break;
+        }
+    } else {
+        switch (t) {
+        case 0: DSV4_AMX_PRODUCT(0, 5); break;
+        case 1: DSV4_AMX_PRODUCT(1, 5); break;
+        case 2: DSV4_AMX_PRODUCT(2, 5); break;
+        case 3: DSV4_AMX_PRODUCT(3, 5); break;
+        default: DSV4_AMX_PRODUCT(4, 5); break;
+        }
+    }
 }
 #undef DSV4_AMX_PRODUCT
 DSV4_TARGET_AMX inline void products(int tiles, bool partial_last, const uint16_t *act, int64_t k, int64_t c) {
