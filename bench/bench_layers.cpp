@@ -6,7 +6,8 @@
 // Every backend operation is timed, so the table also says where the time goes.
 // Decode is measured at several context lengths: the caches are filled with synthetic entries of the production
 // layout (random FP8/FP4 codes, like a real cache's), so 64K positions need no 64K-token prefill. Prefill is a
-// real one of 1024 tokens, quoted against the bf16 dot-product peak measured in the same run.
+// real one of 1024 tokens, quoted against the GEMM peak measured in the same run (bf16 dot products; AMX tiles
+// where the kernels are AMX).
 // Usage: bench_layers CHECKPOINT_DIR [CONTEXTS=1024,16384,65536] [DECODE_STEPS=16] [THREADS=0]
 #include <algorithm>
 #include <cstring>
@@ -235,7 +236,9 @@ int run(int argc, char **argv) {
     // The bandwidth probe is repeated after each decode measurement and the best reading so far is the one quoted:
     // this machine's bandwidth drifts by up to 2x between minutes, and a low probe would flatter the ratios.
     double bw = bench::read_bandwidth(threads, 3);
-    const double peak = bench::bf16_peak_gflops(threads);
+    // the packed linears run on AMX tiles where the kernels are AMX: the GEMM peak is then the tiles'
+    const bool amx = backend::cpu::selected_isa() >= backend::cpu::Isa::amx;
+    const double peak = amx ? bench::amx_peak_gflops(threads) : bench::bf16_peak_gflops(threads);
 
     model::LoadOptions lo;
     lo.check_values = false;
@@ -279,7 +282,7 @@ int run(int argc, char **argv) {
                argv[1], c.n_layers, c.n_layers == 2 ? "CSA + HCA" : "", c.dim, c.n_routed_experts, c.n_activated_experts,
                c.expert_format == io::ExpertFormat::fp4 ? "FP4" : "FP8", c.vocab_size,
                backend::cpu::isa_name(backend::cpu::selected_isa()), threads);
-    fmt::print("read bandwidth            {:8.1f} GB/s;  bf16 dot peak {:8.1f} GFLOP/s\n", bw, peak);
+    fmt::print("read bandwidth            {:8.1f} GB/s;  {} peak {:8.1f} GFLOP/s\n", bw, amx ? "AMX bf16 tile" : "bf16 dot", peak);
 
     // Prefill: 1024 real tokens in one batch (about 24 per routed expert).
     std::mt19937 rng(3);
