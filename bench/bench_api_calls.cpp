@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -18,6 +19,10 @@ double ns_per_call(int n, F &&f) {
 bool ok(dsv4_status st) {
     if (st != DSV4_OK) std::fprintf(stderr, "%s: %s\n", dsv4_status_name(st), dsv4_last_error_message());
     return st == DSV4_OK;
+}
+// Inside a timed loop: a failed call ends the benchmark rather than timing (or reading) a failure.
+void must(dsv4_status st) {
+    if (!ok(st)) std::exit(1);
 }
 }  // namespace
 
@@ -40,28 +45,28 @@ int main(int argc, char **argv) {
     const char *text = "Hello world, this is a short sentence.";
     std::vector<int32_t> ids(64);
     size_t n = 0;
-    const double encode = ns_per_call(200000, [&] { (void)dsv4_tokenize(tok, text, std::strlen(text), ids.data(), ids.size(), &n); });
+    const double encode = ns_per_call(200000, [&] { must(dsv4_tokenize(tok, text, std::strlen(text), ids.data(), ids.size(), &n)); });
     std::vector<float> copy(size_t(dsv4_tokenizer_vocab_size(tok)));
     int32_t token = 1;
     const double eval = ns_per_call(2000, [&] {
         dsv4_batch b = dsv4_batch_for_sequence(&token, 1, 0);
-        (void)dsv4_decode(ctx, &b);
+        must(dsv4_decode(ctx, &b));
         const float *logits = nullptr;
         int32_t n_vocab = 0;
-        (void)dsv4_get_logits(ctx, -1, &logits, &n_vocab);
+        must(dsv4_get_logits(ctx, -1, &logits, &n_vocab));
         std::memcpy(copy.data(), logits, sizeof(float) * size_t(n_vocab));  // Python gets a copy too
-        (void)dsv4_seq_truncate(ctx, 0, 0);
+        must(dsv4_seq_truncate(ctx, 0, 0));
     });
     dsv4_generate_params gp = dsv4_generate_default_params();
     gp.max_tokens = 2000;
     gp.ignore_eos = 1;
     const int32_t prompt[] = {0, 1, 2};
-    (void)dsv4_seq_truncate(ctx, 0, 0);
+    must(dsv4_seq_truncate(ctx, 0, 0));
     dsv4_generation *gen = nullptr;
     if (!ok(dsv4_generation_start(ctx, smpl, tok, 0, prompt, 3, &gp, &gen))) return 1;
     const double step = ns_per_call(1500, [&] {
         int32_t t = 0, done = 0;
-        (void)dsv4_generation_next(gen, &t, nullptr, nullptr, &done);
+        must(dsv4_generation_next(gen, &t, nullptr, nullptr, &done));
     });
     std::printf("encode 38 bytes          %10.0f ns/call\n", encode);
     std::printf("eval 1 token + logits    %10.0f ns/call\n", eval);
