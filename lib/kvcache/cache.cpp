@@ -148,9 +148,14 @@ void SequenceCache::truncate(int64_t n) {
 }
 
 void SequenceCache::clear() {
-    std::vector<LayerGeometry> geos;
-    for (const LayerCache &l : layers) geos.push_back(l.geo);
-    *this = SequenceCache(geos);
+    length = high_water = 0;
+    for (LayerCache &l : layers) {
+        l.window.clear();
+        l.comp_rows.clear();
+        l.index_rows.clear();
+        l.kv = PagedEntries(l.kv.entry_bytes());
+        l.index_keys = PagedEntries(l.index_keys.entry_bytes());
+    }
 }
 
 size_t SequenceCache::allocated_bytes() const {

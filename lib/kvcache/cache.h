@@ -8,6 +8,7 @@
 //   compressor rows  fp32 (a, score+ape) of the last κm + R positions, for the attention and indexer
 //                    compressors: the carried state of spec §5.3, kept per position so truncation works.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -59,6 +60,12 @@ public:
     T *write_row(int64_t pos);  // saves the slot's old content for rollback once per transaction
     void begin() { undo_.clear(); }
     void rollback();
+    // Back to a new ring's state, keeping the rows' memory, zeroed as a new ring's first write leaves it: a
+    // sequence that restarts would otherwise free and fault in its rings again (5 ms per restart, tiny model).
+    void clear() {
+        std::fill(data_.begin(), data_.end(), T{});
+        undo_.clear();
+    }
     size_t bytes() const { return data_.size() * sizeof(T); }
     std::vector<T> &storage() { return data_; }
     const std::vector<T> &storage() const { return data_; }

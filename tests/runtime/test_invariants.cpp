@@ -253,6 +253,17 @@ TEST_CASE("truncate then replay equals the original", "[invariants]") {
     REQUIRE(dsv4_seq_truncate(e.ctx, 0, 0) == DSV4_OK);
     CHECK(e.length() == 0);
     REQUIRE(e.feed(tokens) == expected);
+    // a cleared sequence keeps its rings' memory: other tokens after a clear see none of the old rows and
+    // entries, and the rewind limit counts from the new tokens only
+    const auto other = random_tokens(300, 11);
+    Engine fresh;
+    const auto expected_other = fresh.feed(other);
+    REQUIRE(dsv4_seq_truncate(e.ctx, 0, 0) == DSV4_OK);
+    const auto head = e.feed(std::vector<int32_t>(other.begin(), other.begin() + 100));
+    REQUIRE(dsv4_seq_truncate(e.ctx, 0, 1) == DSV4_OK);
+    const auto rest = e.feed(std::vector<int32_t>(other.begin() + 1, other.end()));
+    for (size_t i = 0; i < head.size(); ++i) REQUIRE(head[i] == expected_other[i]);
+    for (size_t i = 0; i < rest.size(); ++i) REQUIRE(rest[i] == expected_other[1 + i]);
 }
 
 TEST_CASE("a context of several thousand tokens: cache grows with the tokens, exact accounting", "[invariants][slow]") {
