@@ -510,8 +510,10 @@ DSV4_API dsv4_status dsv4_mtp_logits(dsv4_context *ctx, const int32_t *next_toke
 /* Number of positions held by seq (its next position). Returns DSV4_OK or DSV4_ERR_INVALID_ARGUMENT_SEQUENCE.
  * Thread-safety: one thread at a time per context. */
 DSV4_API dsv4_status dsv4_seq_length(const dsv4_context *ctx, int32_t seq, int32_t *out_length);
-/* Truncates seq to its first n positions (0 clears it). Going back further than n_rewind positions from the
- * current length is refused with DSV4_ERR_UNSUPPORTED_REWIND unless n == 0; on any error nothing changes.
+/* Truncates seq to its first n positions (0 clears it: its compressed entries are freed, its constant-size rings,
+ * constant_bytes_per_sequence in dsv4_memory_stats, stay allocated for the next tokens). Going back further than
+ * n_rewind positions from the current length is refused with DSV4_ERR_UNSUPPORTED_REWIND unless n == 0; on any
+ * error nothing changes.
  * Returns DSV4_OK, DSV4_ERR_INVALID_ARGUMENT(_SEQUENCE/_POSITION), DSV4_ERR_UNSUPPORTED_REWIND.
  * Thread-safety: one thread at a time per context. */
 DSV4_API dsv4_status dsv4_seq_truncate(dsv4_context *ctx, int32_t seq, int32_t n);
