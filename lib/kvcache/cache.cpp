@@ -122,6 +122,14 @@ void LayerCache::rollback() {
     index_keys.rollback();
 }
 
+void LayerCache::clear() {
+    window.clear();
+    comp_rows.clear();
+    index_rows.clear();
+    kv = PagedEntries(kv.entry_bytes());
+    index_keys = PagedEntries(index_keys.entry_bytes());
+}
+
 size_t LayerCache::allocated_bytes() const {
     return window.bytes() + comp_rows.bytes() + index_rows.bytes() + kv.allocated_bytes() + index_keys.allocated_bytes();
 }
@@ -149,13 +157,7 @@ void SequenceCache::truncate(int64_t n) {
 
 void SequenceCache::clear() {
     length = high_water = 0;
-    for (LayerCache &l : layers) {
-        l.window.clear();
-        l.comp_rows.clear();
-        l.index_rows.clear();
-        l.kv = PagedEntries(l.kv.entry_bytes());
-        l.index_keys = PagedEntries(l.index_keys.entry_bytes());
-    }
+    for (LayerCache &l : layers) l.clear();
 }
 
 size_t SequenceCache::allocated_bytes() const {

@@ -113,6 +113,8 @@ struct LayerCache {
     explicit LayerCache(const LayerGeometry &g);
     void begin();
     void rollback();
+    // Back to a new layer cache's state; the rings keep their memory (PositionRing::clear).
+    void clear();
     size_t allocated_bytes() const;
 };
 
