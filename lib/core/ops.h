@@ -8,37 +8,38 @@
 
 namespace dsv4::core {
 
-// An fp32 sum of term(i), i < n, in the order of PyTorch's vectorised CPU reduction (AVX-512: 4 accumulators
-// of 16 lanes, combined pairwise, then the lanes by halving, then the tail). The reference's norms reduce this
-// way; a plain left-to-right fp32 loop drifts enough to flip the bf16 rounding of a normalised value now and then.
-template <typename Term>
-float sum_reference_order(size_t n, Term term) {
-    constexpr size_t kLanes = 16, kAcc = 4, kStep = kLanes * kAcc;
-    float acc[kAcc][kLanes] = {};
-    const size_t full = n / kStep * kStep;
-    for (size_t i = 0; i < full; i += kStep)
-        for (size_t a = 0; a < kAcc; ++a)
-            for (size_t l = 0; l < kLanes; ++l) acc[a][l] += term(i + a * kLanes + l);
-    for (size_t l = 0; l < kLanes; ++l) {
-        acc[0][l] += acc[1][l];
-        acc[2][l] += acc[3][l];
-        acc[0][l] += acc[2][l];
-    }
-    for (size_t width = kLanes / 2; width >= 1; width /= 2)
-        for (size_t l = 0; l < width; ++l) acc[0][l] += acc[0][l + width];
-    float sum = acc[0][0];
-    for (size_t i = full; i < n; ++i) sum += term(i);
+// Σ x² in double: fp32 squares are exact there and the sum's error (n·2^-53 relative) lies far below an fp32
+// ulp, so an fp32 value rounded from it is the correctly rounded one, whichever order a device sums in. The
+// reference reduces in fp32 in its device's order (a tree on CUDA, 4x16 lanes in PyTorch's AVX-512 CPU kernel),
+// and an order-specific fp32 sum flips the bf16 rounding of a normalised value that lies within an fp32 ulp or
+// two of a bf16 midpoint: the regenerated (CUDA) golden caught a q_norm output flipping that way in an indexer
+// query. Eight partial sums so that the loop vectorises.
+template <typename Square>
+double sum_in_double(size_t n, Square square) {
+    constexpr size_t kLanes = 8;
+    double acc[kLanes] = {};
+    const size_t full = n / kLanes * kLanes;
+    for (size_t i = 0; i < full; i += kLanes)
+        for (size_t l = 0; l < kLanes; ++l) acc[l] += double(square(i + l));
+    for (size_t i = full; i < n; ++i) acc[0] += double(square(i));
+    double sum = 0.0;
+    for (double a : acc) sum += a;
     return sum;
 }
+inline double sum_of_squares(const float *x, size_t n) {
+    return sum_in_double(n, [x](size_t i) { return double(x[i]) * double(x[i]); });
+}
 
-// mean(x²) with fp32 squares, reduced in the reference's order.
-inline float mean_of_squares(const float *x, size_t n) {
-    return sum_reference_order(n, [x](size_t i) { return x[i] * x[i]; }) / float(n);
+// rsqrt(mean(x²) + eps), the fp32 mean and the rsqrt each correctly rounded (spec §16: fp32 RMS factor); 1/sqrtf
+// rounds twice, and against the CUDA golden the correctly rounded factor also removed an FP8 flip in a MoE input.
+inline float rms_factor(const float *x, size_t n, float eps) {
+    const float mean = float(sum_of_squares(x, n) / double(n));
+    return float(1.0 / std::sqrt(double(mean + eps)));
 }
 
 // RMSNorm: fp32 math, fp32 weight, bf16 output: y = bf16(w ⊙ x · rsqrt(mean(x²) + eps)).
 inline void rms_norm(const float *x, size_t n, const float *w, float eps, float *y) {
-    const float r = 1.0f / std::sqrt(mean_of_squares(x, n) + eps);
+    const float r = rms_factor(x, n, eps);
     for (size_t i = 0; i < n; ++i) y[i] = round_bf16(w[i] * (x[i] * r));
 }
 
@@ -54,9 +55,8 @@ inline float round_bf16_exact(double v) {
 // Per-head RMS scaling without weight, every step in bf16 (spec §4.2 step 3, §17.1):
 // sq = bf16(x²), m = bf16(mean(sq)), m = bf16(m + eps), r = bf16(rsqrt(m)) correctly rounded, x = bf16(x·r).
 inline void head_rms_scale_bf16(float *x, size_t n, float eps) {
-    float sum = 0.0f;
-    for (size_t i = 0; i < n; ++i) sum += round_bf16(x[i] * x[i]);
-    const float mean = round_bf16(sum / float(n));
+    const double sum = sum_in_double(n, [x](size_t i) { return round_bf16(x[i] * x[i]); });  // as sum_of_squares
+    const float mean = round_bf16(float(sum / double(n)));
     const float shifted = round_bf16(mean + eps);
     const float r = round_bf16_exact(1.0 / std::sqrt(double(shifted)));
     for (size_t i = 0; i < n; ++i) x[i] = round_bf16(x[i] * r);

@@ -15,7 +15,7 @@ std::vector<float> mixes(backend::Backend &be, const HcWeights &w, const float *
     std::vector<float> mu(static_cast<size_t>(N * n_mix));
     be.linear_f32w(h, N, w.fn.data(), n_mix, width, mu.data());
     for (int64_t i = 0; i < N; ++i) {
-        const float rho = 1.0f / std::sqrt(core::mean_of_squares(h + i * width, size_t(width)) + norm_eps);
+        const float rho = core::rms_factor(h + i * width, size_t(width), norm_eps);
         for (int64_t k = 0; k < n_mix; ++k) mu[size_t(i * n_mix + k)] *= rho;
     }
     return mu;
