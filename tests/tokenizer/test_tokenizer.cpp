@@ -1,5 +1,6 @@
 // The DeepSeek-V4 tokenizer through the C ABI: every shared vector, the special-token ids of spec §12.1,
-// buffer rules, invalid input, lossy UTF-8 decoding, streaming pieces, concurrency and malformed files.
+// buffer rules, invalid input, lossy UTF-8 decoding, streaming pieces, concurrency, malformed files and the
+// Unicode 16 character classes.
 #include <catch2/catch.hpp>
 #include <dsv4/dsv4.h>
 #include <fstream>
@@ -11,6 +12,7 @@
 #include "support/fixtures.h"
 #include "support/forge.h"
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode.h"
 #include "tokenizer/utf8.h"
 
 using namespace dsv4;
@@ -218,4 +220,94 @@ TEST_CASE("malformed or unsupported tokenizer.json files are named", "[tokenizer
     k = j;
     k.erase("model");
     expect(k, DSV4_ERR_FORMAT_JSON, "model");
+}
+
+TEST_CASE("the Split regexes classify code points by Unicode 16.0", "[tokenizer]") {
+    using tokenizer::unicode::CodePointRange;
+    CHECK(tokenizer::unicode::version() == "16.0.0");
+    auto category_of = [](uint32_t cp, bool major) {
+        std::string found;
+        for (const char *alias : {"Lu", "Ll", "Lt", "Lm", "Lo", "Mn", "Mc", "Me", "Nd", "Nl", "No", "Pc", "Pd", "Ps", "Pe",
+                                  "Pi", "Pf", "Po", "Sm", "Sc", "Sk", "So", "Zs", "Zl", "Zp", "Cc", "Cf", "Cs", "Co", "Cn"}) {
+            const auto *c = tokenizer::unicode::find_general_category(major ? std::string_view(alias, 1) : alias);
+            REQUIRE(c != nullptr);
+            for (const CodePointRange &r : c->code_points())
+                if (cp >= r.first && cp <= r.last) found += found.empty() ? alias : std::string("+") + alias;
+            if (major && !found.empty()) return found.substr(0, 1);
+        }
+        return found;
+    };
+    // The subcategories partition the code space: each code point in exactly one (sampled every 97, plus edges).
+    for (uint32_t cp = 0; cp <= 0x10ffff; cp += 97) REQUIRE(category_of(cp, false).size() == 2);
+    CHECK(category_of(0x10ffff, false) == "Cn");
+    // Ranges ascend without overlap; a major class is the union of its subcategories.
+    for (const char *major : {"L", "M", "N", "P", "S", "Z", "C"}) {
+        const auto *c = tokenizer::unicode::find_general_category(major);
+        REQUIRE(c != nullptr);
+        for (size_t i = 1; i < c->size; ++i) REQUIRE(c->ranges[i - 1].last < c->ranges[i].first);
+    }
+    CHECK(category_of('A', false) == "Lu");
+    CHECK(category_of(0x1c89, false) == "Lu");   // CYRILLIC CAPITAL LETTER TJE, new in 16.0
+    CHECK(category_of(0x1f8c0, false) == "So");  // LEFT ARROW FROM DOWNWARDS ARROW, new in 16.0
+    CHECK(category_of(0x31350, false) == "Lo");  // CJK Extension H, new in 15.0
+    CHECK(tokenizer::unicode::find_general_category("Letter") == tokenizer::unicode::find_general_category("L"));
+    CHECK(tokenizer::unicode::find_general_category("Han") == nullptr);
+    // White_Space as Oniguruma's \s: U+0085 in, U+200B (a format character) out.
+    auto is_space = [](uint32_t cp) {
+        for (const CodePointRange &r : tokenizer::unicode::white_space())
+            if (cp >= r.first && cp <= r.last) return true;
+        return false;
+    };
+    CHECK(is_space(0x85));
+    CHECK_FALSE(is_space(0x200b));
+    // Under Unicode 14 a space and U+1F8C0 fell into separate pieces; as a symbol (16.0) they form one, so the
+    // first token carries the space (Ġ) together with the symbol's first bytes.
+    const auto t = tokenizer::Tokenizer::load(tokenizer_path());
+    const auto ids = t->encode(" \U0001F8C0");
+    REQUIRE(!ids.empty());
+    CHECK(t->token_bytes(ids[0]) == " \xF0\x9F");
+}
+
+TEST_CASE("\\P{..} and \\S inside a class translate to their complements", "[tokenizer]") {
+    auto j = nlohmann::json::parse(io::read_text_file(tokenizer_path()));
+    auto &splits = j["pre_tokenizer"]["pretokenizers"];
+    // One split into runs of letters, of white space and of everything else, the last two written with
+    // complements inside classes.
+    splits = nlohmann::json::array({splits[0], splits[3]});
+    splits[0]["pattern"]["Regex"] = "\\p{L}+|[^\\S]+|[\\P{L}]+";
+    const auto t = tokenizer::Tokenizer::from_json(j.dump(), "tokenizer.json");
+    const std::string text = "ab, cd \u0100\u0101 12";
+    const auto ids = t->encode(text);
+    CHECK(t->decode(ids.data(), ids.size(), false) == text);
+    // Every piece is a letter run or a non-letter run: no token mixes the two.
+    for (int32_t id : ids) {
+        const std::string piece = t->token_bytes(id);
+        const bool letters = std::isalpha(uint8_t(piece[0])) || uint8_t(piece[0]) >= 0x80;
+        for (char c : piece) CHECK(bool(std::isalpha(uint8_t(c)) || uint8_t(c) >= 0x80) == letters);
+    }
+}
+
+TEST_CASE("[^\\P{X}] splits as \\p{X}: the complement inside a class is exact", "[tokenizer]") {
+    // On the texts of every code point whose category changed since Unicode 14.0 and on a sweep of the code space.
+    auto j = nlohmann::json::parse(io::read_text_file(tokenizer_path()));
+    auto &splits = j["pre_tokenizer"]["pretokenizers"];
+    splits = nlohmann::json::array({splits[0], splits[3]});
+    std::vector<std::string> texts;
+    std::ifstream in(test::data_dir() + "/tokenizer/unicode16_vectors.jsonl");
+    for (std::string line; std::getline(in, line);) texts.push_back(nlohmann::json::parse(line).at("text"));
+    REQUIRE(texts.size() > 10000);
+    // The sweep: every eleventh code point (surrogates left out), 16 to a text so that BPE pieces stay short.
+    for (uint32_t cp = 1, n = 0; cp <= 0x10ffff; cp += 11) {
+        if (cp >= 0xd800 && cp <= 0xdfff) continue;
+        if (n++ % 16 == 0) texts.emplace_back();
+        tokenizer::utf8_append(texts.back(), cp);
+    }
+    for (const char *alias : {"L", "N", "P", "S", "Mn", "LC", "Cn"}) {
+        INFO(alias);
+        splits[0]["pattern"]["Regex"] = fmt::format("\\p{{{0}}}+|\\P{{{0}}}+", alias);
+        const auto direct = tokenizer::Tokenizer::from_json(j.dump(), "tokenizer.json");
+        splits[0]["pattern"]["Regex"] = fmt::format("[^\\P{{{0}}}]+|[\\P{{{0}}}]+", alias);
+        const auto twice_negated = tokenizer::Tokenizer::from_json(j.dump(), "tokenizer.json");
+        for (const std::string &t : texts) REQUIRE(direct->encode(t) == twice_negated->encode(t));
+    }
 }
