@@ -76,7 +76,10 @@ def test_greedy_continuations_match_pytorch(model, expected):
         for _ in ref:  # free-running greedy decode, one token per step
             mine.append(int(np.argmax(logits)))
             logits = ctx.eval([mine[-1]])
-        identical += mine == ref
+        # A continuation may part from the reference's only where the reference itself had a near tie.
+        first = next((i for i, (a, b) in enumerate(zip(mine, ref)) if a != b), None)
+        assert first is None or case["margins"][first] < NEAR_TIE, (case["name"], first)
+        identical += first is None
         # Teacher-forced on the reference's tokens: every step picks the reference's token, except at a near
         # tie of the reference itself, and then only by a near-tie amount.
         ctx.truncate(0)
@@ -84,7 +87,7 @@ def test_greedy_continuations_match_pytorch(model, expected):
         excess = rows.max(-1) - rows[np.arange(len(ref)), ref]
         for step in np.flatnonzero(excess > 0):
             assert case["margins"][step] < NEAR_TIE and excess[step] < MAX_EXCESS, (case["name"], int(step))
-    assert identical >= 4
+    assert identical >= 3  # of 7: 4 on the avx512 path, 3 on avx512_bf16 on the Zen 4 host (see MAX_EXCESS)
 
 
 def calculator(expression: str) -> str:
