@@ -24,9 +24,9 @@ using nlohmann::json;
 // PCRE2 classifies by the Unicode of its build (Debian 12's 10.42: Unicode 14.0); Hugging Face `tokenizers` by a
 // newer one, and Oniguruma's \s (White_Space, with U+0085) differs slightly from PCRE2's. So the translated
 // pattern spells out \s, \S and the general categories' \p{..} / \P{..} as Unicode 16.0 code point ranges (other
-// properties, such as scripts, are left to PCRE2). PCRE2's own \p{..} plus the few ranges added since 14.0 would
-// be a table lookup instead of a scan, but its JIT checks a class's ranges before its properties, and that form
-// ran slower still (encode of the shared vectors' texts 34 MB/s before, 24 with the ranges, 19 with the mix).
+// properties, such as scripts, are left to PCRE2). Long range lists cost a scan per non-ASCII character (encode
+// of the shared vectors' texts alone: 34 MB/s with PCRE2's \p{..}, 24 with the ranges); PCRE2's own \p{..} plus
+// the few ranges added since 14.0 measured slower still under 10.42's JIT (19 MB/s).
 std::vector<unicode::CodePointRange> complement(std::span<const unicode::CodePointRange> ranges) {
     std::vector<unicode::CodePointRange> out;
     uint32_t next = 0;
