@@ -23,7 +23,7 @@
 #include <string>
 #include <vector>
 
-#include "backend/backend.h"
+#include "backend/cpu/primitives.h"
 #include "backend/cpu/isa.h"
 #include "backend/cpu/packed.h"
 #include "core/matrix.h"
@@ -73,7 +73,7 @@ struct PackedPool {
 
 // Section 5: a Flash MoE decode step's expert calls (moe.cpp's batching: routed w1 + w3 and the shared expert's
 // in one linear_experts call, then every w2 in another), n = 1, over pools of `pool` routed experts.
-void moe_decode_calls(backend::Backend &be, int threads, double &bw, int repeats, std::mt19937 &rng) {
+void moe_decode_calls(backend::cpu::Primitives &be, int threads, double &bw, int repeats, std::mt19937 &rng) {
     constexpr int64_t D = 4096, I = 2048;  // Flash dim, moe_inter_dim
     constexpr int kActive = 6, kSteps = 64;
     const PackedPool shared_w1(false, I, D, 1, rng), shared_w3(false, I, D, 1, rng), shared_w2(false, D, I, 1, rng);
@@ -95,7 +95,7 @@ void moe_decode_calls(backend::Backend &be, int threads, double &bw, int repeats
                 for (int i = 0; i < pool; ++i) ids[size_t(i)] = i;
                 std::shuffle(ids.begin(), ids.end(), rng);
                 std::sort(ids.begin(), ids.begin() + kActive);
-                std::vector<backend::ExpertLinear> gate_up, down;
+                std::vector<backend::cpu::ExpertLinear> gate_up, down;
                 for (int j = 0; j < kActive; ++j) {
                     const size_t e = size_t(ids[size_t(j)]);
                     gate_up.push_back({x.data(), 1, &w1.copies[e], &g[size_t(j * I)]});
@@ -198,7 +198,7 @@ int main(int argc, char **argv) {
                     else backend::cpu::pack_fp8_rows(mats[c].fp8, 0, s.rows, dst), mats[c].fp8.packed = dst;
                 }
             for (const int threads : {1, all}) {
-                auto be = backend::make_cpu_backend(threads, isa);
+                auto be = backend::cpu::make_primitives(threads, isa);
                 const double bw = threads == 1 ? bw1 : bwn;
                 double t_n1 = 0;
                 for (const int n : {1, 2, 4, 8, 16}) {
@@ -223,7 +223,7 @@ int main(int argc, char **argv) {
                 }
             }
             // prefill GEMMs: one matrix, every thread
-            auto be = backend::make_cpu_backend(all, isa);
+            auto be = backend::cpu::make_primitives(all, isa);
             for (const int n : {64, 256, 1024}) {
                 std::vector<float> x(size_t(n * s.cols)), y(size_t(n * s.rows));
                 for (float &v : x) v = std::normal_distribution<float>(0, 1)(rng);
@@ -242,7 +242,7 @@ int main(int argc, char **argv) {
         }
     }
     if (formats.find(",MoE,") != std::string::npos) {
-        auto be = backend::make_cpu_backend(all, isa);
+        auto be = backend::cpu::make_primitives(all, isa);
         moe_decode_calls(*be, all, bwn, repeats, rng);
     }
     fmt::print("\n{:<24} {:>4} {:>5} {:>4} {:>10} {:>9} {:>9}\n", "prefill GEMM", "fmt", "n", "thr", "us/call", "GFLOP/s",

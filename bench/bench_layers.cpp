@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "backend/backend.h"
+#include "backend/cpu/backend.h"
 #include "backend/cpu/isa.h"
 #include "io/mapped_file.h"
 #include "kvcache/cache.h"
@@ -59,10 +59,10 @@ struct OpTimes {
     }
 };
 
-// Times every call of the wrapped backend by operation, with the multiply-adds and weight bytes it reads.
-class TimingBackend final : public backend::Backend {
+// Times every call of the wrapped CPU primitives by operation, with the multiply-adds and weight bytes it reads.
+class TimingPrimitives final : public backend::cpu::Primitives {
 public:
-    explicit TimingBackend(std::unique_ptr<backend::Backend> inner) : inner_(std::move(inner)) {}
+    explicit TimingPrimitives(std::unique_ptr<backend::cpu::Primitives> inner) : inner_(std::move(inner)) {}
     std::string name() const override { return inner_->name(); }
     void linear_fp8(const float *x, int64_t n, const core::Fp8Matrix &w, float *y) override {
         timed("linear_fp8", [&] { inner_->linear_fp8(x, n, w, y); }, n * w.rows * w.cols, fp8_bytes(w));
@@ -72,7 +72,7 @@ public:
         timed("linear_expert", [&] { inner_->linear_expert(x, n, w, y); }, expert_macs, expert_bytes(w));
     }
     // a layer's expert matrices in two calls (routed w1/w3 with the shared expert's, then the w2s)
-    void linear_experts(const backend::ExpertLinear *jobs, size_t count) override {
+    void linear_experts(const backend::cpu::ExpertLinear *jobs, size_t count) override {
         int64_t expert_macs = 0;
         size_t weight_bytes = 0;
         for (size_t j = 0; j < count; ++j) {
@@ -95,11 +95,11 @@ public:
         timed("linear_f32w", [&] { inner_->linear_f32w(x, n, w, rows, cols, y); }, n * rows * cols,
               size_t(rows * cols) * sizeof(float));
     }
-    void attention(const backend::AttentionProblem &p) override { timed("attention", [&] { inner_->attention(p); }); }
-    void decode_kv_entries(const backend::Fp8Entries &e, uint16_t *rows) override {
+    void attention(const backend::cpu::AttentionProblem &p) override { timed("attention", [&] { inner_->attention(p); }); }
+    void decode_kv_entries(const backend::cpu::Fp8Entries &e, uint16_t *rows) override {
         timed("decode_kv_entries", [&] { inner_->decode_kv_entries(e, rows); });
     }
-    void index_scores(const float *q, const float *w, int n_heads, int dim, const backend::Fp4Keys &keys, int64_t n,
+    void index_scores(const float *q, const float *w, int n_heads, int dim, const backend::cpu::Fp4Keys &keys, int64_t n,
                       float *scores) override {
         timed("index_scores", [&] { inner_->index_scores(q, w, n_heads, dim, keys, n, scores); });
     }
@@ -117,7 +117,7 @@ private:
         o.bytes += double(n_bytes);
         o.calls += 1;
     }
-    std::unique_ptr<backend::Backend> inner_;
+    std::unique_ptr<backend::cpu::Primitives> inner_;
 };
 
 // Bytes of weights one decode token reads in a layer (the routed experts: n_active of them).
@@ -253,16 +253,16 @@ int run(int argc, char **argv) {
     (void)touched;
     const model::ModelWeights &w = model->weights();
 
-    TimingBackend *timing = nullptr;
+    TimingPrimitives *timing = nullptr;
     runtime::ContextOptions o;
     o.n_ctx = int(*std::max_element(contexts.begin(), contexts.end()) + steps + 3);  // + 2 warm-up steps
     o.n_ctx = std::max(o.n_ctx, 1024 + 1);
     o.n_seq_max = int(contexts.size());
     o.n_threads = threads;
     o.make_backend = [&](int n) {
-        auto t = std::make_unique<TimingBackend>(backend::make_cpu_backend(n));
+        auto t = std::make_unique<TimingPrimitives>(backend::cpu::make_primitives(n));
         timing = t.get();
-        return t;
+        return std::make_unique<backend::cpu::CpuBackend>(std::move(t));
     };
     runtime::Context ctx(*model, o);
 

@@ -187,7 +187,7 @@ bool replay_layers(const model::Model &model, const json &lr, const TensorFile &
     const json &tol = lr.at("tolerance");
     const json &floors = tol.at("floors").at("margin_rel_to_kth_score");
     const double f_index = floors.at("index").get<double>(), f_gate = floors.at("gate").get<double>();
-    const auto be = backend::make_cpu_backend(opt.n_threads);  // the ISA path DSV4_MAX_CPU_ISA selects
+    const auto be = model.device().make_backend(opt.n_threads);  // the ISA path DSV4_MAX_CPU_ISA selects
     const std::vector<kvcache::LayerGeometry> geo = model.cache_geometry(0);
     bool ok = true;
 
@@ -210,7 +210,8 @@ bool replay_layers(const model::Model &model, const json &lr, const TensorFile &
             const int64_t row = int64_t(hc) * D;
 
             Recorded rec;
-            model::Observer obs = [&](const std::string &qn, int, dsv4_dtype, int64_t rows, int64_t cols, const void *data) {
+            model::Observer obs;
+            obs.get = [&](const std::string qn, int, dsv4_dtype, int64_t rows, int64_t cols, const void *data) {
                 std::vector<float> v(static_cast<size_t>(rows * cols));
                 for (size_t i = 0; i < v.size(); ++i)
                     v[i] = qn == "gate_ids" || qn == "index_topk" ? float(static_cast<const int32_t *>(data)[i])
@@ -230,10 +231,23 @@ bool replay_layers(const model::Model &model, const json &lr, const TensorFile &
             std::vector<float> out_mid, out_h;
             for (auto [start, n] : calls) {
                 cache.begin();
-                std::vector<float> mid(static_cast<size_t>(n * row)), out(static_cast<size_t>(n * row));
-                std::vector<attention::Span> spans{{0, n, start, &cache}};
-                model.attention_sublayer(*be, l, &h_in[size_t(start * row)], n, spans, mid.data(), &obs);
-                model.ffn_sublayer(*be, l, &h_mid_gold[size_t(start * row)], &tokens[size_t(start)], n, out.data(), &obs);
+                // Each sub-layer from the golden input of this call, on the backend's tensors.
+                const auto upload = [&](core::DType dtype, int64_t cols, const void *host) {
+                    auto t = be->allocate(dtype, n, cols);
+                    be->upload(host, t->tensor);
+                    return t;
+                };
+                std::vector<int32_t> positions(static_cast<size_t>(n));
+                for (int64_t t = 0; t < n; ++t) positions[size_t(t)] = int32_t(start + t);
+                const auto h = upload(core::DType::F32, row, &h_in[size_t(start * row)]);
+                const auto h_mid = upload(core::DType::F32, row, &h_mid_gold[size_t(start * row)]);
+                const auto tok = upload(core::DType::I32, 1, &tokens[size_t(start)]);
+                const auto pos = upload(core::DType::I32, 1, positions.data());
+                const auto mid = be->allocate(core::DType::F32, n, row), out = be->allocate(core::DType::F32, n, row);
+                const std::vector<backend::Span> spans{{0, n, start}};
+                const std::vector<kvcache::LayerCache *> caches{&cache};
+                model.attention_sublayer(*be, l, h->tensor, {spans, caches, pos->tensor}, mid->tensor, &obs);
+                model.ffn_sublayer(*be, l, h_mid->tensor, tok->tensor, out->tensor, &obs);
             }
 
             // Discrete choices first: rows whose selection legitimately differs are left out below.

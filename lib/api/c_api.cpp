@@ -592,10 +592,10 @@ DSV4_API dsv4_status dsv4_context_create(const dsv4_model *model, const dsv4_con
         dsv4_eval_callback cb = p.eval_callback;
         void *user = p.eval_user_data;
         auto active = std::make_shared<bool>(true);
-        o.observer = [cb, user, active](const std::string &name, int layer, dsv4_dtype dtype, int64_t rows, int64_t cols,
-                                        const void *data) {
-            if (!*active) return;
-            std::string full = "L" + std::to_string(layer) + "." + name;
+        o.observer.wants = [active](const char *, int) { return *active; };
+        o.observer.get = [cb, user, active](const char *name, int layer, dsv4_dtype dtype, int64_t rows, int64_t cols,
+                                            const void *data) {
+            const std::string full = "L" + std::to_string(layer) + "." + name;
             if (dtype == DSV4_DTYPE_BF16) dtype = DSV4_DTYPE_F32;  // values are delivered as fp32 holding bf16 values
             if (!cb(full.c_str(), layer, dtype, rows, cols, data, user)) *active = false;
         };

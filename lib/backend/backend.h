@@ -1,53 +1,59 @@
-// The backend interface: every heavy operation of the forward pass goes through it, so that optimised CPU
-// and GPU backends plug in without touching the model code. Activations are fp32 arrays whose values are
-// already rounded to the dtype the reference holds them in (bf16 unless stated); each operation rounds its
-// output exactly where the reference does (spec §16).
+// The backend interface: devices, and the steps of DeepSeek-V4's forward pass over device tensors.
+//
+// A Device (owned by the model) prepares the weights it computes with and makes a Backend per context: the
+// context's stream of work, with its own scratch memory. The model definition (model/forward.cpp) is a schedule
+// of the steps below and does no arithmetic of its own; each step is the unit of cross-backend parity
+// (tests/backend). Tensors are the backend's: the host plans from positions only (the batch's spans, positions,
+// output rows), and data-dependent results (indexer top-k, router choices) stay in device tensors that later
+// steps read, so a decode step reads nothing back before its logits. Every step rounds exactly where the
+// reference does (spec §16).
+//
+// Activation tensors hold F32 elements whose values are already rounded to the dtype the reference holds them in
+// (bf16 unless stated), I32 for ids and positions.
 #pragma once
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
-#include "core/matrix.h"
+#include "core/rope.h"
+#include "core/tensor.h"
+#include "core/weights.h"
+#include "io/config.h"
+#include "kvcache/cache.h"
 
 namespace dsv4::backend {
+using core::Tensor;
 
-constexpr int kBackendApiVersion = 1;
+constexpr int kBackendApiVersion = 2;
 
-struct AttentionProblem {
-    const float *q = nullptr;        // bf16 values [n_heads, head_dim]
-    const uint16_t *kv = nullptr;    // bf16 [n_rows, head_dim]: K = V (one shared KV head), as the reference holds it
-    const uint8_t *valid = nullptr;  // [n_rows]: 0 = empty slot (index -1), contributes nothing
-    int64_t n_rows = 0;
-    int n_heads = 0, head_dim = 0;
-    const float *sink = nullptr;     // fp32 [n_heads] logit added to the denominator only
-    float scale = 0;                 // softmax scale (head_dim^-0.5)
-    float *out = nullptr;            // bf16 values [n_heads, head_dim]
+// Consecutive tokens of one sequence in a batch: rows [row0, row0 + n) at positions start_pos ... start_pos + n - 1.
+struct Span {
+    int64_t row0 = 0, n = 0, start_pos = 0;
 };
 
-// Indexer keys as the KV cache stores them: per entry, dim/2 bytes of packed e2m1 codes (element 2c in the low
-// nibble) then dim/32 e8m0 scales, in pages of entries_per_page entries. Backends decode while they score, so a
-// decode step reads the compact cache once instead of a decoded copy of it.
-struct Fp4Keys {
-    const uint8_t *const *pages;
-    int64_t entries_per_page, entry_bytes;
-    const uint8_t *entry(int64_t j) const { return pages[j / entries_per_page] + (j % entries_per_page) * entry_bytes; }
+// What the attention steps of one layer read and write besides activations: the batch's spans and, per span, that
+// sequence's cache of this layer (written inside the caller's transaction).
+struct LayerBatch {
+    const std::vector<Span> &spans;
+    const std::vector<kvcache::LayerCache *> &caches;  // one per span
+    const Tensor &positions;                           // I32 [N, 1]: each row's position
 };
 
-// Compressed KV entries as the cache stores them (attention::encode_kv_entry): nope_dim e4m3 codes, one e8m0 scale
-// per kKvEntryScaleBlock of them, then rope_dim bf16 values. Backends decode the entries a query attends to.
-constexpr int kKvEntryScaleBlock = 64;
-struct Fp8Entries {
-    const uint8_t *const *entries;  // count entry pointers
-    int64_t count;
-    int nope_dim, rope_dim;
+// One block as every step of it sees it.
+struct Layer {
+    const io::ModelConfig &config;
+    const io::LayerSpec &spec;
+    const core::LayerWeights &weights;  // as the device prepared them
+    const core::Rope &rope;
+    int index;  // main layers 0.., then the MTP blocks
 };
 
-// One routed- or shared-expert linear of a batch: y[n, rows] = linear_expert(x[n, cols], *w).
-struct ExpertLinear {
-    const float *x;
-    int64_t n;
-    const core::ExpertMatrix *w;
-    float *y;
+// Memory of one device, released with the object: a tensor the backend allocated.
+class Buffer {
+public:
+    virtual ~Buffer() = default;
+    Tensor tensor;
 };
 
 class Backend {
@@ -56,48 +62,85 @@ public:
     virtual int api_version() const { return kBackendApiVersion; }
     virtual std::string name() const = 0;
 
-    // y[n, w.rows] = bf16(fp8_gemm(act_quant_128(x[n, w.cols]), w)) (spec §10.3).
-    virtual void linear_fp8(const float *x, int64_t n, const core::Fp8Matrix &w, float *y) = 0;
-    // Routed-expert GEMM in the checkpoint's expert format (FP4 per-32 scales, or FP8 128x128).
-    virtual void linear_expert(const float *x, int64_t n, const core::ExpertMatrix &w, float *y) = 0;
-    // Several expert linears at once (a layer's w1 and w3, then its w2): each y exactly as linear_expert gives it.
-    // A backend may run them in one parallel region and quantise an input that several share (w1, w3) once.
-    virtual void linear_experts(const ExpertLinear *jobs, size_t count) {
-        for (size_t j = 0; j < count; ++j) linear_expert(jobs[j].x, jobs[j].n, *jobs[j].w, jobs[j].y);
-    }
-    // The grouped projection (wo_a, spec §4.6): w's rows in `groups` groups of R = w.rows / groups, group g of x
-    // (x[i, g·w.cols ..], x's rows groups · w.cols long) through group g of the rows:
-    // y[i, g·R + r] = bf16(Σ_c x[i, g·w.cols + c] · dequant(w)[g·R + r, c]). The reference's bf16 linear over FP8
-    // weights that convert.py dequantises to bf16, read in their FP8 form: x is bf16 and not quantised; e4m3 times
-    // its power-of-two block scale is exactly the bf16 weight, so only the fp32 summation order may differ.
-    virtual void linear_dequant_fp8(const float *x, int64_t n, const core::Fp8Matrix &w, int groups, float *y) = 0;
-    // y = bf16(x · wᵀ) with bf16 inputs, fp32 accumulation and one rounding (indexer weights_proj).
-    virtual void linear_bf16(const float *x, int64_t n, const core::Bf16Matrix &w, float *y) = 0;
-    // y = x · wᵀ in fp32 with bf16-stored weights (compressor, router gate, LM head).
-    virtual void linear_f32(const float *x, int64_t n, const core::Bf16Matrix &w, float *y) = 0;
-    // y = x · wᵀ in fp32 with fp32 weights [rows, cols] (mHC mixes).
-    virtual void linear_f32w(const float *x, int64_t n, const float *w, int64_t rows, int64_t cols, float *y) = 0;
-    // Sparse attention with sink over an explicit row list, online softmax in chunks of 64 rows (spec §4.5).
-    virtual void attention(const AttentionProblem &p) = 0;
-    // rows[j, ·] = entry j's values in bf16, the reference's KV dtype: each code's e4m3 value times its block's
-    // 2^(scale - 127) (an fp32 product, rounded to bf16: exact but for results below bf16's normal range), then the
-    // bf16 rope dims. rows holds count × (nope_dim + rope_dim) values.
-    virtual void decode_kv_entries(const Fp8Entries &e, uint16_t *rows) = 0;
-    // Lightning-indexer scores of one query over n keys (spec §6): for key j,
-    // score[j] = bf16(Σ_h bf16(relu(bf16(q_h · k_j)) · w_h)), q [n_heads, dim], w [n_heads], keys as cached.
-    virtual void index_scores(const float *q, const float *w, int n_heads, int dim, const Fp4Keys &keys, int64_t n,
-                              float *scores) = 0;
+    // ---- memory -------------------------------------------------------------------------------------------
+    // A tensor of the device's memory, valid until the Buffer is freed; contents unspecified.
+    virtual std::unique_ptr<Buffer> allocate(core::DType dtype, int64_t rows, int64_t cols) = 0;
+    virtual void upload(const void *host, const Tensor &dst) = 0;
+    // The tensor's elements on the host: a pointer into the tensor where the host can read the device's memory
+    // (the CPU's), else into `staging` after a copy. Only observed tensors are read this way.
+    virtual const void *read(const Tensor &t, std::vector<uint8_t> &staging) = 0;
+
+    // ---- steps (spec sections in brackets) ----------------------------------------------------------------
+    // h[i, k·D + j] = embed[tokens[i], j] for each of the hc streams k (§2).
+    virtual void embed(const core::Bf16Matrix &table, const Tensor &tokens, int hc, Tensor &h) = 0;
+    // hc_pre (§3.1): mixes of the streams h [N, hc·D] with their RMS factor, Sinkhorn of the combination, the
+    // collapse x = bf16(Σ pre_j h_j) [N, D] and its RMSNorm xn [N, D] with `norm`. mix [N, (2 + hc)·hc] holds
+    // pre (hc), post (hc) and comb (hc·hc) for hc_post.
+    virtual void hc_pre(const io::ModelConfig &c, const core::HcWeights &w, const std::vector<float> &norm,
+                        const Tensor &h, Tensor &mix, Tensor &x, Tensor &xn) = 0;
+    // hc_post (§3.2): out[i, k] = bf16(post_k · y_i + Σ_j comb[j, k] · h[i, j]).
+    virtual void hc_post(const Tensor &mix, const Tensor &y, const Tensor &h, Tensor &out) = 0;
+
+    // Query path (§4.2): q_r = q_norm(wq_a · x) [N, q_lora_rank]; q = wq_b · q_r [N, H·d], each head RMS-scaled
+    // in bf16 and its rope dims rotated at the row's position.
+    virtual void query(const Layer &l, const Tensor &x, const Tensor &positions, Tensor &q, Tensor &q_r) = 0;
+    // KV path (§4.3): kv = kv_norm(wkv · x) [N, d], rope dims rotated, nope dims FP8-simulated in blocks of 64.
+    virtual void kv(const Layer &l, const Tensor &x, const Tensor &positions, Tensor &kv) = 0;
+    // Both compressors of the layer (§5), in position order per span: each token's projections join the carried
+    // state, and every completed window appends its entry to the cache (the indexer's key too on CSA layers).
+    // Where asked (non-null), the emitted entries' values [emitted, d] / [emitted, index_head_dim] in emission order.
+    virtual void compress(const Layer &l, const Tensor &x, const LayerBatch &b, Tensor *kv_entries,
+                          Tensor *index_entries) = 0;
+    // Indexer queries (§6, CSA layers): qI [N, nI·dI] (wq_b · q_r, RoPE, Hadamard, FP4-simulated), omega [N, nI].
+    virtual void index_query(const Layer &l, const Tensor &x, const Tensor &q_r, const Tensor &positions, Tensor &qI,
+                             Tensor &omega) = 0;
+    // Indexer scores of every row over the entries visible at its position, and their top-k (§6): topk I32
+    // [N, index_topk] sorted by score (ties: lower index), -1 past the visible count. Where asked, scores
+    // [N, entries at the batch's end] (-inf past a row's visible count). Runs after compress.
+    virtual void index_topk(const Layer &l, const Tensor &qI, const Tensor &omega, const LayerBatch &b, Tensor &topk,
+                            Tensor *scores) = 0;
+    // Sparse attention with sink (§4.5, §7) of every query row over its window (the W positions up to its own, from
+    // the ring and this batch's kv) and its compressed entries (CSA: topk's; HCA: all visible), values de-rotated
+    // at the query position (§4.6): o [N, H·d]. Then the batch's kv joins the window ring.
+    virtual void sparse_attention(const Layer &l, const Tensor &q, const Tensor &kv, const Tensor &topk,
+                                  const LayerBatch &b, Tensor &o) = 0;
+    // Grouped output projection (§4.6): y = wo_b · (wo_a per group of o) [N, D].
+    virtual void output_projection(const Layer &l, const Tensor &o, Tensor &y) = 0;
+
+    // Router (§8.1): scores = sqrt(softplus(gate · x)) [N, E] (F32); ids I32 [N, k] by biased score or the hash
+    // table of the row's token; weights [N, k] (F32) normalised unbiased scores times route_scale.
+    virtual void route(const Layer &l, const Tensor &x, const Tensor &tokens, Tensor &scores, Tensor &ids,
+                       Tensor &weights) = 0;
+    // Experts (§8.2-8.3): y = bf16(Σ_j weights_j · routed expert ids_j(x), in expert-id order, + shared(x)) [N, D].
+    virtual void experts(const Layer &l, const Tensor &x, const Tensor &ids, const Tensor &weights, Tensor &y) = 0;
+
+    // Head (§9.2): hc_head of the streams h rows `rows` (I32 [n, 1]), the final norm, the fp32 LM head: logits
+    // [n, vocab] (F32).
+    virtual void head(const io::ModelConfig &c, const core::HcWeights &hc_head, const std::vector<float> &norm,
+                      const core::Bf16Matrix &lm_head, const Tensor &h, const Tensor &rows, Tensor &logits) = 0;
+    // MTP input (§9.3): out[i, k] = bf16(e_proj(enorm(embed(next[i]))) + h_proj(hnorm(h[i, k]))) [n, hc·D].
+    virtual void mtp_input(const Layer &l, const core::Bf16Matrix &table, const Tensor &h, const Tensor &next_tokens,
+                           Tensor &out) = 0;
 };
 
-// The portable reference backend (exact reference numerics, OpenMP across output rows); n_threads 0 = default.
-std::unique_ptr<Backend> make_cpu_reference_backend(int n_threads);
+// Options of a device's weight preparation.
+struct PrepareOptions {
+    bool repack_weights = true;  // CPU: copy FP4/FP8 matrices into the packed layout where its kernels use it
+};
 
-namespace cpu {
-enum class Isa;
-}
-// The optimised CPU backend with the kernels of `isa` (see backend/cpu/isa.h), or of the CPU's best ISA capped
-// by DSV4_MAX_CPU_ISA.
-std::unique_ptr<Backend> make_cpu_backend(int n_threads, cpu::Isa isa);
-std::unique_ptr<Backend> make_cpu_backend(int n_threads);
+// A device: owns the weights it prepared and makes the backends (streams of work) of contexts. Thread-safe.
+class Device {
+public:
+    virtual ~Device() = default;
+    virtual std::string name() const = 0;
+    // Prepares `weights` (views of the mapped checkpoint) for this device's steps, in place; what it allocates
+    // lives as long as the device. Returns the bytes it allocated.
+    virtual size_t prepare(core::ModelWeights &weights, const PrepareOptions &options) = 0;
+    // A backend for one context; n_threads: CPU compute threads, 0 = OMP_NUM_THREADS if set, else all cores.
+    virtual std::unique_ptr<Backend> make_backend(int n_threads) const = 0;
+};
+
+// The CPU device with the kernels of the best ISA the CPU allows, capped by DSV4_MAX_CPU_ISA.
+std::unique_ptr<Device> make_cpu_device();
 
 }  // namespace dsv4::backend

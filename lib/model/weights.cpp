@@ -3,7 +3,6 @@
 #include <cmath>
 #include <fmt/ranges.h>
 
-#include "backend/cpu/packed.h"
 #include "core/error.h"
 #include "core/log.h"
 
@@ -200,47 +199,6 @@ ModelWeights bind_weights(io::ModelConfig &c, const io::Checkpoint &ckpt, bool c
     }
     b.finish(ckpt.dir());
     return w;
-}
-
-core::HugeBuffer repack_weights(ModelWeights &weights) {
-    struct Matrix {
-        Fp4Matrix *fp4;
-        Fp8Matrix *fp8;
-        size_t offset;
-    };
-    std::vector<Matrix> matrices;
-    size_t total = 0;
-    const auto add = [&](Fp4Matrix *fp4, Fp8Matrix *fp8) {
-        const size_t bytes = fp4 ? backend::cpu::packed_fp4_bytes(*fp4) : backend::cpu::packed_fp8_bytes(*fp8);
-        if (bytes == 0) return;  // absent in this layer, or a shape the layout does not cover
-        matrices.push_back({fp4, fp8, total});
-        total += (bytes + 63) / 64 * 64;
-    };
-    for (LayerWeights &l : weights.layers) {
-        for (Fp8Matrix *m : {&l.wq_a, &l.wq_b, &l.wkv, &l.wo_a, &l.wo_b, &l.index_wq_b, &l.shared.w1, &l.shared.w2, &l.shared.w3,
-                             &l.e_proj, &l.h_proj})
-            add(nullptr, m);
-        for (ExpertWeights &x : l.experts)
-            for (ExpertMatrix *m : {&x.w1, &x.w2, &x.w3})
-                m->format == core::ExpertFormat::fp4 ? add(&m->fp4, nullptr) : add(nullptr, &m->fp8);
-    }
-    core::HugeBuffer storage(total, "packed weights (dsv4_model_params::repack_weights)");
-    // pieces of 256 rows, spread over the threads (each writes its own rows of one copy: no exceptions inside)
-    constexpr int64_t kPieceRows = 256;
-    std::vector<std::pair<size_t, int64_t>> pieces;
-    for (size_t i = 0; i < matrices.size(); ++i)
-        for (int64_t r = 0, rows = matrices[i].fp4 ? matrices[i].fp4->rows : matrices[i].fp8->rows; r < rows; r += kPieceRows)
-            pieces.emplace_back(i, r);
-#pragma omp parallel for schedule(dynamic)
-    for (size_t p = 0; p < pieces.size(); ++p) {
-        const Matrix &m = matrices[pieces[p].first];
-        const int64_t r0 = pieces[p].second;
-        uint8_t *dst = storage.data() + m.offset;
-        if (m.fp4) backend::cpu::pack_fp4_rows(*m.fp4, r0, std::min(m.fp4->rows, r0 + kPieceRows), dst);
-        else backend::cpu::pack_fp8_rows(*m.fp8, r0, std::min(m.fp8->rows, r0 + kPieceRows), dst);
-    }
-    for (const Matrix &m : matrices) (m.fp4 ? m.fp4->packed : m.fp8->packed) = storage.data() + m.offset;
-    return storage;
 }
 
 }  // namespace dsv4::model

@@ -19,7 +19,7 @@ Context::Context(const model::Model &model, const ContextOptions &options) : mod
     if (options_.n_rewind < 0 || options_.n_rewind > 65536)
         fail(DSV4_ERR_INVALID_ARGUMENT, "n_rewind = {} outside [0, 65536]", options_.n_rewind);
     if (options_.n_threads < 0) fail(DSV4_ERR_INVALID_ARGUMENT, "n_threads = {} is negative", options_.n_threads);
-    backend_ = options_.make_backend ? options_.make_backend(options_.n_threads) : backend::make_cpu_backend(options_.n_threads);
+    backend_ = options_.make_backend ? options_.make_backend(options_.n_threads) : model.device().make_backend(options_.n_threads);
     std::vector<kvcache::LayerGeometry> all = model.cache_geometry(options_.n_rewind);
     geometry_.assign(all.begin(), all.begin() + c.n_layers);
     seqs_.resize(size_t(options_.n_seq_max));
@@ -69,12 +69,13 @@ void Context::decode(const int32_t *tokens, const int32_t *positions, const int3
     }
     // Group rows by sequence (stable), so each sequence's tokens form one span.
     std::vector<int32_t> perm;  // grouped row -> batch index
-    std::vector<model::SequenceSpan> spans;
+    std::vector<backend::Span> spans;
+    std::vector<kvcache::SequenceCache *> caches;
     for (int32_t s : order) {
-        model::SequenceSpan span;
+        backend::Span span;
         span.row0 = int64_t(perm.size());
         span.start_pos = seq_length(s);
-        span.cache = &cache(s);
+        caches.push_back(&cache(s));
         for (int32_t i = 0; i < n; ++i)
             if (seq_of[size_t(i)] == s) perm.push_back(i);
         span.n = int64_t(perm.size()) - span.row0;
@@ -96,26 +97,27 @@ void Context::decode(const int32_t *tokens, const int32_t *positions, const int3
             out_pos.push_back(pos_of[size_t(i)]);
         }
 
-    for (const auto &sp : spans) sp.cache->begin();
+    for (kvcache::SequenceCache *sc : caches) sc->begin();
     try {
         const core::ScratchScope reuse(&scratch_);  // the pass's temporaries in the memory of earlier passes
-        core::FloatBuffer streams;
-        model::Observer obs = options_.observer;
         auto should_abort = [this] {
             return take_abort() || (options_.abort_callback && options_.abort_callback(options_.abort_user_data));
         };
-        if (!model_.forward(*backend_, grouped.data(), n, spans, streams, obs ? &obs : nullptr, should_abort))
-            fail(DSV4_ERR_CANCELLED, "decode cancelled by the abort callback");
+        const model::Observer *obs = options_.observer.get ? &options_.observer : nullptr;
+        const auto streams = model_.forward(*backend_, grouped.data(), n, spans, caches, obs, should_abort);
+        if (!streams) fail(DSV4_ERR_CANCELLED, "decode cancelled by the abort callback");
         std::vector<float> logits(out_rows.size() * size_t(c.vocab_size));
-        model_.logits(*backend_, streams.data(), out_rows, logits.data());
+        model_.logits(*backend_, streams->tensor, out_rows, logits.data());
+        // The output rows' final streams, kept on the host for the MTP block.
         const size_t row = size_t(c.hc_mult) * size_t(c.dim);
         std::vector<float> kept(out_rows.size() * row);
-        for (size_t k = 0; k < out_rows.size(); ++k)
-            std::copy_n(&streams[size_t(out_rows[k]) * row], row, &kept[k * row]);
+        std::vector<uint8_t> staging;
+        const auto *all = static_cast<const float *>(backend_->read(streams->tensor, staging));
+        for (size_t k = 0; k < out_rows.size(); ++k) std::copy_n(all + size_t(out_rows[k]) * row, row, &kept[k * row]);
         // Commit: nothing below can fail.
-        for (const auto &sp : spans) {
-            sp.cache->length += sp.n;
-            sp.cache->high_water = std::max(sp.cache->high_water, sp.cache->length);
+        for (size_t s = 0; s < spans.size(); ++s) {
+            caches[s]->length += spans[s].n;
+            caches[s]->high_water = std::max(caches[s]->high_water, caches[s]->length);
         }
         logits_ = std::move(logits);
         last_streams_ = std::move(kept);
@@ -124,7 +126,7 @@ void Context::decode(const int32_t *tokens, const int32_t *positions, const int3
         output_pos_ = std::move(out_pos);
         ++n_evaluations_;
     } catch (...) {
-        for (const auto &sp : spans) sp.cache->rollback();
+        for (kvcache::SequenceCache *sc : caches) sc->rollback();
         throw;
     }
 }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "core/scratch.h"
 #include "kvcache/cache.h"
 #include "model/model.h"
 
@@ -19,8 +20,8 @@ struct ContextOptions {
     dsv4_abort_callback abort_callback = nullptr;
     void *abort_user_data = nullptr;
     model::Observer observer;  // empty = none
-    // Builds the compute backend (n_threads as above); empty = backend::make_cpu_backend. For benchmarks and
-    // tests that wrap or replace the backend.
+    // Builds the compute backend (n_threads as above); empty = the model device's (Device::make_backend). For
+    // benchmarks and tests that wrap or replace the backend.
     std::function<std::unique_ptr<backend::Backend>(int n_threads)> make_backend;
 };
 

@@ -8,16 +8,13 @@
 #include <numeric>
 #include <random>
 
-#include "attention/attention.h"
-#include "backend/backend.h"
+#include "backend/cpu/backend.h"
 #include "backend/cpu/common.h"
 #include "backend/cpu/isa.h"
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/packed.h"
 #include "backend/cpu/simd.h"
 #include "core/numeric.h"
-#include "model/mhc.h"
-#include "moe/moe.h"
 #include "runtime/context.h"
 #include "support/fixtures.h"
 
@@ -65,13 +62,13 @@ std::vector<double> act_quant_ref(const float *x, int64_t k) {
 
 // The linears and attention run on the reference backend and on the optimised backend at every ISA this
 // machine has (llama.cpp's test-backend-ops idea): each must match the float64 reference.
-std::vector<std::pair<std::string, std::unique_ptr<backend::Backend>>> quantized_backends() {
-    std::vector<std::pair<std::string, std::unique_ptr<backend::Backend>>> out;
-    out.emplace_back("reference", backend::make_cpu_reference_backend(2));
+std::vector<std::pair<std::string, std::unique_ptr<backend::cpu::Primitives>>> quantized_backends() {
+    std::vector<std::pair<std::string, std::unique_ptr<backend::cpu::Primitives>>> out;
+    out.emplace_back("reference", backend::cpu::make_reference_primitives(2));
     for (auto isa : {backend::cpu::Isa::generic, backend::cpu::Isa::avx512, backend::cpu::Isa::avx512_bf16,
                      backend::cpu::Isa::amx})
         if (isa <= backend::cpu::detect_isa())
-            out.emplace_back(backend::cpu::isa_name(isa), backend::make_cpu_backend(2, isa));
+            out.emplace_back(backend::cpu::isa_name(isa), backend::cpu::make_primitives(2, isa));
     return out;
 }
 
@@ -220,7 +217,7 @@ TEST_CASE("every linear gives each column the same bits whatever the number of c
                 REQUIRE(std::equal(one.begin(), one.end(), all.begin() + i * rows));
             }
         };
-        backend::Backend &b = *be;  // a structured binding cannot be captured in C++17
+        backend::cpu::Primitives &b = *be;  // a structured binding cannot be captured in C++17
         all_then_each(x4, [&](const float *xs, int64_t k, float *y) { b.linear_expert(xs, k, m4, y); });
         all_then_each(x, [&](const float *xs, int64_t k, float *y) { b.linear_fp8(xs, k, m8, y); });
         all_then_each(x, [&](const float *xs, int64_t k, float *y) { b.linear_bf16(xs, k, mb, y); });
@@ -340,7 +337,7 @@ TEST_CASE("a batch of expert linears gives each job exactly what linear_expert g
         std::vector<std::vector<float>> batched(5, std::vector<float>(size_t(n * rows))), alone = batched;
         const std::vector<std::pair<const std::vector<float> *, size_t>> spec = {
             {&shared_x, 0}, {&shared_x, 1}, {&other_x, 0}, {&other_x, 3}, {&shared_x, 2}};
-        std::vector<backend::ExpertLinear> jobs;
+        std::vector<backend::cpu::ExpertLinear> jobs;
         for (size_t j = 0; j < spec.size(); ++j) {
             jobs.push_back({spec[j].first->data(), n, &mats[spec[j].second], batched[j].data()});
             be->linear_expert(spec[j].first->data(), n, mats[spec[j].second], alone[j].data());
@@ -432,7 +429,7 @@ TEST_CASE("bf16-weight linears (bf16 output, fp32 output) and the fp32-weight li
         }
         {  // the mHC mixes keep the reference's summation order exactly (see CpuBackend::linear_f32w)
             std::vector<float> y32_ref(y32.size());
-            backend::make_cpu_reference_backend(1)->linear_f32w(xf.data(), n, w32.data(), rows, cols, y32_ref.data());
+            backend::cpu::make_reference_primitives(1)->linear_f32w(xf.data(), n, w32.data(), rows, cols, y32_ref.data());
             REQUIRE(y32 == y32_ref);
         }
         for (int64_t i = 0; i < n; ++i)
@@ -499,7 +496,7 @@ TEST_CASE("sparse attention with sink equals the float64 softmax", "[ops]") {
         std::vector<float> sink(static_cast<size_t>(H));
         for (float &s : sink) s = randn(2.0f);
         std::vector<float> out(static_cast<size_t>(H * d));
-        backend::AttentionProblem p;
+        backend::cpu::AttentionProblem p;
         p.q = q.data();
         p.kv = kv_bf16.data();
         p.valid = valid.data();
@@ -572,7 +569,7 @@ TEST_CASE("lightning-indexer scores equal the float64 reference with the referen
         }
         std::vector<const uint8_t *> page_ptrs;
         for (const auto &page : pages) page_ptrs.push_back(page.data());
-        const backend::Fp4Keys fp4_keys{page_ptrs.data(), per_page, entry_bytes};
+        const backend::cpu::Fp4Keys fp4_keys{page_ptrs.data(), per_page, entry_bytes};
         std::vector<float> w(static_cast<size_t>(heads));
         for (float &v : w) v = core::round_bf16(randn(0.1f));
         std::vector<float> scores(static_cast<size_t>(n));
@@ -600,17 +597,17 @@ TEST_CASE("compressed KV entries decode to bf16: e4m3 values times the block sca
     // 2^127 (overflow to inf); the float64 decode is code value x 2^(scale - 127) rounded to fp32 (the product
     // the reference forms), then to bf16.
     const int nope = 448, rope = 64, d = nope + rope, n = 40;
-    const int entry_bytes = nope + nope / backend::kKvEntryScaleBlock + 2 * rope;
+    const int entry_bytes = nope + nope / backend::cpu::kKvEntryScaleBlock + 2 * rope;
     std::vector<std::vector<uint8_t>> storage(size_t(n), std::vector<uint8_t>(static_cast<size_t>(entry_bytes)));
     std::vector<const uint8_t *> entries;
     for (int j = 0; j < n; ++j) {
         std::vector<uint8_t> &e = storage[size_t(j)];
         for (int c = 0; c < nope; ++c) e[size_t(c)] = uint8_t(j < 4 ? (j * nope + c) % 256 : randint(0, 255));
-        for (int b = 0; b < nope / backend::kKvEntryScaleBlock; ++b)
+        for (int b = 0; b < nope / backend::cpu::kKvEntryScaleBlock; ++b)
             e[size_t(nope + b)] = uint8_t(j == 4 ? 0 : j == 5 ? 254 : j == 6 ? 1 + b : randint(110, 140));
         for (int i = 0; i < rope; ++i) {
             const uint16_t bits = core::f32_to_bf16(randn());
-            std::memcpy(&e[size_t(nope + nope / backend::kKvEntryScaleBlock + 2 * i)], &bits, 2);
+            std::memcpy(&e[size_t(nope + nope / backend::cpu::kKvEntryScaleBlock + 2 * i)], &bits, 2);
         }
         entries.push_back(e.data());
     }
@@ -656,12 +653,18 @@ TEST_CASE("indexer top-k: descending scores, ties to the lower index, as a full 
         std::iota(order.begin(), order.end(), 0);
         std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return scores[size_t(a)] > scores[size_t(b)]; });
         order.resize(size_t(std::min(n, k)));
-        REQUIRE(attention::topk_desc(scores.data(), n, k) == order);
+        REQUIRE(backend::cpu::topk_desc(scores.data(), n, k) == order);
     }
 }
 
+// A host tensor over v (the CPU backend's tensors are host memory).
+template <typename T>
+core::Tensor host_tensor(std::vector<T> &v, int64_t rows, core::DType dtype = core::DType::F32) {
+    return {v.data(), dtype, rows, int64_t(v.size()) / rows};
+}
+
 TEST_CASE("mHC: hc_pre with Sinkhorn and hc_post equal the float64 reference", "[ops]") {
-    auto be = backend::make_cpu_reference_backend(2);
+    backend::cpu::CpuBackend be(backend::cpu::make_reference_primitives(2));
     const int hc = 4, D = 64 * randint(1, 3), mix = (2 + hc) * hc;
     const int64_t N = 5;
     model::HcWeights w;
@@ -670,8 +673,24 @@ TEST_CASE("mHC: hc_pre with Sinkhorn and hc_post equal the float64 reference", "
     for (int i = 0; i < mix; ++i) w.base.push_back(randn(0.5f));
     w.scale = {randn(1.0f), randn(1.0f), randn(1.0f)};
     const auto h = bf16_vector(size_t(N * hc * D), 1.0f);
-    std::vector<float> x(static_cast<size_t>(N * D));
-    const model::HcMix m = model::hc_pre(*be, w, h.data(), N, hc, D, 1e-6f, 1e-6f, 20, x.data());
+    io::ModelConfig cfg;
+    cfg.hc_mult = hc;
+    cfg.dim = D;
+    cfg.norm_eps = cfg.hc_eps = 1e-6f;
+    cfg.hc_sinkhorn_iters = 20;
+    const std::vector<float> norm(size_t(D), 1.0f);
+    std::vector<float> x(static_cast<size_t>(N * D)), xn(x.size()), mixes(size_t(N * mix)), hv = h;
+    core::Tensor x_t = host_tensor(x, N), xn_t = host_tensor(xn, N), mix_t = host_tensor(mixes, N);
+    be.hc_pre(cfg, w, norm, host_tensor(hv, N), mix_t, x_t, xn_t);
+    struct {
+        std::vector<float> pre, post, comb;
+    } m;
+    for (int64_t i = 0; i < N; ++i) {
+        const float *mi = &mixes[size_t(i * mix)];
+        m.pre.insert(m.pre.end(), mi, mi + hc);
+        m.post.insert(m.post.end(), mi + hc, mi + 2 * hc);
+        m.comb.insert(m.comb.end(), mi + 2 * hc, mi + mix);
+    }
     for (int64_t i = 0; i < N; ++i) {
         const float *hi = &h[size_t(i * hc * D)];
         double ss = 0;
@@ -716,10 +735,15 @@ TEST_CASE("mHC: hc_pre with Sinkhorn and hc_post equal the float64 reference", "
             for (int j = 0; j < hc; ++j) ref += double(m.pre[size_t(i * hc + j)]) * hi[j * D + c];
             require_bf16_close(x[size_t(i * D + c)], ref, 0);
         }
+        double sq = 0;  // the norm step: RMSNorm of x with a unit weight
+        for (int c = 0; c < D; ++c) sq += double(x[size_t(i * D + c)]) * x[size_t(i * D + c)];
+        for (int c = 0; c < D; ++c)
+            require_bf16_close(xn[size_t(i * D + c)], x[size_t(i * D + c)] / std::sqrt(sq / D + 1e-6), 0);
     }
-    const auto y = bf16_vector(size_t(N * D), 1.0f);
+    auto y = bf16_vector(size_t(N * D), 1.0f);
     std::vector<float> out(h.size());
-    model::hc_post(m, y.data(), h.data(), N, hc, D, out.data());
+    core::Tensor out_t = host_tensor(out, N);
+    be.hc_post(mix_t, host_tensor(y, N), host_tensor(hv, N), out_t);
     for (int64_t i = 0; i < N; ++i)
         for (int k = 0; k < hc; ++k)
             for (int c = 0; c < D; ++c) {
@@ -732,16 +756,20 @@ TEST_CASE("mHC: hc_pre with Sinkhorn and hc_post equal the float64 reference", "
 TEST_CASE("router and a clamped SwiGLU expert equal the float64 reference", "[ops]") {
     const model::Model &m = test::tiny_flash();
     const io::ModelConfig &cfg = m.config();
-    auto be = backend::make_cpu_reference_backend(2);
+    auto be = backend::cpu::make_reference_primitives(2);
+    backend::cpu::CpuBackend steps(backend::cpu::make_reference_primitives(2));
     const int64_t N = 7;
-    const auto x = bf16_vector(size_t(N * cfg.dim), 1.0f);
+    auto x = bf16_vector(size_t(N * cfg.dim), 1.0f);
     std::vector<int32_t> tokens = {0, 5, 77, 1000, 2047, 3, 9};
     for (int layer : {1, 2}) {  // a hash layer and a score layer
-        moe::MoeContext ctx{cfg, cfg.layers[size_t(layer)], m.weights().layers[size_t(layer)], *be, nullptr, layer};
+        const core::Rope rope(cfg.rope_head_dim, 10000.0f, false, 1.0f, 0, 0.0f, 0.0f);  // unused by the router
+        const backend::Layer l{cfg, cfg.layers[size_t(layer)], m.weights().layers[size_t(layer)], rope, layer};
         const int E = cfg.n_routed_experts, k = cfg.n_activated_experts;
         std::vector<float> scores(static_cast<size_t>(N * E)), wts(static_cast<size_t>(N * k));
         std::vector<int32_t> ids(static_cast<size_t>(N * k));
-        moe::route(ctx, x.data(), tokens.data(), N, scores.data(), ids.data(), wts.data());
+        core::Tensor scores_t = host_tensor(scores, N), ids_t = host_tensor(ids, N, core::DType::I32),
+                     wts_t = host_tensor(wts, N);
+        steps.route(l, host_tensor(x, N), host_tensor(tokens, N, core::DType::I32), scores_t, ids_t, wts_t);
         const auto &lw = m.weights().layers[size_t(layer)];
         for (int64_t i = 0; i < N; ++i) {
             std::vector<double> s(static_cast<size_t>(E));
@@ -808,7 +836,7 @@ TEST_CASE("compressors (ratio 4 overlapping, ratio 128) and the indexer equal th
     std::map<std::string, std::vector<float>> seen;
     std::map<std::string, int64_t> cols;
     runtime::ContextOptions o;
-    o.observer = [&](const std::string &name, int layer, dsv4_dtype, int64_t rows, int64_t c, const void *data) {
+    o.observer.get = [&](const std::string &name, int layer, dsv4_dtype, int64_t rows, int64_t c, const void *data) {
         const std::string key = "L" + std::to_string(layer) + "." + name;
         if (name == "index_topk") {
             const int32_t *p = static_cast<const int32_t *>(data);
@@ -941,7 +969,7 @@ TEST_CASE("indexer scores and the grouped output projection equal the float64 re
     std::map<std::string, std::vector<float>> seen;
     std::map<std::string, int64_t> cols;
     runtime::ContextOptions o;
-    o.observer = [&](const std::string &name, int layer, dsv4_dtype dtype, int64_t rows, int64_t c, const void *data) {
+    o.observer.get = [&](const std::string &name, int layer, dsv4_dtype dtype, int64_t rows, int64_t c, const void *data) {
         if (dtype == DSV4_DTYPE_I32) return;
         const std::string key = "L" + std::to_string(layer) + "." + name;
         const float *p = static_cast<const float *>(data);

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "backend/backend.h"
+#include "backend/cpu/primitives.h"
 #include "core/numeric.h"
 #if defined(_OPENMP)
 #include <omp.h>

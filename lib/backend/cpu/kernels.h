@@ -12,7 +12,7 @@
 #pragma once
 #include <cstdint>
 
-#include "backend/backend.h"
+#include "backend/cpu/primitives.h"
 #include "core/matrix.h"
 
 namespace dsv4::backend::cpu {

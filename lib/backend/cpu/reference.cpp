@@ -1,15 +1,15 @@
-// The CPU reference backend: straightforward loops with the reference's precision at every step. Each
+// The CPU reference primitives: straightforward loops with the reference's precision at every step. Each
 // output element is computed by one thread in a fixed order, so results do not depend on the thread count.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
-#include "backend/backend.h"
+#include "backend/cpu/primitives.h"
 #include "backend/cpu/common.h"
 #include "core/numeric.h"
 
-namespace dsv4::backend {
+namespace dsv4::backend::cpu {
 namespace {
 using namespace dsv4::core;
 
@@ -35,16 +35,16 @@ struct QuantizedRows {
 
 using Scratch = cpu::ThreadRows<float>;
 
-// Row r of bf16 weights widened to fp32 (a load_row of CpuReferenceBackend::weight_rows).
+// Row r of bf16 weights widened to fp32 (a load_row of ReferencePrimitives::weight_rows).
 auto bf16_rows(const Bf16Matrix &w) {
     return [&w](int64_t r, float *wrow) {
         for (int64_t c = 0; c < w.cols; ++c) wrow[c] = load_bf16(w.w, size_t(r * w.cols + c));
     };
 }
 
-class CpuReferenceBackend final : public Backend {
+class ReferencePrimitives final : public Primitives {
 public:
-    explicit CpuReferenceBackend(int n_threads) : n_threads_(n_threads) {}
+    explicit ReferencePrimitives(int n_threads) : n_threads_(n_threads) {}
     std::string name() const override { return "cpu-reference"; }
 
     void linear_fp8(const float *x, int64_t n, const Fp8Matrix &w, float *y) override {
@@ -227,8 +227,8 @@ private:
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_reference_backend(int n_threads) {
-    return std::make_unique<CpuReferenceBackend>(n_threads);
+std::unique_ptr<Primitives> make_reference_primitives(int n_threads) {
+    return std::make_unique<ReferencePrimitives>(n_threads);
 }
 
-}  // namespace dsv4::backend
+}  // namespace dsv4::backend::cpu

@@ -4,7 +4,7 @@
 
 #include "core/numeric.h"
 
-namespace dsv4::attention {
+namespace dsv4::core {
 
 // y = bf16(H_n · x / sqrt(n)) with Sylvester ordering (fast_hadamard_transform's), fp32 butterflies; n = 2^k.
 inline void hadamard_bf16(float *x, size_t n) {
@@ -16,7 +16,7 @@ inline void hadamard_bf16(float *x, size_t n) {
                 x[j + h] = a - b;
             }
     const float scale = 1.0f / std::sqrt(float(n));
-    for (size_t i = 0; i < n; ++i) x[i] = core::round_bf16(x[i] * scale);
+    for (size_t i = 0; i < n; ++i) x[i] = round_bf16(x[i] * scale);
 }
 
-}  // namespace dsv4::attention
+}  // namespace dsv4::core

@@ -1,11 +1,11 @@
-#include "attention/rope.h"
+#include "core/rope.h"
 
 #include <algorithm>
 #include <cmath>
 
 #include "core/numeric.h"
 
-namespace dsv4::attention {
+namespace dsv4::core {
 
 Rope::Rope(int rope_dim, float base, bool yarn, float factor, int original_seq_len, float beta_fast, float beta_slow) {
     const int half = rope_dim / 2;
@@ -33,9 +33,9 @@ void Rope::apply(float *x, int pos, bool inverse) const {
         const float angle = float(pos) * theta_[i];
         const float c = std::cos(angle), s = inverse ? -std::sin(angle) : std::sin(angle);
         const float a = x[2 * i], b = x[2 * i + 1];
-        x[2 * i] = core::round_bf16(a * c - b * s);
-        x[2 * i + 1] = core::round_bf16(a * s + b * c);
+        x[2 * i] = round_bf16(a * c - b * s);
+        x[2 * i + 1] = round_bf16(a * s + b * c);
     }
 }
 
-}  // namespace dsv4::attention
+}  // namespace dsv4::core

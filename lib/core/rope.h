@@ -2,7 +2,7 @@
 #pragma once
 #include <vector>
 
-namespace dsv4::attention {
+namespace dsv4::core {
 
 class Rope {
 public:
@@ -16,4 +16,4 @@ private:
     std::vector<float> theta_;  // fp32 [rope_dim / 2]
 };
 
-}  // namespace dsv4::attention
+}  // namespace dsv4::core

@@ -1,30 +1,30 @@
-// The optimised CPU backend: the linears (FP8, FP4 routed experts, bf16 weights), the attention and the indexer
+// The optimised CPU primitives: the linears (FP8, FP4 routed experts, bf16 weights), the attention and the indexer
 // scores run the AVX512-BF16 kernels when the CPU and OS allow them (capped by DSV4_MAX_CPU_ISA), the packed
 // linears AMX tiles where those exist; the mHC mixes' single tokens, every lower ISA and every shape the kernels do
-// not cover are the reference backend's.
+// not cover are the reference primitives'.
 #include <algorithm>
 #include <cmath>
 #include <utility>
 #include <vector>
 
-#include "backend/backend.h"
+#include "backend/cpu/primitives.h"
 #include "backend/cpu/common.h"
 #include "backend/cpu/isa.h"
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/packed.h"
 #include "core/numeric.h"
 
-namespace dsv4::backend {
+namespace dsv4::backend::cpu {
 namespace {
 using namespace dsv4::core;
 
 constexpr int64_t kRowTile = 16;  // rows per scheduling unit: several rows of a 128-row FP8 scale block
 constexpr int64_t kPackedRowTile = 128;  // rows per scheduling unit of the packed kernels: a 128-row FP8 scale block
 
-class CpuBackend final : public Backend {
+class OptimizedPrimitives final : public Primitives {
 public:
-    CpuBackend(int n_threads, cpu::Isa isa)
-        : reference_(make_cpu_reference_backend(n_threads)), isa_(isa), n_threads_(n_threads) {}
+    OptimizedPrimitives(int n_threads, cpu::Isa isa)
+        : reference_(make_reference_primitives(n_threads)), isa_(isa), n_threads_(n_threads) {}
     std::string name() const override { return std::string("cpu-") + cpu::isa_name(isa_); }
 
     void linear_fp8(const float *x, int64_t n, const Fp8Matrix &w, float *y) override {
@@ -61,7 +61,7 @@ public:
     // The jobs with packed weights run in one parallel region over all their row tiles, each distinct input
     // quantised once (w1 and w3 share theirs); the others go one by one. Every y is what linear_expert gives.
     void linear_experts(const ExpertLinear *jobs, size_t count) override {
-        if (!has_kernels()) return Backend::linear_experts(jobs, count);
+        if (!has_kernels()) return Primitives::linear_experts(jobs, count);
         struct Input {
             const float *x;
             int64_t n, cols;
@@ -386,7 +386,7 @@ private:
         }
     }
 
-    std::unique_ptr<Backend> reference_;
+    std::unique_ptr<Primitives> reference_;
     cpu::Isa isa_;
     int n_threads_;
     std::vector<uint16_t> act_;  // the current call's bf16 operand: dequantised activations, the attention's q
@@ -401,10 +401,10 @@ private:
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(int n_threads, cpu::Isa isa) {
-    return std::make_unique<CpuBackend>(n_threads, isa);
+std::unique_ptr<Primitives> make_primitives(int n_threads, Isa isa) {
+    return std::make_unique<OptimizedPrimitives>(n_threads, isa);
 }
 
-std::unique_ptr<Backend> make_cpu_backend(int n_threads) { return make_cpu_backend(n_threads, cpu::selected_isa()); }
+std::unique_ptr<Primitives> make_primitives(int n_threads) { return make_primitives(n_threads, selected_isa()); }
 
-}  // namespace dsv4::backend
+}  // namespace dsv4::backend::cpu

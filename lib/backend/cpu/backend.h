@@ -1,0 +1,59 @@
+// The CPU backend: the steps of backend/backend.h on host memory, composed of the host arithmetic of the
+// reference's precision and the heavy primitives (backend/cpu/primitives.h) of one implementation: the reference
+// loops or the optimised kernels. The same steps over the reference primitives are the reference backend that the
+// parity harness (tests/backend) holds every backend against.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cpu/primitives.h"
+
+namespace dsv4::backend::cpu {
+
+class CpuBackend final : public Backend {
+public:
+    explicit CpuBackend(std::unique_ptr<Primitives> primitives) : p_(std::move(primitives)) {}
+    std::string name() const override { return p_->name(); }
+    Primitives &primitives() { return *p_; }
+
+    std::unique_ptr<Buffer> allocate(core::DType dtype, int64_t rows, int64_t cols) override;
+    void upload(const void *host, const Tensor &dst) override;
+    const void *read(const Tensor &t, std::vector<uint8_t> &staging) override;
+
+    void embed(const core::Bf16Matrix &table, const Tensor &tokens, int hc, Tensor &h) override;
+    void hc_pre(const io::ModelConfig &c, const core::HcWeights &w, const std::vector<float> &norm, const Tensor &h,
+                Tensor &mix, Tensor &x, Tensor &xn) override;
+    void hc_post(const Tensor &mix, const Tensor &y, const Tensor &h, Tensor &out) override;
+    void query(const Layer &l, const Tensor &x, const Tensor &positions, Tensor &q, Tensor &q_r) override;
+    void kv(const Layer &l, const Tensor &x, const Tensor &positions, Tensor &kv) override;
+    void compress(const Layer &l, const Tensor &x, const LayerBatch &b, Tensor *kv_entries,
+                  Tensor *index_entries) override;
+    void index_query(const Layer &l, const Tensor &x, const Tensor &q_r, const Tensor &positions, Tensor &qI,
+                     Tensor &omega) override;
+    void index_topk(const Layer &l, const Tensor &qI, const Tensor &omega, const LayerBatch &b, Tensor &topk,
+                    Tensor *scores) override;
+    void sparse_attention(const Layer &l, const Tensor &q, const Tensor &kv, const Tensor &topk, const LayerBatch &b,
+                          Tensor &o) override;
+    void output_projection(const Layer &l, const Tensor &o, Tensor &y) override;
+    void route(const Layer &l, const Tensor &x, const Tensor &tokens, Tensor &scores, Tensor &ids,
+               Tensor &weights) override;
+    void experts(const Layer &l, const Tensor &x, const Tensor &ids, const Tensor &weights, Tensor &y) override;
+    void head(const io::ModelConfig &c, const core::HcWeights &hc_head, const std::vector<float> &norm,
+              const core::Bf16Matrix &lm_head, const Tensor &h, const Tensor &rows, Tensor &logits) override;
+    void mtp_input(const Layer &l, const core::Bf16Matrix &table, const Tensor &h, const Tensor &next_tokens,
+                   Tensor &out) override;
+
+private:
+    std::unique_ptr<Primitives> p_;
+};
+
+// Lossless cache entry codecs: FP8 nope dims + e8m0 per 64 + bf16 rope dims (Fp8Entries decodes them), and FP4
+// codes + e8m0 per 32 (Fp4Keys decodes them).
+void encode_kv_entry(const kvcache::LayerGeometry &g, const float *values, uint8_t *entry);
+void encode_index_entry(const kvcache::LayerGeometry &g, const float *values, uint8_t *entry);
+
+// Top-k indices of scores, sorted by descending score, ties broken by the lower index (spec §6, §17.3).
+std::vector<int32_t> topk_desc(const float *scores, int64_t n, int64_t k);
+
+}  // namespace dsv4::backend::cpu
