@@ -1,4 +1,6 @@
 #pragma once
+#include <dsv4/dsv4.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -12,7 +14,8 @@ struct RunOptions {
     std::string prompt;                     // text (needs a tokenizer)
     std::vector<int32_t> prompt_ids;        // or token ids
     bool chat = false, think = false;       // wrap the prompt as a user turn of the chat format
-    int n_predict = 64, threads = 0, top_k = 0, n_ctx = 4096;
+    int n_predict = 64, threads = 0, top_k = 0;
+    int n_ctx = dsv4_context_default_params().n_ctx;
     float temperature = 0.0f, top_p = 1.0f;
     uint64_t seed = 0;
     bool print_ids = false;                 // `run`: the prompt and generated ids to stderr

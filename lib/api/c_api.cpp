@@ -567,9 +567,11 @@ DSV4_API dsv4_status dsv4_chat_stream_finish(dsv4_chat_stream *stream, dsv4_chat
 DSV4_API dsv4_status dsv4_context_params_init(dsv4_context_params *params, size_t size) {
     DSV4_API_BEGIN
     dsv4_context_params p{};
-    p.n_ctx = 4096;
-    p.n_seq_max = 1;
-    p.n_rewind = 32;
+    const dsv4::runtime::ContextOptions defaults;  // the one source of the defaults
+    p.n_ctx = defaults.n_ctx;
+    p.n_seq_max = defaults.n_seq_max;
+    p.n_threads = defaults.n_threads;
+    p.n_rewind = defaults.n_rewind;
     init_params(params, size, "dsv4_context_params_init", p);
     DSV4_API_END
 }
@@ -844,7 +846,7 @@ DSV4_API dsv4_status dsv4_state_size(const dsv4_context *ctx, int32_t seq, size_
     DSV4_API_BEGIN
     require(ctx, "ctx");
     require(out_size, "out_size");
-    *out_size = ctx->impl->save_state(seq).size();
+    *out_size = ctx->impl->state_size(seq);
     DSV4_API_END
 }
 

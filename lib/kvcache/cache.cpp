@@ -229,6 +229,21 @@ void SequenceCache::serialize(std::vector<uint8_t> &out) const {
     }
 }
 
+size_t SequenceCache::serialized_size() const {
+    const auto ring = [this](const auto &r) {
+        return size_t(length - std::max<int64_t>(0, length - r.capacity())) * size_t(r.row_len()) * sizeof(*r.row(0));
+    };
+    const auto entries = [](const PagedEntries &e) { return 8 + e.size() * e.entry_bytes(); };
+    size_t n = 3 * 8;
+    for (const LayerCache &l : layers) {
+        n += ring(l.window);
+        if (!l.geo.ratio) continue;
+        n += ring(l.comp_rows) + entries(l.kv);
+        if (l.geo.ratio == 4) n += ring(l.index_rows) + entries(l.index_keys);
+    }
+    return n;
+}
+
 void SequenceCache::deserialize(const uint8_t *data, size_t size) {
     Reader r{data, size};
     const uint64_t len = r.u64(), high = r.u64();

@@ -136,6 +136,8 @@ public:
     size_t allocated_bytes() const;
     // Bit-exact serialisation of everything the sequence holds.
     void serialize(std::vector<uint8_t> &out) const;
+    // The bytes serialize() appends, from the lengths alone.
+    size_t serialized_size() const;
     // Throws dsv4::Error(DSV4_ERR_FORMAT) on damaged input; *this is only modified on success.
     void deserialize(const uint8_t *data, size_t size);
 };

@@ -233,9 +233,19 @@ dsv4_memory_stats Context::memory_stats() const {
     return st;
 }
 
+// The state blob: a header of kStateHeaderBytes (magic, version, model fingerprint, n_rewind), then the cache.
+constexpr size_t kStateHeaderBytes = 20;
+
+size_t Context::state_size(int32_t seq) const {
+    check_seq(seq);
+    return kStateHeaderBytes + (seqs_[size_t(seq)] ? seqs_[size_t(seq)]->serialized_size()
+                                                   : kvcache::SequenceCache(geometry_).serialized_size());
+}
+
 std::vector<uint8_t> Context::save_state(int32_t seq) const {
     check_seq(seq);
     std::vector<uint8_t> out;
+    out.reserve(state_size(seq));
     auto put = [&](const void *p, size_t n) {
         out.insert(out.end(), static_cast<const uint8_t *>(p), static_cast<const uint8_t *>(p) + n);
     };
@@ -252,7 +262,7 @@ std::vector<uint8_t> Context::save_state(int32_t seq) const {
 
 void Context::load_state(int32_t seq, const uint8_t *data, size_t size) {
     check_seq(seq);
-    if (!data || size < 20) fail(DSV4_ERR_FORMAT_TRUNCATED, "state blob: {} bytes, too short for the header", size);
+    if (!data || size < kStateHeaderBytes) fail(DSV4_ERR_FORMAT_TRUNCATED, "state blob: {} bytes, too short for the header", size);
     uint32_t magic, version, rewind;
     uint64_t fp;
     std::memcpy(&magic, data, 4);
@@ -265,7 +275,7 @@ void Context::load_state(int32_t seq, const uint8_t *data, size_t size) {
     if (int(rewind) != options_.n_rewind)
         fail(DSV4_ERR_INVALID_ARGUMENT, "state blob: saved with n_rewind = {}, this context has {}", rewind, options_.n_rewind);
     kvcache::SequenceCache loaded(geometry_);
-    loaded.deserialize(data + 20, size - 20);
+    loaded.deserialize(data + kStateHeaderBytes, size - kStateHeaderBytes);
     if (loaded.length > options_.n_ctx)
         fail(DSV4_ERR_CONTEXT_FULL, "state blob: {} positions exceed n_ctx = {}", loaded.length, options_.n_ctx);
     seqs_[size_t(seq)] = std::make_unique<kvcache::SequenceCache>(std::move(loaded));

@@ -15,6 +15,7 @@
 
 namespace dsv4::runtime {
 
+// The defaults here are the library's (dsv4_context_params_init copies them; the Python binding and the CLI ask it).
 struct ContextOptions {
     int n_ctx = 4096, n_seq_max = 1, n_threads = 0, n_rewind = 32;
     dsv4_abort_callback abort_callback = nullptr;
@@ -43,6 +44,7 @@ public:
     void seq_fork(int32_t src, int32_t dst);
     dsv4_memory_stats memory_stats() const;
     std::vector<uint8_t> save_state(int32_t seq) const;
+    size_t state_size(int32_t seq) const;  // save_state(seq).size(), without serialising
     void load_state(int32_t seq, const uint8_t *data, size_t size);
     // Any thread: cancels the evaluation in progress, or the next one if none runs.
     void request_abort() { abort_requested_.store(true); }

@@ -225,6 +225,33 @@ TEST_CASE("state save/load round-trips bit-exactly, to memory and to a file", "[
     }
 }
 
+// The size dsv4_state_size gives (computed from the lengths) against the bytes a save writes.
+size_t saved_bytes(dsv4_context *ctx, int32_t seq) {
+    size_t size = 0, written = 0;
+    REQUIRE(dsv4_state_size(ctx, seq, &size) == DSV4_OK);
+    std::vector<uint8_t> blob(size + 64);
+    REQUIRE(dsv4_state_save(ctx, seq, blob.data(), blob.size(), &written) == DSV4_OK);
+    CHECK(written == size);
+    return written;
+}
+
+TEST_CASE("dsv4_state_size is the saved size at every length, after truncation and for an unused sequence", "[invariants]") {
+    const auto tokens = random_tokens(300, 12);
+    Engine e(2, 8192, 200);
+    const size_t empty = saved_bytes(e.ctx, 1);
+    size_t last = empty;
+    for (size_t n : {1, 3, 4, 5, 127, 128, 129, 300}) {
+        e.feed(std::vector<int32_t>(tokens.begin() + int64_t(e.length()), tokens.begin() + int64_t(n)));
+        const size_t now = saved_bytes(e.ctx, 0);
+        CHECK(now > last);
+        last = now;
+    }
+    REQUIRE(dsv4_seq_truncate(e.ctx, 0, 130) == DSV4_OK);
+    CHECK(saved_bytes(e.ctx, 0) < last);
+    REQUIRE(dsv4_seq_truncate(e.ctx, 0, 0) == DSV4_OK);
+    CHECK(saved_bytes(e.ctx, 0) == empty);
+}
+
 TEST_CASE("truncate then replay equals the original", "[invariants]") {
     const auto tokens = random_tokens(300, 9);
     Engine ref;

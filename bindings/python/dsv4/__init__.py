@@ -318,14 +318,18 @@ class Context:
     """KV caches of up to ``n_seq_max`` sequences on one model, and the outputs of the last evaluation. Calls
     from several threads are serialised (one mutex per context); use one context per thread for parallelism."""
 
-    def __init__(self, model: Model, *, n_ctx: int = 4096, n_seq_max: int = 1, n_threads: int = 0,
-                 n_rewind: int = 32, tokenizer: Tokenizer | None = None):
+    def __init__(self, model: Model, *, n_ctx: int | None = None, n_seq_max: int | None = None,
+                 n_threads: int | None = None, n_rewind: int | None = None, tokenizer: Tokenizer | None = None):
         """``n_ctx``: positions per sequence (0 = the model's maximum); ``n_threads``: compute threads (0 =
         OMP_NUM_THREADS, else all cores); ``n_rewind``: positions truncate() can go back; ``tokenizer``: for
-        text prompts (default: the model's)."""
+        text prompts (default: the model's). An option left None takes the library's default
+        (dsv4_context_params_init: n_ctx 4096, n_seq_max 1, n_threads 0, n_rewind 32)."""
         self.model = model
         self.tokenizer = tokenizer or model.tokenizer
-        self._native = _dsv4.Context(model._native, n_ctx, n_seq_max, n_threads, n_rewind)
+        given = {"n_ctx": n_ctx, "n_seq_max": n_seq_max, "n_threads": n_threads, "n_rewind": n_rewind}
+        options = {k: (v if v is not None else _dsv4.context_defaults()[k]) for k, v in given.items()}
+        self._native = _dsv4.Context(model._native, options["n_ctx"], options["n_seq_max"], options["n_threads"],
+                                     options["n_rewind"])
         self._tokens: dict[int, list[int] | None] = {}  # what each sequence holds, when known
 
     def _note_tokens(self, seq: int, tokens: list[int]) -> None:

@@ -380,6 +380,15 @@ PYBIND11_MODULE(_dsv4, m) {
     m.doc() = "Native layer of dsv4 (use the dsv4 package, not this module).";
     m.attr("__version__") = dsv4_version_string();
     m.attr("API_VERSION") = dsv4_api_version();
+    m.def("context_defaults", [] {  // dsv4_context_params_init's, the one source of the defaults
+        const dsv4_context_params p = dsv4_context_default_params();
+        py::dict d;
+        d["n_ctx"] = p.n_ctx;
+        d["n_seq_max"] = p.n_seq_max;
+        d["n_threads"] = p.n_threads;
+        d["n_rewind"] = p.n_rewind;
+        return d;
+    });
     m.def("build_info", &dsv4_build_info, "Library version, compiler and backends.");
 
     // dsv4::Error → the dsv4.Error subclass of its status (dsv4/_errors.py builds the instance).
