@@ -138,6 +138,8 @@ public:
     virtual size_t prepare(core::ModelWeights &weights, const PrepareOptions &options) = 0;
     // A backend for one context; n_threads: CPU compute threads, 0 = OMP_NUM_THREADS if set, else all cores.
     virtual std::unique_ptr<Backend> make_backend(int n_threads) const = 0;
+    // The memory the KV caches of this device's contexts live in (their steps read and write it in place).
+    virtual std::shared_ptr<kvcache::Storage> kv_storage() const = 0;
 };
 
 // The CPU device with the kernels of the best ISA the CPU allows, capped by DSV4_MAX_CPU_ISA.

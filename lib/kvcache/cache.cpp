@@ -1,6 +1,7 @@
 #include "kvcache/cache.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/error.h"
@@ -49,20 +50,61 @@ uint64_t MemoryPlan::sequence_bytes(int64_t n) const {
            uint64_t(n_hca) * pages(n / 128) * bytes_per_128_tokens_hca;
 }
 
+namespace {
+class HostStorage final : public Storage {
+public:
+    std::string name() const override { return "host"; }
+    uint8_t *allocate(size_t bytes) override {
+        void *p = std::calloc(bytes ? bytes : 1, 1);
+        if (!p) fail(DSV4_ERR_OUT_OF_MEMORY, "KV cache: {} bytes of host memory not available", bytes);
+        return static_cast<uint8_t *>(p);
+    }
+    void release(uint8_t *p, size_t) noexcept override { std::free(p); }
+    void copy(uint8_t *dst, const uint8_t *src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+    void zero(uint8_t *dst, size_t bytes) override { std::memset(dst, 0, bytes); }
+    void download(void *host, const uint8_t *src, size_t bytes) override { std::memcpy(host, src, bytes); }
+    void upload(uint8_t *dst, const void *host, size_t bytes) override { std::memcpy(dst, host, bytes); }
+};
+}  // namespace
+
+const std::shared_ptr<Storage> &host_storage() {
+    static const std::shared_ptr<Storage> storage = std::make_shared<HostStorage>();
+    return storage;
+}
+
+template <typename T>
+PositionRing<T>::PositionRing(const PositionRing &other)
+    : capacity_(other.capacity_), row_len_(other.row_len_), storage_(other.storage_), undo_(other.undo_) {
+    if (!other.data_) return;
+    data_ = std::make_unique<Block>(storage_, other.data_->size());
+    storage_->copy(data_->data(), other.data_->data(), data_->size());
+}
+
+template <typename T>
+PositionRing<T> &PositionRing<T>::operator=(const PositionRing &other) {
+    if (this != &other) *this = PositionRing(other);
+    return *this;
+}
+
 template <typename T>
 T *PositionRing<T>::write_row(int64_t pos) {
-    if (data_.empty()) data_.resize(size_t(capacity_) * size_t(row_len_));
+    if (!data_) data_ = std::make_unique<Block>(storage_, size_t(capacity_) * row_bytes());
     const size_t s = slot(pos);
-    T *row = data_.data() + s * size_t(row_len_);
+    T *row = base() + s * size_t(row_len_);
     bool saved = false;
     for (const auto &u : undo_) saved = saved || u.first == s;
-    if (!saved) undo_.emplace_back(s, std::vector<T>(row, row + row_len_));
+    if (!saved) {
+        std::vector<T> old(static_cast<size_t>(row_len_));
+        storage_->download(old.data(), bytes_of(row), row_bytes());
+        undo_.emplace_back(s, std::move(old));
+    }
     return row;
 }
 
 template <typename T>
 void PositionRing<T>::rollback() {
-    for (auto &u : undo_) std::copy(u.second.begin(), u.second.end(), data_.begin() + ptrdiff_t(u.first * size_t(row_len_)));
+    for (auto &u : undo_)
+        storage_->upload(data_->data() + u.first * row_bytes(), u.second.data(), row_bytes());
     undo_.clear();
 }
 
@@ -72,9 +114,11 @@ template class PositionRing<float>;
 uint8_t *PagedEntries::append() {
     const size_t page = count_ / kPageEntries;
     if (page == pages_.size()) {
-        pages_.push_back(std::make_shared<std::vector<uint8_t>>(kPageEntries * entry_bytes_));
-    } else if (pages_[page].use_count() > 1) {
-        pages_[page] = std::make_shared<std::vector<uint8_t>>(*pages_[page]);  // copy-on-write after a fork
+        pages_.push_back(std::make_shared<Block>(storage_, kPageEntries * entry_bytes_));
+    } else if (pages_[page].use_count() > 1) {  // copy-on-write after a fork
+        auto own = std::make_shared<Block>(storage_, pages_[page]->size());
+        storage_->copy(own->data(), pages_[page]->data(), own->size());
+        pages_[page] = std::move(own);
     }
     return pages_[page]->data() + (count_++ % kPageEntries) * entry_bytes_;
 }
@@ -97,14 +141,13 @@ void PagedEntries::rollback() {
     saved_last_.reset();
 }
 
-LayerCache::LayerCache(const LayerGeometry &g)
+LayerCache::LayerCache(const LayerGeometry &g, const std::shared_ptr<Storage> &storage)
     : geo(g),
-      window(g.window + g.rewind, g.head_dim),
-      kv(g.kv_entry_bytes()),
-      index_keys(g.index_entry_bytes()) {
-    if (g.ratio) comp_rows = PositionRing<float>(g.kappa() * g.ratio + g.rewind, 2 * g.kappa() * g.head_dim);
-    if (g.ratio == 4) index_rows = PositionRing<float>(8 + g.rewind, 2 * 2 * g.index_head_dim);
-}
+      window(g.window + g.rewind, g.head_dim, storage),
+      comp_rows(g.ratio ? g.kappa() * g.ratio + g.rewind : 0, 2 * g.kappa() * g.head_dim, storage),
+      index_rows(g.ratio == 4 ? 8 + g.rewind : 0, 2 * 2 * g.index_head_dim, storage),
+      kv(g.kv_entry_bytes(), storage),
+      index_keys(g.index_entry_bytes(), storage) {}
 
 void LayerCache::begin() {
     window.begin();
@@ -126,17 +169,17 @@ void LayerCache::clear() {
     window.clear();
     comp_rows.clear();
     index_rows.clear();
-    kv = PagedEntries(kv.entry_bytes());
-    index_keys = PagedEntries(index_keys.entry_bytes());
+    kv.clear();
+    index_keys.clear();
 }
 
 size_t LayerCache::allocated_bytes() const {
     return window.bytes() + comp_rows.bytes() + index_rows.bytes() + kv.allocated_bytes() + index_keys.allocated_bytes();
 }
 
-SequenceCache::SequenceCache(const std::vector<LayerGeometry> &geos) {
+SequenceCache::SequenceCache(const std::vector<LayerGeometry> &geos, const std::shared_ptr<Storage> &storage) {
     layers.reserve(geos.size());
-    for (const LayerGeometry &g : geos) layers.emplace_back(g);
+    for (const LayerGeometry &g : geos) layers.emplace_back(g, storage);
 }
 
 void SequenceCache::begin() {
@@ -192,24 +235,41 @@ struct Reader {
     }
 };
 
+// Rows and entries pass through host memory: the storage may be a device's.
 template <typename T>
 void write_ring(Writer &w, const PositionRing<T> &ring, int64_t length) {
     const int64_t first = std::max<int64_t>(0, length - ring.capacity());
-    for (int64_t pos = first; pos < length; ++pos) w.bytes(ring.row(pos), sizeof(T) * size_t(ring.row_len()));
+    std::vector<T> row(static_cast<size_t>(ring.row_len()));
+    for (int64_t pos = first; pos < length; ++pos) {
+        ring.read_row(pos, row.data());
+        w.bytes(row.data(), sizeof(T) * row.size());
+    }
 }
 template <typename T>
-void read_ring(Reader &r, PositionRing<T> &ring, int64_t length) {
+void read_ring(Reader &r, Storage &storage, PositionRing<T> &ring, int64_t length) {
     const int64_t first = std::max<int64_t>(0, length - ring.capacity());
-    for (int64_t pos = first; pos < length; ++pos) r.bytes(ring.write_row(pos), sizeof(T) * size_t(ring.row_len()));
+    std::vector<T> row(static_cast<size_t>(ring.row_len()));
+    for (int64_t pos = first; pos < length; ++pos) {
+        r.bytes(row.data(), sizeof(T) * row.size());
+        storage.upload(reinterpret_cast<uint8_t *>(ring.write_row(pos)), row.data(), sizeof(T) * row.size());
+    }
     ring.begin();  // not a transaction: forget the undo log
 }
 void write_entries(Writer &w, const PagedEntries &e) {
     w.u64(e.size());
-    for (size_t j = 0; j < e.size(); ++j) w.bytes(e.entry(j), e.entry_bytes());
+    std::vector<uint8_t> entry(e.entry_bytes());
+    for (size_t j = 0; j < e.size(); ++j) {
+        e.storage().download(entry.data(), e.entry(j), entry.size());
+        w.bytes(entry.data(), entry.size());
+    }
 }
 void read_entries(Reader &r, PagedEntries &e, size_t expected) {
     if (r.u64() != expected) fail(DSV4_ERR_FORMAT, "state blob: compressed entry count does not match the length");
-    for (size_t j = 0; j < expected; ++j) r.bytes(e.append(), e.entry_bytes());
+    std::vector<uint8_t> entry(e.entry_bytes());
+    for (size_t j = 0; j < expected; ++j) {
+        r.bytes(entry.data(), entry.size());
+        e.storage().upload(e.append(), entry.data(), entry.size());
+    }
 }
 }  // namespace
 
@@ -255,12 +315,13 @@ void SequenceCache::deserialize(const uint8_t *data, size_t size) {
     fresh.length = int64_t(len);
     fresh.high_water = int64_t(high);
     for (LayerCache &l : fresh.layers) {
-        read_ring(r, l.window, fresh.length);
+        Storage &storage = l.kv.storage();
+        read_ring(r, storage, l.window, fresh.length);
         if (!l.geo.ratio) continue;
-        read_ring(r, l.comp_rows, fresh.length);
+        read_ring(r, storage, l.comp_rows, fresh.length);
         read_entries(r, l.kv, size_t(fresh.length / l.geo.ratio));
         if (l.geo.ratio != 4) continue;
-        read_ring(r, l.index_rows, fresh.length);
+        read_ring(r, storage, l.index_rows, fresh.length);
         read_entries(r, l.index_keys, size_t(fresh.length / 4));
     }
     if (r.left) fail(DSV4_ERR_FORMAT, "state blob: {} trailing bytes", r.left);

@@ -7,6 +7,10 @@
 //   indexer keys     paged entries, FP4 + e8m0 per 32 (CSA only; values were FP4-simulated)
 //   compressor rows  fp32 (a, score+ape) of the last κm + R positions, for the attention and indexer
 //                    compressors: the carried state of spec §5.3, kept per position so truncation works.
+//
+// Rows and pages live in a Storage of the device that computes on them (backend::Device::kv_storage); the
+// bookkeeping (lengths, undo logs, page refcounts, copy-on-write) stays on the host. row() and entry() give
+// device addresses, which the host may dereference only on a host storage (the CPU's).
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -33,6 +37,39 @@ struct LayerGeometry {
     size_t index_entry_bytes() const { return size_t(index_head_dim / 2 + index_head_dim / 32); }
 };
 
+// Memory for the cache's rows and pages on one device.
+class Storage {
+public:
+    virtual ~Storage() = default;
+    virtual std::string name() const = 0;
+    // `bytes` of zeroed memory; throws dsv4::Error(DSV4_ERR_OUT_OF_MEMORY) naming the request when there is none.
+    virtual uint8_t *allocate(size_t bytes) = 0;
+    virtual void release(uint8_t *p, size_t bytes) noexcept = 0;
+    virtual void copy(uint8_t *dst, const uint8_t *src, size_t bytes) = 0;  // within the storage
+    virtual void zero(uint8_t *dst, size_t bytes) = 0;
+    virtual void download(void *host, const uint8_t *src, size_t bytes) = 0;
+    virtual void upload(uint8_t *dst, const void *host, size_t bytes) = 0;
+};
+// Host memory: the CPU device's storage, and the default.
+const std::shared_ptr<Storage> &host_storage();
+
+// A block of a storage's memory, released with the object.
+class Block {
+public:
+    Block(std::shared_ptr<Storage> storage, size_t bytes)
+        : storage_(std::move(storage)), data_(storage_->allocate(bytes)), size_(bytes) {}
+    ~Block() { storage_->release(data_, size_); }
+    Block(const Block &) = delete;
+    Block &operator=(const Block &) = delete;
+    uint8_t *data() const { return data_; }
+    size_t size() const { return size_; }
+
+private:
+    std::shared_ptr<Storage> storage_;
+    uint8_t *data_;
+    size_t size_;
+};
+
 // Geometry of every layer of a config (main layers, then MTP blocks) for a rewind capacity.
 std::vector<LayerGeometry> cache_geometry(const io::ModelConfig &config, int rewind);
 
@@ -48,33 +85,42 @@ struct MemoryPlan {
 };
 MemoryPlan plan_memory(const std::vector<LayerGeometry> &main_layers);
 
-// Rows of fixed length addressed by position modulo the capacity, with an undo log per transaction.
+// Rows of fixed length addressed by position modulo the capacity, with an undo log per transaction. Copies are
+// deep (a fork's rings are its own).
 template <typename T>
 class PositionRing {
 public:
     PositionRing() = default;
-    PositionRing(int capacity, int row_len) : capacity_(capacity), row_len_(row_len) {}
+    PositionRing(int capacity, int row_len, std::shared_ptr<Storage> storage = host_storage())
+        : capacity_(capacity), row_len_(row_len), storage_(std::move(storage)) {}
+    PositionRing(const PositionRing &other);
+    PositionRing &operator=(const PositionRing &other);
+    PositionRing(PositionRing &&) noexcept = default;
+    PositionRing &operator=(PositionRing &&) noexcept = default;
     int capacity() const { return capacity_; }
     int row_len() const { return row_len_; }
-    const T *row(int64_t pos) const { return data_.data() + slot(pos) * size_t(row_len_); }
+    const T *row(int64_t pos) const { return base() + slot(pos) * size_t(row_len_); }
     T *write_row(int64_t pos);  // saves the slot's old content for rollback once per transaction
+    void read_row(int64_t pos, T *host) const { storage_->download(host, bytes_of(row(pos)), row_bytes()); }
     void begin() { undo_.clear(); }
     void rollback();
     // Back to a new ring's state, keeping the rows' memory, zeroed as a new ring's first write leaves it: a
     // sequence that restarts would otherwise free and fault in its rings again (5 ms per restart, tiny model).
     void clear() {
-        std::fill(data_.begin(), data_.end(), T{});
+        if (data_) storage_->zero(data_->data(), data_->size());
         undo_.clear();
     }
-    size_t bytes() const { return data_.size() * sizeof(T); }
-    std::vector<T> &storage() { return data_; }
-    const std::vector<T> &storage() const { return data_; }
+    size_t bytes() const { return data_ ? data_->size() : 0; }
 
 private:
     size_t slot(int64_t pos) const { return size_t(pos % capacity_); }
+    size_t row_bytes() const { return size_t(row_len_) * sizeof(T); }
+    T *base() const { return data_ ? reinterpret_cast<T *>(data_->data()) : nullptr; }
+    static const uint8_t *bytes_of(const T *p) { return reinterpret_cast<const uint8_t *>(p); }
     int capacity_ = 0, row_len_ = 0;
-    std::vector<T> data_;  // grows to capacity rows on first use, never up front for unused layers
-    std::vector<std::pair<size_t, std::vector<T>>> undo_;
+    std::shared_ptr<Storage> storage_ = host_storage();
+    std::unique_ptr<Block> data_;  // capacity rows from the first write, never up front for unused layers
+    std::vector<std::pair<size_t, std::vector<T>>> undo_;  // host copies of the slots a transaction overwrote
 };
 
 // Append-only entries in refcounted pages of kPageEntries; fork shares pages, writes copy a shared page.
@@ -82,7 +128,8 @@ class PagedEntries {
 public:
     static constexpr size_t kPageEntries = 64;
     PagedEntries() = default;
-    explicit PagedEntries(size_t entry_bytes) : entry_bytes_(entry_bytes) {}
+    explicit PagedEntries(size_t entry_bytes, std::shared_ptr<Storage> storage = host_storage())
+        : entry_bytes_(entry_bytes), storage_(std::move(storage)) {}
     size_t size() const { return count_; }
     size_t entry_bytes() const { return entry_bytes_; }
     const uint8_t *entry(size_t j) const { return pages_[j / kPageEntries]->data() + (j % kPageEntries) * entry_bytes_; }
@@ -92,14 +139,18 @@ public:
     void rollback();
     // Bytes of pages allocated; pages shared with another sequence are counted by each holder.
     size_t allocated_bytes() const { return pages_.size() * kPageEntries * entry_bytes_; }
-    const std::vector<std::shared_ptr<std::vector<uint8_t>>> &pages() const { return pages_; }
+    const std::vector<std::shared_ptr<Block>> &pages() const { return pages_; }
+    Storage &storage() const { return *storage_; }
+    // Back to no entries, keeping the storage.
+    void clear() { *this = PagedEntries(entry_bytes_, storage_); }
 
 private:
     size_t entry_bytes_ = 0, count_ = 0;
-    std::vector<std::shared_ptr<std::vector<uint8_t>>> pages_;
+    std::shared_ptr<Storage> storage_ = host_storage();
+    std::vector<std::shared_ptr<Block>> pages_;
     // transaction snapshot: count, page count and the last page as they were
     size_t saved_count_ = 0, saved_pages_ = 0;
-    std::shared_ptr<std::vector<uint8_t>> saved_last_;
+    std::shared_ptr<Block> saved_last_;
 };
 
 struct LayerCache {
@@ -110,7 +161,7 @@ struct LayerCache {
     PagedEntries kv;                 // compressed entries
     PagedEntries index_keys;         // CSA indexer keys
 
-    explicit LayerCache(const LayerGeometry &g);
+    explicit LayerCache(const LayerGeometry &g, const std::shared_ptr<Storage> &storage = host_storage());
     void begin();
     void rollback();
     // Back to a new layer cache's state; the rings keep their memory (PositionRing::clear).
@@ -120,7 +171,8 @@ struct LayerCache {
 
 class SequenceCache {
 public:
-    explicit SequenceCache(const std::vector<LayerGeometry> &layers);
+    explicit SequenceCache(const std::vector<LayerGeometry> &layers,
+                           const std::shared_ptr<Storage> &storage = host_storage());
     int64_t length = 0;      // positions held
     int64_t high_water = 0;  // most positions held since the last clear: rings are valid back to high_water - capacity
     std::vector<LayerCache> layers;

@@ -20,6 +20,7 @@ Context::Context(const model::Model &model, const ContextOptions &options) : mod
         fail(DSV4_ERR_INVALID_ARGUMENT, "n_rewind = {} outside [0, 65536]", options_.n_rewind);
     if (options_.n_threads < 0) fail(DSV4_ERR_INVALID_ARGUMENT, "n_threads = {} is negative", options_.n_threads);
     backend_ = options_.make_backend ? options_.make_backend(options_.n_threads) : model.device().make_backend(options_.n_threads);
+    kv_storage_ = model.device().kv_storage();
     std::vector<kvcache::LayerGeometry> all = model.cache_geometry(options_.n_rewind);
     geometry_.assign(all.begin(), all.begin() + c.n_layers);
     seqs_.resize(size_t(options_.n_seq_max));
@@ -34,7 +35,7 @@ void Context::check_seq(int32_t seq) const {
 
 kvcache::SequenceCache &Context::cache(int32_t seq) {
     auto &slot = seqs_[size_t(seq)];
-    if (!slot) slot = std::make_unique<kvcache::SequenceCache>(geometry_);
+    if (!slot) slot = std::make_unique<kvcache::SequenceCache>(geometry_, kv_storage_);
     return *slot;
 }
 
@@ -160,7 +161,7 @@ void Context::mtp_logits(const int32_t *next_tokens, int32_t n, float *out, size
     for (int32_t k = 0; k < n; ++k) {
         const int32_t s = output_seq_[size_t(k)];
         auto &cache = mtp_caches_[size_t(s)];
-        if (!cache) cache = std::make_unique<kvcache::LayerCache>(g);
+        if (!cache) cache = std::make_unique<kvcache::LayerCache>(g, kv_storage_);
         if (std::find(touched.begin(), touched.end(), s) == touched.end()) {
             cache->begin();
             touched.push_back(s);
@@ -239,7 +240,7 @@ constexpr size_t kStateHeaderBytes = 20;
 size_t Context::state_size(int32_t seq) const {
     check_seq(seq);
     return kStateHeaderBytes + (seqs_[size_t(seq)] ? seqs_[size_t(seq)]->serialized_size()
-                                                   : kvcache::SequenceCache(geometry_).serialized_size());
+                                                   : kvcache::SequenceCache(geometry_, kv_storage_).serialized_size());
 }
 
 std::vector<uint8_t> Context::save_state(int32_t seq) const {
@@ -256,7 +257,7 @@ std::vector<uint8_t> Context::save_state(int32_t seq) const {
     put(&fp, 8);
     put(&rewind, 4);
     if (seqs_[size_t(seq)]) seqs_[size_t(seq)]->serialize(out);
-    else kvcache::SequenceCache(geometry_).serialize(out);
+    else kvcache::SequenceCache(geometry_, kv_storage_).serialize(out);
     return out;
 }
 
@@ -274,7 +275,7 @@ void Context::load_state(int32_t seq, const uint8_t *data, size_t size) {
     if (fp != model_.fingerprint()) fail(DSV4_ERR_VERSION, "state blob: saved with a different model");
     if (int(rewind) != options_.n_rewind)
         fail(DSV4_ERR_INVALID_ARGUMENT, "state blob: saved with n_rewind = {}, this context has {}", rewind, options_.n_rewind);
-    kvcache::SequenceCache loaded(geometry_);
+    kvcache::SequenceCache loaded(geometry_, kv_storage_);
     loaded.deserialize(data + kStateHeaderBytes, size - kStateHeaderBytes);
     if (loaded.length > options_.n_ctx)
         fail(DSV4_ERR_CONTEXT_FULL, "state blob: {} positions exceed n_ctx = {}", loaded.length, options_.n_ctx);

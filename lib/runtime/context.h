@@ -61,6 +61,7 @@ private:
     const model::Model &model_;
     ContextOptions options_;
     std::unique_ptr<backend::Backend> backend_;
+    std::shared_ptr<kvcache::Storage> kv_storage_;  // the model device's: where the caches live
     core::ScratchPool scratch_;  // forward passes' large temporaries, kept for the next pass
     std::vector<kvcache::LayerGeometry> geometry_;       // main layers
     std::vector<std::unique_ptr<kvcache::SequenceCache>> seqs_;

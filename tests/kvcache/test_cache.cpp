@@ -1,6 +1,7 @@
 // The cache manager's storage: paged entries (copy-on-write after fork, transactions), position rings,
 // and the exact memory plan of the real Flash and Pro configs (spec §11).
 #include <catch2/catch.hpp>
+#include <cstring>
 
 #include "io/config.h"
 #include "io/mapped_file.h"
@@ -68,4 +69,63 @@ TEST_CASE("memory plan of the real Flash and Pro configs matches the spec's acco
         const double states_mib = (n_csa * (2 * 8 * 1024 * 4 + 2 * 8 * 256 * 4) + n_hca * (2 * 128 * 512 * 4)) / 1048576.0;
         CHECK(plan.constant_bytes / 1048576.0 == Approx(window_mib + states_mib));
     }
+}
+
+// A storage of its own (as a device's would be), delegating to host memory and counting what it holds.
+class CountingStorage final : public kvcache::Storage {
+public:
+    std::string name() const override { return "counting"; }
+    uint8_t *allocate(size_t bytes) override {
+        live += bytes;
+        return kvcache::host_storage()->allocate(bytes);
+    }
+    void release(uint8_t *p, size_t bytes) noexcept override {
+        live -= bytes;
+        kvcache::host_storage()->release(p, bytes);
+    }
+    void copy(uint8_t *dst, const uint8_t *src, size_t bytes) override { ++copies, std::memcpy(dst, src, bytes); }
+    void zero(uint8_t *dst, size_t bytes) override { std::memset(dst, 0, bytes); }
+    void download(void *host, const uint8_t *src, size_t bytes) override { std::memcpy(host, src, bytes); }
+    void upload(uint8_t *dst, const void *host, size_t bytes) override { std::memcpy(dst, host, bytes); }
+    size_t live = 0, copies = 0;
+};
+
+TEST_CASE("a cache lives in its device's storage: every byte allocated there, forks copy there, a state saved from "
+          "one storage loads into another", "[kvcache]") {
+    auto storage = std::make_shared<CountingStorage>();
+    const auto c = io::parse_config(io::read_text_file(test::tiny_flash_dir() + "/config.json"));
+    auto geo = kvcache::cache_geometry(c, 4);
+    geo.resize(size_t(c.n_layers));
+    std::vector<uint8_t> saved;
+    {
+        kvcache::SequenceCache sc(geo, storage);
+        CHECK(storage->live == 0);  // nothing up front
+        for (kvcache::LayerCache &l : sc.layers) {
+            for (int64_t p = 0; p < 300; ++p) std::fill_n(l.window.write_row(p), l.window.row_len(), uint16_t(p));
+            if (!l.geo.ratio) continue;
+            for (int64_t p = 0; p < 300; ++p) std::fill_n(l.comp_rows.write_row(p), l.comp_rows.row_len(), float(p));
+            for (int64_t e = 0; e < 300 / l.geo.ratio; ++e) std::fill_n(l.kv.append(), l.kv.entry_bytes(), uint8_t(e));
+            if (l.geo.ratio != 4) continue;
+            for (int64_t p = 0; p < 300; ++p) std::fill_n(l.index_rows.write_row(p), l.index_rows.row_len(), float(-p));
+            for (int64_t e = 0; e < 75; ++e) std::fill_n(l.index_keys.append(), l.index_keys.entry_bytes(), uint8_t(e + 1));
+        }
+        sc.length = sc.high_water = 300;
+        CHECK(storage->live == sc.allocated_bytes());
+        {
+            const size_t before = storage->live;
+            kvcache::SequenceCache fork = sc;  // rings copied in the storage, pages shared
+            CHECK(storage->copies > 0);
+            size_t rings = 0;
+            for (const kvcache::LayerCache &l : sc.layers) rings += l.window.bytes() + l.comp_rows.bytes() + l.index_rows.bytes();
+            CHECK(storage->live == before + rings);
+        }
+        sc.serialize(saved);
+    }
+    CHECK(storage->live == 0);  // all of it released with the cache
+    kvcache::SequenceCache host(geo);
+    host.deserialize(saved.data(), saved.size());
+    std::vector<uint8_t> again;
+    host.serialize(again);
+    CHECK(again == saved);
+    CHECK(host.layers[2].index_keys.entry(74)[0] == 75);
 }

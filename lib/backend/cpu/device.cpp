@@ -79,6 +79,7 @@ public:
     std::unique_ptr<Backend> make_backend(int n_threads) const override {
         return std::make_unique<CpuBackend>(make_primitives(n_threads));
     }
+    std::shared_ptr<kvcache::Storage> kv_storage() const override { return kvcache::host_storage(); }
 
 private:
     core::HugeBuffer packed_;  // the packed copies the weights point at
