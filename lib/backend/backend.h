@@ -69,6 +69,8 @@ public:
     // The tensor's elements on the host: a pointer into the tensor where the host can read the device's memory
     // (the CPU's), else into `staging` after a copy. Only observed tensors are read this way.
     virtual const void *read(const Tensor &t, std::vector<uint8_t> &staging) = 0;
+    // Memory the backend keeps for its steps' temporaries between calls.
+    virtual size_t workspace_bytes() const { return 0; }
 
     // ---- steps (spec sections in brackets) ----------------------------------------------------------------
     // h[i, k·D + j] = embed[tokens[i], j] for each of the hc streams k (§2).

@@ -230,7 +230,7 @@ dsv4_memory_stats Context::memory_stats() const {
     st.bytes_per_4_tokens_csa = plan.bytes_per_4_tokens_csa;
     st.bytes_per_128_tokens_hca = plan.bytes_per_128_tokens_hca;
     st.bytes_per_1024_tokens = plan.bytes_per_1024_tokens;
-    st.scratch_bytes = scratch_.bytes();
+    st.scratch_bytes = scratch_.bytes() + backend_->workspace_bytes();
     return st;
 }
 

@@ -93,6 +93,18 @@ std::unique_ptr<Buffer> CpuBackend::allocate(core::DType dtype, int64_t rows, in
 void CpuBackend::upload(const void *host, const Tensor &dst) { std::memcpy(dst.data, host, dst.bytes()); }
 const void *CpuBackend::read(const Tensor &t, std::vector<uint8_t> &) { return t.data; }
 
+size_t CpuBackend::workspace_bytes() const {
+    const Workspace &w = ws_;
+    size_t n = 0;
+    for (const std::vector<float> *v : {&w.qa, &w.raw, &w.comp_a, &w.comp_z, &w.idx_a, &w.idx_z, &w.row_scores, &w.z, &w.acc,
+                                        &w.shared_g, &w.shared_u, &w.shared_a, &w.shared_out, &w.rw, &w.xe, &w.g, &w.u, &w.a,
+                                        &w.out})
+        n += v->capacity() * sizeof(float);
+    n += (w.rows.capacity() + w.own.capacity()) * 2 + w.valid.capacity() + w.entries.capacity() * sizeof(void *) +
+         w.gathered.capacity() * sizeof(int64_t);
+    return n;
+}
+
 }  // namespace dsv4::backend::cpu
 
 namespace dsv4::backend {

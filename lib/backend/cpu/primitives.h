@@ -53,6 +53,8 @@ class Primitives {
 public:
     virtual ~Primitives() = default;
     virtual std::string name() const = 0;
+    // The threads its parallel regions use (the steps' host loops use as many).
+    virtual int threads() const = 0;
 
     // y[n, w.rows] = bf16(fp8_gemm(act_quant_128(x[n, w.cols]), w)) (spec §10.3).
     virtual void linear_fp8(const float *x, int64_t n, const core::Fp8Matrix &w, float *y) = 0;

@@ -25,6 +25,7 @@ class OptimizedPrimitives final : public Primitives {
 public:
     OptimizedPrimitives(int n_threads, cpu::Isa isa)
         : reference_(make_reference_primitives(n_threads)), isa_(isa), n_threads_(n_threads) {}
+    int threads() const override { return cpu::resolve_threads(n_threads_); }
     std::string name() const override { return std::string("cpu-") + cpu::isa_name(isa_); }
 
     void linear_fp8(const float *x, int64_t n, const Fp8Matrix &w, float *y) override {
@@ -331,7 +332,6 @@ private:
         else cpu::fp8_packed_rows(w, act, n, r0, r1, y);
     }
 
-    int threads() const { return cpu::resolve_threads(n_threads_); }
     // Splits the row ranges [g·R, (g+1)·R) of groups g0 <= g < g1 into tiles from their starts, and all the tiles
     // over the threads: f(g, a, b) for rows [a, b) of group g; f must not throw (it runs inside an OpenMP region).
     // Tiles are handed out in turn, here as in the attention, the KV decode and the indexer: with equal shares the

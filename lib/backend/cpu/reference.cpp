@@ -45,6 +45,7 @@ auto bf16_rows(const Bf16Matrix &w) {
 class ReferencePrimitives final : public Primitives {
 public:
     explicit ReferencePrimitives(int n_threads) : n_threads_(n_threads) {}
+    int threads() const override { return cpu::resolve_threads(n_threads_); }
     std::string name() const override { return "cpu-reference"; }
 
     void linear_fp8(const float *x, int64_t n, const Fp8Matrix &w, float *y) override {
@@ -201,7 +202,6 @@ public:
     }
 
 private:
-    int threads() const { return cpu::resolve_threads(n_threads_); }
 
     // Rows [r0, r1) of a weight matrix [rows, cols] decoded to fp32 by load_row(r, wrow), times x [n, cols]: one
     // running sum per output, in order; y[i · rows + r].

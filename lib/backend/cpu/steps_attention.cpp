@@ -10,7 +10,6 @@
 #include "core/hadamard.h"
 #include "core/numeric.h"
 #include "core/ops.h"
-#include "core/scratch.h"
 
 namespace dsv4::backend::cpu {
 namespace {
@@ -115,32 +114,33 @@ void CpuBackend::query(const Layer &l, const Tensor &x, const Tensor &positions,
     const io::ModelConfig &cfg = l.config;
     const int64_t N = x.rows;
     const int H = cfg.n_heads, d = cfg.head_dim, nope = cfg.nope_head_dim(), Rq = cfg.q_lora_rank;
-    core::FloatBuffer qa(size_t(N * Rq));
-    p_->linear_fp8(x.as<const float>(), N, l.weights.wq_a, qa.data());
+    float *qa = sized(ws_.qa, size_t(N * Rq));
+    p_->linear_fp8(x.as<const float>(), N, l.weights.wq_a, qa);
     float *q_r = q_rt.as<float>(), *q = qt.as<float>();
     for (int64_t i = 0; i < N; ++i)
-        core::rms_norm(&qa[size_t(i * Rq)], size_t(Rq), l.weights.q_norm.data(), cfg.norm_eps, q_r + i * Rq);
+        core::rms_norm(qa + i * Rq, size_t(Rq), l.weights.q_norm.data(), cfg.norm_eps, q_r + i * Rq);
     p_->linear_fp8(q_r, N, l.weights.wq_b, q);
     const int32_t *pos = positions.as<const int32_t>();
-    for (int64_t i = 0; i < N; ++i)
-        for (int h = 0; h < H; ++h) {
-            float *qh = q + (i * H + h) * d;
-            core::head_rms_scale_bf16(qh, size_t(d), cfg.norm_eps);
-            l.rope.apply(qh + nope, pos[i]);
-        }
+#pragma omp parallel for num_threads(p_->threads()) schedule(static) if (N * H >= 64)
+    for (int64_t ih = 0; ih < N * H; ++ih) {
+        float *qh = q + ih * d;
+        core::head_rms_scale_bf16(qh, size_t(d), cfg.norm_eps);
+        l.rope.apply(qh + nope, pos[ih / H]);
+    }
 }
 
 void CpuBackend::kv(const Layer &l, const Tensor &x, const Tensor &positions, Tensor &kvt) {
     const io::ModelConfig &cfg = l.config;
     const int64_t N = x.rows;
     const int d = cfg.head_dim, nope = cfg.nope_head_dim();
-    core::FloatBuffer raw(size_t(N * d));
-    p_->linear_fp8(x.as<const float>(), N, l.weights.wkv, raw.data());
+    float *raw = sized(ws_.raw, size_t(N * d));
+    p_->linear_fp8(x.as<const float>(), N, l.weights.wkv, raw);
     float *kv = kvt.as<float>();
     const int32_t *pos = positions.as<const int32_t>();
+#pragma omp parallel for num_threads(p_->threads()) schedule(static) if (N >= 16)
     for (int64_t i = 0; i < N; ++i) {
         float *k = kv + i * d;
-        core::rms_norm(&raw[size_t(i * d)], size_t(d), l.weights.kv_norm.data(), cfg.norm_eps, k);
+        core::rms_norm(raw + i * d, size_t(d), l.weights.kv_norm.data(), cfg.norm_eps, k);
         l.rope.apply(k + nope, pos[i]);
         core::simulate_blocks(BlockFormat::fp8_e4m3, k, size_t(nope), kKvSimBlock);
     }
@@ -157,14 +157,15 @@ void CpuBackend::compress(const Layer &l, const Tensor &xt, const LayerBatch &b,
     const int kappa = m == 4 ? 2 : 1;
     const float eps = cfg.norm_eps, *x = xt.as<const float>();
     // Projections in fp32 (spec §5.2).
-    core::FloatBuffer comp_a(size_t(N) * kappa * d), comp_z(comp_a.size()), idx_a, idx_z;
-    p_->linear_f32(x, N, w.compressor.wkv, comp_a.data());
-    p_->linear_f32(x, N, w.compressor.wgate, comp_z.data());
+    float *comp_a = sized(ws_.comp_a, size_t(N) * kappa * d), *comp_z = sized(ws_.comp_z, size_t(N) * kappa * d);
+    float *idx_a = nullptr, *idx_z = nullptr;
+    p_->linear_f32(x, N, w.compressor.wkv, comp_a);
+    p_->linear_f32(x, N, w.compressor.wgate, comp_z);
     if (m == 4) {
-        idx_a.resize(size_t(N) * 2 * dI);
-        idx_z.resize(idx_a.size());
-        p_->linear_f32(x, N, w.index_compressor.wkv, idx_a.data());
-        p_->linear_f32(x, N, w.index_compressor.wgate, idx_z.data());
+        idx_a = sized(ws_.idx_a, size_t(N) * 2 * dI);
+        idx_z = sized(ws_.idx_z, size_t(N) * 2 * dI);
+        p_->linear_f32(x, N, w.index_compressor.wkv, idx_a);
+        p_->linear_f32(x, N, w.index_compressor.wgate, idx_z);
     }
     int64_t n_kv = 0, n_index = 0;  // entries emitted so far, in emission order
     std::vector<float> entry(static_cast<size_t>(d)), idx_entry(static_cast<size_t>(dI));
@@ -175,7 +176,7 @@ void CpuBackend::compress(const Layer &l, const Tensor &xt, const LayerBatch &b,
         for (int64_t t = 0; t < span.n; ++t) {
             const int64_t i = span.row0 + t, pos = span.start_pos + t;
             const CompressorRefs comp{w.compressor, cache.comp_rows, d, m == 4, m};
-            if (compressor_step(comp, &comp_a[size_t(i * kappa * d)], &comp_z[size_t(i * kappa * d)], pos, eps, l.rope,
+            if (compressor_step(comp, comp_a + i * kappa * d, comp_z + i * kappa * d, pos, eps, l.rope,
                                 r, entry.data())) {
                 core::simulate_blocks(BlockFormat::fp8_e4m3, entry.data(), size_t(nope), kKvSimBlock);
                 encode_kv_entry(g, entry.data(), cache.kv.append());
@@ -184,7 +185,7 @@ void CpuBackend::compress(const Layer &l, const Tensor &xt, const LayerBatch &b,
             }
             if (m != 4) continue;
             const CompressorRefs icomp{w.index_compressor, cache.index_rows, dI, true, 4};
-            if (compressor_step(icomp, &idx_a[size_t(i * 2 * dI)], &idx_z[size_t(i * 2 * dI)], pos, eps, l.rope, r,
+            if (compressor_step(icomp, idx_a + i * 2 * dI, idx_z + i * 2 * dI, pos, eps, l.rope, r,
                                 idx_entry.data())) {
                 core::hadamard_bf16(idx_entry.data(), size_t(dI));
                 core::simulate_blocks(BlockFormat::fp4_e2m1, idx_entry.data(), size_t(dI), kIndexSimBlock);
@@ -207,13 +208,13 @@ void CpuBackend::index_query(const Layer &l, const Tensor &x, const Tensor &q_r,
     const float omega_scale = float(1.0 / std::sqrt(double(dI)) / std::sqrt(double(nI)));
     for (int64_t i = 0; i < N * nI; ++i) omega[i] = round_bf16(omega[i] * omega_scale);
     const int32_t *pos = positions.as<const int32_t>();
-    for (int64_t i = 0; i < N; ++i)
-        for (int h = 0; h < nI; ++h) {
-            float *qh = qI + (i * nI + h) * dI;
-            l.rope.apply(qh + (dI - r), pos[i]);
-            core::hadamard_bf16(qh, size_t(dI));
-            core::simulate_blocks(BlockFormat::fp4_e2m1, qh, size_t(dI), kIndexSimBlock);
-        }
+#pragma omp parallel for num_threads(p_->threads()) schedule(static) if (N * nI >= 64)
+    for (int64_t ih = 0; ih < N * nI; ++ih) {
+        float *qh = qI + ih * dI;
+        l.rope.apply(qh + (dI - r), pos[ih / nI]);
+        core::hadamard_bf16(qh, size_t(dI));
+        core::simulate_blocks(BlockFormat::fp4_e2m1, qh, size_t(dI), kIndexSimBlock);
+    }
 }
 
 void CpuBackend::index_topk(const Layer &l, const Tensor &qIt, const Tensor &omegat, const LayerBatch &b,
@@ -225,13 +226,12 @@ void CpuBackend::index_topk(const Layer &l, const Tensor &qIt, const Tensor &ome
     int32_t *topk = topkt.as<int32_t>();
     std::fill_n(topk, topkt.count(), -1);
     if (scores) std::fill_n(scores->as<float>(), scores->count(), -INFINITY);
-    core::FloatBuffer row_scores;
     for (size_t s = 0; s < b.spans.size(); ++s) {
         const Span &span = b.spans[s];
         const IndexKeys keys(b.caches[s]->index_keys);
         for (int64_t t = 0; t < span.n; ++t) {
             const int64_t i = span.row0 + t, n_avail = (span.start_pos + t + 1) / m;
-            float *score = scores ? scores->as<float>() + i * scores->cols : (row_scores.resize(size_t(n_avail)), row_scores.data());
+            float *score = scores ? scores->as<float>() + i * scores->cols : sized(ws_.row_scores, size_t(n_avail));
             p_->index_scores(qI + i * nI * dI, omega + i * nI, nI, dI, keys.keys, n_avail, score);
             const std::vector<int32_t> selected = topk_desc(score, n_avail, K);
             std::copy(selected.begin(), selected.end(), topk + i * K);
@@ -246,17 +246,16 @@ void CpuBackend::sparse_attention(const Layer &l, const Tensor &qt, const Tensor
     const int m = l.spec.compress_ratio;
     const float *q = qt.as<const float>();
     float *o = ot.as<float>();
-    std::vector<uint16_t> rows;  // bf16, the reference's KV dtype
-    std::vector<uint8_t> valid;
-    std::vector<const uint8_t *> entries;  // the compressed entries a query attends to
-    std::vector<uint16_t> own;  // the span's KV in bf16, converted once
+    std::vector<uint16_t> &rows = ws_.rows;  // bf16, the reference's KV dtype
+    std::vector<uint8_t> &valid = ws_.valid;
+    std::vector<const uint8_t *> &entries = ws_.entries;  // the compressed entries a query attends to
     for (size_t s = 0; s < b.spans.size(); ++s) {
         const Span &span = b.spans[s];
         kvcache::LayerCache &cache = *b.caches[s];
         const kvcache::LayerGeometry &g = cache.geo;
         const float *kv = kvt.as<const float>() + span.row0 * d;
-        own.resize(size_t(span.n * d));
-        for (size_t c = 0; c < own.size(); ++c) own[c] = core::f32_to_bf16(kv[c]);
+        uint16_t *own = sized(ws_.own, size_t(span.n * d));  // the span's KV in bf16, converted once
+        for (size_t c = 0; c < size_t(span.n * d); ++c) own[c] = core::f32_to_bf16(kv[c]);
         for (int64_t t = 0; t < span.n; ++t) {
             const int64_t i = span.row0 + t, pos = span.start_pos + t;
             // Window part: always W slots, oldest → newest, -1 padding while pos < W-1 (spec §7). The attention
@@ -302,9 +301,9 @@ void CpuBackend::sparse_attention(const Layer &l, const Tensor &qt, const Tensor
 
 void CpuBackend::output_projection(const Layer &l, const Tensor &o, Tensor &y) {
     const core::LayerWeights &w = l.weights;
-    core::FloatBuffer z(size_t(o.rows) * size_t(w.wo_a.rows));
-    p_->linear_dequant_fp8(o.as<const float>(), o.rows, w.wo_a, l.config.o_groups, z.data());
-    p_->linear_fp8(z.data(), o.rows, w.wo_b, y.as<float>());
+    float *z = sized(ws_.z, size_t(o.rows) * size_t(w.wo_a.rows));
+    p_->linear_dequant_fp8(o.as<const float>(), o.rows, w.wo_a, l.config.o_groups, z);
+    p_->linear_fp8(z, o.rows, w.wo_b, y.as<float>());
 }
 
 }  // namespace dsv4::backend::cpu

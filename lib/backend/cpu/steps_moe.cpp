@@ -8,14 +8,14 @@
 #include "backend/cpu/backend.h"
 #include "core/numeric.h"
 #include "core/ops.h"
-#include "core/scratch.h"
 
 namespace dsv4::backend::cpu {
 namespace {
 
 // SwiGLU with the clamp (spec §8.2): a = bf16(weight · silu(min(g, L)) · clamp(u, ±L)).
 void swiglu(const float *g, const float *u, int64_t n, float limit, const float *row_weight, int64_t width,
-            float *a) {
+            float *a, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (n >= 16)
     for (int64_t i = 0; i < n; ++i)
         for (int64_t c = 0; c < width; ++c) {
             float gv = g[i * width + c], uv = u[i * width + c];
@@ -64,6 +64,7 @@ void CpuBackend::experts(const Layer &l, const Tensor &xt, const Tensor &idst, c
     const int64_t N = xt.rows;
     const float *x = xt.as<const float>(), *weights = weightst.as<const float>();
     const int32_t *ids = idst.as<const int32_t>();
+    const int nt = p_->threads();
     // Routed experts (ascending id) in batches of up to kBatchRows gathered rows: the primitives get a batch's w1
     // and w3 (with the shared expert's, in the first batch) in one call, then their w2 in another, so a decode
     // step's expert matrices share one parallel region each instead of one per matrix. Each token still sums its
@@ -72,52 +73,58 @@ void CpuBackend::experts(const Layer &l, const Tensor &xt, const Tensor &idst, c
     const core::ExpertMatrix shared_w1{core::ExpertFormat::fp8, {}, l.weights.shared.w1},
         shared_w2{core::ExpertFormat::fp8, {}, l.weights.shared.w2},
         shared_w3{core::ExpertFormat::fp8, {}, l.weights.shared.w3};
-    core::FloatBuffer acc(size_t(N * D), 0.0f), shared_g(size_t(N * I)), shared_u(shared_g.size()),
-        shared_a(shared_g.size()), shared_out(size_t(N * D));
+    float *acc = sized(ws_.acc, size_t(N * D)), *shared_g = sized(ws_.shared_g, size_t(N * I)),
+          *shared_u = sized(ws_.shared_u, size_t(N * I)), *shared_a = sized(ws_.shared_a, size_t(N * I)),
+          *shared_out = sized(ws_.shared_out, size_t(N * D));
+    std::fill_n(acc, N * D, 0.0f);
     struct Routed {
         int e;
         int64_t first, n;  // its rows [first, first + n) of the batch's gathered rows
     };
     std::vector<Routed> batch;
-    std::vector<int64_t> rows;  // token of each gathered row
-    core::FloatBuffer rw, xe, g, u, a, out;
+    std::vector<int64_t> &rows = ws_.gathered;  // token of each gathered row
+    std::vector<float> &rw = ws_.rw;  // its routing weight
+    rows.clear();
+    rw.clear();
     std::vector<ExpertLinear> jobs;
     bool shared_done = false;
     const auto run_batch = [&] {
         const int64_t total = int64_t(rows.size());
-        xe.resize(size_t(total * D));
-        for (int64_t r = 0; r < total; ++r) std::copy_n(x + rows[size_t(r)] * D, D, &xe[size_t(r * D)]);
-        g.resize(size_t(total * I));
-        u.resize(g.size());
-        a.resize(g.size());
-        out.resize(size_t(total * D));
+        float *xe = sized(ws_.xe, size_t(total * D)), *g = sized(ws_.g, size_t(total * I)),
+              *u = sized(ws_.u, size_t(total * I)), *a = sized(ws_.a, size_t(total * I)), *out = sized(ws_.out, size_t(total * D));
+#pragma omp parallel for num_threads(nt) schedule(static) if (total >= 64)
+        for (int64_t r = 0; r < total; ++r) std::copy_n(x + rows[size_t(r)] * D, D, xe + r * D);
         jobs.clear();
         for (const Routed &b : batch) {
             const core::ExpertWeights &ew = l.weights.experts[size_t(b.e)];
-            jobs.push_back({&xe[size_t(b.first * D)], b.n, &ew.w1, &g[size_t(b.first * I)]});
-            jobs.push_back({&xe[size_t(b.first * D)], b.n, &ew.w3, &u[size_t(b.first * I)]});
+            jobs.push_back({xe + b.first * D, b.n, &ew.w1, g + b.first * I});
+            jobs.push_back({xe + b.first * D, b.n, &ew.w3, u + b.first * I});
         }
         const bool with_shared = !shared_done;
         if (with_shared) {
-            jobs.push_back({x, N, &shared_w1, shared_g.data()});
-            jobs.push_back({x, N, &shared_w3, shared_u.data()});
+            jobs.push_back({x, N, &shared_w1, shared_g});
+            jobs.push_back({x, N, &shared_w3, shared_u});
         }
         p_->linear_experts(jobs.data(), jobs.size());
-        swiglu(g.data(), u.data(), total, cfg.swiglu_limit, rw.data(), I, a.data());
+        swiglu(g, u, total, cfg.swiglu_limit, rw.data(), I, a, nt);
         jobs.clear();
         for (const Routed &b : batch) {
             const core::ExpertWeights &ew = l.weights.experts[size_t(b.e)];
-            jobs.push_back({&a[size_t(b.first * I)], b.n, &ew.w2, &out[size_t(b.first * D)]});
+            jobs.push_back({a + b.first * I, b.n, &ew.w2, out + b.first * D});
         }
         if (with_shared) {
             // the shared expert: same clamp in the current revision (spec §15.1), no routing weight
-            swiglu(shared_g.data(), shared_u.data(), N, cfg.swiglu_limit, nullptr, I, shared_a.data());
-            jobs.push_back({shared_a.data(), N, &shared_w2, shared_out.data()});
+            swiglu(shared_g, shared_u, N, cfg.swiglu_limit, nullptr, I, shared_a, nt);
+            jobs.push_back({shared_a, N, &shared_w2, shared_out});
         }
         p_->linear_experts(jobs.data(), jobs.size());
-        for (const Routed &b : batch)
-            for (int64_t r = b.first; r < b.first + b.n; ++r)
-                for (int c = 0; c < D; ++c) acc[size_t(rows[size_t(r)] * D + c)] += out[size_t(r * D + c)];
+        // Each element sums its experts in id order (the rows' order); threads take column blocks.
+        constexpr int kColumns = 64;
+#pragma omp parallel for num_threads(nt) schedule(static) if (total >= 64)
+        for (int c0 = 0; c0 < D; c0 += kColumns)
+            for (int64_t r = 0; r < total; ++r)
+                for (int c = c0; c < std::min(D, c0 + kColumns); ++c)
+                    acc[rows[size_t(r)] * D + c] += out[r * D + c];
         shared_done = true;
         batch.clear();
         rows.clear();
@@ -136,7 +143,8 @@ void CpuBackend::experts(const Layer &l, const Tensor &xt, const Tensor &idst, c
     }
     if (!batch.empty() || !shared_done) run_batch();
     float *y = yt.as<float>();
-    for (int64_t i = 0; i < N * D; ++i) y[i] = core::round_bf16(acc[size_t(i)] + shared_out[size_t(i)]);
+#pragma omp parallel for num_threads(nt) schedule(static) if (N >= 16)
+    for (int64_t i = 0; i < N * D; ++i) y[i] = core::round_bf16(acc[i] + shared_out[i]);
 }
 
 }  // namespace dsv4::backend::cpu

@@ -15,6 +15,7 @@ std::vector<float> mixes(Primitives &p, const core::HcWeights &w, const float *h
                          int64_t n_mix, float norm_eps) {
     std::vector<float> mu(static_cast<size_t>(N * n_mix));
     p.linear_f32w(h, N, w.fn.data(), n_mix, width, mu.data());
+#pragma omp parallel for num_threads(p.threads()) schedule(static) if (N >= 16)
     for (int64_t i = 0; i < N; ++i) {
         const float rho = core::rms_factor(h + i * width, size_t(width), norm_eps);
         for (int64_t k = 0; k < n_mix; ++k) mu[size_t(i * n_mix + k)] *= rho;
@@ -58,6 +59,7 @@ void CpuBackend::hc_pre(const io::ModelConfig &c, const core::HcWeights &w, cons
     float *x = xt.as<float>(), *xn = xnt.as<float>();
     std::vector<float> mu = mixes(*p_, w, h, N, width, n_mix, c.norm_eps);
     const float *scale = w.scale.data(), *base = w.base.data();
+#pragma omp parallel for num_threads(p_->threads()) schedule(static) if (N >= 16)
     for (int64_t i = 0; i < N; ++i) {
         const float *m = &mu[size_t(i * n_mix)];
         float *pre = mix.as<float>() + i * n_mix, *post = pre + hc, *C = post + hc;
@@ -99,6 +101,7 @@ void CpuBackend::hc_post(const Tensor &mix, const Tensor &yt, const Tensor &ht, 
     const int64_t N = ht.rows, D = yt.cols;
     const float *h = ht.as<const float>(), *y = yt.as<const float>();
     float *out = outt.as<float>();
+#pragma omp parallel for num_threads(p_->threads()) schedule(static) if (N >= 16)
     for (int64_t i = 0; i < N; ++i) {
         const float *post = mix.as<const float>() + i * mix.cols + hc, *C = post + hc;
         const float *hi = h + i * hc * D, *yi = y + i * D;
