@@ -417,9 +417,27 @@ typedef int (*dsv4_abort_callback)(void *user_data);
  * data holds rows x cols values of dtype DSV4_DTYPE_F32 (bf16 quantities arrive as fp32 values) or
  * DSV4_DTYPE_I32, row-major, borrowed for the call only. Rows follow the batch grouped by sequence (one row per
  * token, except compressed entries: one row per entry emitted). Called on the thread running dsv4_decode.
- * Return 0 to stop receiving tensors for the rest of the context's life. */
+ * Return 0 to stop receiving tensors for the rest of the context's life.
+ *
+ * The names, "L<layer>." followed by (N = the batch's tokens, D = dim, hc = hc_mult, H·d = heads x head_dim):
+ *   hc_attn_pre, hc_attn_post [N, hc], hc_attn_comb [N, hc·hc]   mHC mixes of the attention step (F32)
+ *   attn_in, attn_norm [N, D]          the collapsed streams and their RMSNorm
+ *   kv [N, head_dim]                   the KV path's output (rotated, FP8-simulated)
+ *   index_q [N, nI·dI], index_weights [N, nI]                    indexer queries and head weights (CSA)
+ *   kv_comp [E, head_dim], index_kv_comp [E, dI]                 entries the batch emitted (compressed layers)
+ *   index_scores [n, entries], index_topk [n, min(topk, entries)] (I32)   per sequence: its n tokens over the
+ *                                      entries it holds by the batch's end (CSA; -inf / -1 past a token's view)
+ *   attn_heads [N, H·d], attn_out [N, D], h_mid [N, hc·D]        attention heads, output, streams after it
+ *   hc_ffn_pre, hc_ffn_post, hc_ffn_comb, ffn_in, ffn_norm       the same for the MoE step
+ *   gate_scores [N, n_experts] (F32), gate_ids [N, k] (I32), gate_weights [N, k] (F32)   the router
+ *   ffn_out [N, D], h_out [N, hc·D]    the MoE output and the streams after the block
+ * A tensor nobody asked for (see dsv4_eval_ask_callback) is neither copied nor, for kv_comp, index_kv_comp and
+ * index_scores, computed. */
 typedef int (*dsv4_eval_callback)(const char *name, int32_t layer, dsv4_dtype dtype, int64_t rows,
                                   int64_t cols, const void *data, void *user_data);
+/* Asked before a tensor is observed: return nonzero to receive `name` (as above) of `layer` through the
+ * dsv4_eval_callback. Called on the thread running dsv4_decode, with eval_user_data. */
+typedef int (*dsv4_eval_ask_callback)(const char *name, int32_t layer, void *user_data);
 
 typedef struct dsv4_context_params {
     size_t struct_size;              /* sizeof(dsv4_context_params); set by _init */
@@ -432,6 +450,7 @@ typedef struct dsv4_context_params {
     void *abort_user_data;
     dsv4_eval_callback eval_callback;   /* NULL = none */
     void *eval_user_data;
+    dsv4_eval_ask_callback eval_ask;    /* which tensors eval_callback receives; NULL = every one */
 } dsv4_context_params;
 
 /* Fills *params with defaults (see the fields). Returns DSV4_OK or DSV4_ERR_INVALID_ARGUMENT.

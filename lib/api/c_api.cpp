@@ -594,7 +594,13 @@ DSV4_API dsv4_status dsv4_context_create(const dsv4_model *model, const dsv4_con
         dsv4_eval_callback cb = p.eval_callback;
         void *user = p.eval_user_data;
         auto active = std::make_shared<bool>(true);
-        o.observer.wants = [active](const char *, int) { return *active; };
+        const dsv4_eval_ask_callback ask = p.eval_ask;
+        o.observer.wants = [active, ask, user](const char *name, int layer) {
+            if (!*active) return false;
+            if (!ask) return true;
+            const std::string full = "L" + std::to_string(layer) + "." + name;
+            return ask(full.c_str(), layer, user) != 0;
+        };
         o.observer.get = [cb, user, active](const char *name, int layer, dsv4_dtype dtype, int64_t rows, int64_t cols,
                                             const void *data) {
             const std::string full = "L" + std::to_string(layer) + "." + name;

@@ -1,4 +1,5 @@
 // Bad input to a context: clear statuses, and the cache exactly as before the failed call.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <dsv4/dsv4.h>
 #include <string>
@@ -11,7 +12,7 @@ struct Fixture {
     dsv4_model *model = nullptr;
     dsv4_context *ctx = nullptr;
     Fixture(dsv4_abort_callback abort = nullptr, void *abort_data = nullptr, dsv4_eval_callback eval = nullptr,
-            void *eval_data = nullptr, int n_ctx = 64) {
+            void *eval_data = nullptr, int n_ctx = 64, dsv4_eval_ask_callback ask = nullptr) {
         REQUIRE(dsv4_model_load(dsv4::test::tiny_flash_dir().c_str(), nullptr, &model) == DSV4_OK);
         dsv4_context_params p = dsv4_context_default_params();
         p.n_ctx = n_ctx;
@@ -20,6 +21,7 @@ struct Fixture {
         p.abort_user_data = abort_data;
         p.eval_callback = eval;
         p.eval_user_data = eval_data;
+        p.eval_ask = ask;
         REQUIRE(dsv4_context_create(model, &p, &ctx) == DSV4_OK);
     }
     ~Fixture() {
@@ -130,6 +132,36 @@ TEST_CASE("the eval callback observes named intermediate tensors", "[errors]") {
     CHECK(has("L3.kv_comp"));
     CHECK(has("L1.gate_ids"));
     CHECK(has("L3.h_out"));
+}
+
+TEST_CASE("the eval callback receives only the tensors its ask callback wants, and logits do not change", "[errors]") {
+    struct Seen {
+        std::vector<std::string> asked, got;
+    } seen;
+    const auto ask = [](const char *name, int32_t, void *user) {
+        static_cast<Seen *>(user)->asked.emplace_back(name);
+        const std::string n(name);
+        return int(n == "L2.index_topk" || n == "L3.kv_comp" || n == "L0.h_out");
+    };
+    const auto get = [](const char *name, int32_t, dsv4_dtype, int64_t rows, int64_t cols, const void *, void *user) {
+        static_cast<Seen *>(user)->got.emplace_back(std::string(name) + ":" + std::to_string(rows) + "x" + std::to_string(cols));
+        return 1;
+    };
+    std::vector<int32_t> prompt(260);
+    for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 13 + 5) % 2048);
+    dsv4_batch b{};
+    b.struct_size = sizeof b;
+    b.tokens = prompt.data();
+    b.n_tokens = int32_t(prompt.size());
+    Fixture plain(nullptr, nullptr, nullptr, nullptr, 512);
+    REQUIRE(dsv4_decode(plain.ctx, &b) == DSV4_OK);
+    Fixture asked(nullptr, nullptr, get, &seen, 512, ask);
+    REQUIRE(dsv4_decode(asked.ctx, &b) == DSV4_OK);
+    CHECK(asked.last_logits() == plain.last_logits());
+    // 260 tokens: layer 3 (ratio 128) emits 2 entries; layer 2's top-k is min(16, 65 entries) wide
+    CHECK(seen.got == std::vector<std::string>{"L0.h_out:260x1024", "L2.index_topk:260x16", "L3.kv_comp:2x512"});
+    CHECK(std::count(seen.asked.begin(), seen.asked.end(), std::string("L1.attn_out")) == 1);
+    CHECK(std::count(seen.asked.begin(), seen.asked.end(), std::string("L2.index_scores")) == 1);
 }
 
 TEST_CASE("MTP logits are available on request", "[errors]") {
