@@ -209,7 +209,9 @@ typedef struct dsv4_model_params {
                                                    cache); 0: compute from the checkpoint's bytes in place */
 } dsv4_model_params;
 
-/* Fills *params with defaults. size = sizeof(*params) as the caller knows it (ABI growth).
+/* Fills *params with defaults. size = sizeof(*params) as the caller knows it (ABI growth: a caller built against an
+ * older header gets the fields it knows, and every call taking the struct defaults the others; every _params_init
+ * below works the same way).
  * Returns DSV4_ERR_INVALID_ARGUMENT if params is NULL or size is too small. Thread-safety: any thread. */
 DSV4_API dsv4_status dsv4_model_params_init(dsv4_model_params *params, size_t size);
 static inline dsv4_model_params dsv4_model_default_params(void) {

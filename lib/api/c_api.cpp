@@ -75,13 +75,17 @@ void copy_out(T *dst, T src) {
     std::memcpy(static_cast<void *>(dst), &src, n);
 }
 
-// *_params_init: checks the caller's size and writes the defaults.
+// *_params_init: writes the defaults of the fields the caller's struct has. A caller built against an older header
+// passes its smaller size and gets the fields it knows (read_params then defaults the rest); a newer one's unknown
+// tail is zeroed.
 template <typename T>
 void init_params(T *params, size_t size, const char *name, T defaults) {
     require(params, "params");
-    if (size < sizeof(T)) fail(DSV4_ERR_INVALID_ARGUMENT, "{}: size {} < sizeof = {}", name, size, sizeof(T));
-    defaults.struct_size = sizeof(T);
-    *params = defaults;
+    if (size < sizeof(size_t) || size > (1u << 16))
+        fail(DSV4_ERR_INVALID_ARGUMENT, "{}: size {} is not a valid struct size", name, size);
+    defaults.struct_size = size;
+    std::memcpy(static_cast<void *>(params), &defaults, std::min(size, sizeof(T)));
+    if (size > sizeof(T)) std::memset(reinterpret_cast<char *>(params) + sizeof(T), 0, size - sizeof(T));
 }
 
 // Reads a caller's params struct of any size: fields it lacks keep their defaults.

@@ -1,5 +1,6 @@
 // The C ABI contract: version twins, pinned status values, params init, thread-local last error, layouts.
 #include <catch2/catch.hpp>
+#include <cstring>
 #include <cstddef>
 #include <dsv4/dsv4.h>
 #include <string>
@@ -60,6 +61,37 @@ TEST_CASE("params init fills defaults and checks the size", "[api]") {
     CHECK(cp.n_ctx == 4096);
     CHECK(cp.n_seq_max == 1);
     CHECK(cp.n_rewind == 32);
+}
+
+TEST_CASE("a caller built against an older header (a shorter params struct) inits and creates a context", "[api]") {
+    // As a program compiled before dsv4_context_params::eval_ask existed: its struct ends at eval_user_data.
+    const size_t old_size = offsetof(dsv4_context_params, eval_ask);
+    union {
+        dsv4_context_params p;
+        unsigned char bytes[sizeof(dsv4_context_params)];
+    } u;
+    std::memset(u.bytes, 0xAB, sizeof u.bytes);  // what lies past the old struct must not be read
+    REQUIRE(dsv4_context_params_init(&u.p, old_size) == DSV4_OK);
+    CHECK(u.p.struct_size == old_size);
+    CHECK(u.p.n_ctx == 4096);
+    CHECK(u.bytes[old_size] == 0xAB);  // nothing written past the caller's struct
+    dsv4_model *m = nullptr;
+    REQUIRE(dsv4_model_load(dsv4::test::tiny_flash_dir().c_str(), nullptr, &m) == DSV4_OK);
+    dsv4_context *ctx = nullptr;
+    REQUIRE(dsv4_context_create(m, &u.p, &ctx) == DSV4_OK);
+    int32_t token = 5;
+    dsv4_batch b{};
+    b.struct_size = sizeof b;
+    b.tokens = &token;
+    b.n_tokens = 1;
+    CHECK(dsv4_decode(ctx, &b) == DSV4_OK);  // the unknown eval_ask bytes (0xAB...) were never read
+    dsv4_context_free(ctx);
+    dsv4_model_free(m);
+    // and a newer caller's longer struct: the library's fields filled, the tail zeroed
+    unsigned char longer[sizeof(dsv4_context_params) + 16];
+    std::memset(longer, 0xAB, sizeof longer);
+    REQUIRE(dsv4_context_params_init(reinterpret_cast<dsv4_context_params *>(longer), sizeof longer) == DSV4_OK);
+    CHECK(longer[sizeof longer - 1] == 0);
 }
 
 TEST_CASE("the last error is per thread and names the culprit", "[api]") {

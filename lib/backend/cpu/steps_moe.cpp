@@ -12,21 +12,22 @@
 namespace dsv4::backend::cpu {
 namespace {
 
-// SwiGLU with the clamp (spec §8.2): a = bf16(weight · silu(min(g, L)) · clamp(u, ±L)).
+// SwiGLU with the clamp (spec §8.2): a = bf16(weight · silu(min(g, L)) · clamp(u, ±L)). Elements are independent:
+// threads take blocks of them, so a decode step's few rows split too.
 void swiglu(const float *g, const float *u, int64_t n, float limit, const float *row_weight, int64_t width,
             float *a, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static) if (n >= 16)
-    for (int64_t i = 0; i < n; ++i)
-        for (int64_t c = 0; c < width; ++c) {
-            float gv = g[i * width + c], uv = u[i * width + c];
-            if (limit > 0) {
-                uv = std::clamp(uv, -limit, limit);
-                gv = std::min(gv, limit);
-            }
-            float v = core::silu(gv) * uv;
-            if (row_weight) v = row_weight[i] * v;
-            a[i * width + c] = core::round_bf16(v);
+    const int64_t count = n * width;
+#pragma omp parallel for num_threads(threads) schedule(static) if (count >= 8192)
+    for (int64_t e = 0; e < count; ++e) {
+        float gv = g[e], uv = u[e];
+        if (limit > 0) {
+            uv = std::clamp(uv, -limit, limit);
+            gv = std::min(gv, limit);
         }
+        float v = core::silu(gv) * uv;
+        if (row_weight) v = row_weight[e / width] * v;
+        a[e] = core::round_bf16(v);
+    }
 }
 
 }  // namespace
