@@ -229,7 +229,8 @@ bool replay_layers(const model::Model &model, const json &lr, const TensorFile &
             std::vector<std::pair<int64_t, int64_t>> calls{{0, P}};
             for (int64_t t = P; t < T; ++t) calls.emplace_back(t, 1);
             std::vector<float> out_mid, out_h;
-            for (auto [start, n] : calls) {
+            for (const auto &call : calls) {
+                const int64_t start = call.first, n = call.second;  // not a structured binding: the lambda captures them
                 cache.begin();
                 // Each sub-layer from the golden input of this call, on the backend's tensors.
                 const auto upload = [&](core::DType dtype, int64_t cols, const void *host) {
