@@ -27,3 +27,13 @@ if(NOT TARGET PkgConfig::PCRE2)
   message(FATAL_ERROR "dsv4: PCRE2 not found; install the Debian packages 'libpcre2-dev' and 'pkg-config' "
                       "(scripts/setup.sh does this)")
 endif()
+if(DSV4_BUILD_TOOLS)
+  # `dsv4 serve`: Debian's cpp-httplib is a compiled library; its pkg-config flags carry the build's defines.
+  if(PkgConfig_FOUND)
+    pkg_check_modules(HTTPLIB QUIET IMPORTED_TARGET cpp-httplib)
+  endif()
+  if(NOT TARGET PkgConfig::HTTPLIB)
+    message(FATAL_ERROR "dsv4: cpp-httplib not found; install the Debian package 'libcpp-httplib-dev' "
+                        "(scripts/setup.sh does this)")
+  endif()
+endif()

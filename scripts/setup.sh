@@ -7,6 +7,7 @@ packages=(
   cmake ninja-build g++ pkg-config          # build
   libfmt-dev nlohmann-json3-dev libpcre2-dev # library dependencies
   libcli11-dev                               # the dsv4 tool
+  libcpp-httplib-dev                         # dsv4 serve
   catch2                                     # tests
   clang libclang-rt-14-dev                   # sanitizer build and libFuzzer targets
   binutils                                   # nm, for the exported-symbol check

@@ -13,6 +13,7 @@
 #include "eval_tokenizer.h"
 #include "generate_cli.h"
 #include "golden.h"
+#include "serve/serve.h"
 #include "io/config.h"
 #include "io/mapped_file.h"
 #include "kvcache/cache.h"
@@ -121,6 +122,26 @@ int main(int argc, char **argv) {
     add_generation(chat);
 
     dsv4::tools::BenchOptions bo;
+    dsv4::serve::ServeOptions so;
+    auto *serve = app.add_subcommand("serve", "OpenAI- and Anthropic-compatible HTTP server (README: Serving)");
+    serve->add_option("-m,--model", so.model_dir, "checkpoint directory (default: the embedded model)");
+    serve->add_option("--alias", so.alias, "model id the APIs report (default: the checkpoint's name)");
+    serve->add_option("--host", so.http.host, "address to listen on")->capture_default_str();
+    serve->add_option("--port", so.http.port, "port (0 = any free port, printed)")->check(CLI::Range(0, 65535))->capture_default_str();
+    serve->add_option("--api-key", so.http.api_key, "require this key (Authorization: Bearer or x-api-key); /health stays public");
+    serve->add_option("--slots", so.engine.slots, "requests decoded together")->check(CLI::Range(1, 256))->capture_default_str();
+    serve->add_option("--queue", so.engine.queue, "requests waiting for a slot before 429 / 529")->check(CLI::Range(0, 4096))->capture_default_str();
+    serve->add_option("--cache-seqs", so.engine.cache_sequences, "sequences kept for prefix reuse (0 = 2 x slots)")->check(CLI::Range(0, 4096));
+    serve->add_option("-c,--ctx-size", so.engine.n_ctx, "context length per sequence in tokens")->check(CLI::Range(16, 1 << 30))->capture_default_str();
+    serve->add_option("--batch", so.engine.n_batch, "tokens per evaluation step")->check(CLI::Range(1, 1 << 16))->capture_default_str();
+    serve->add_option("--rewind", so.engine.n_rewind, "positions a cached sequence may be cut back to reuse its prefix")->check(CLI::Range(0, 4096))->capture_default_str();
+    serve->add_option("-t,--threads", so.engine.n_threads, "compute threads (0 = OMP_NUM_THREADS, else all cores)");
+    serve->add_option("--max-body", so.http.max_body, "largest request body in bytes (413 beyond)")->capture_default_str();
+    serve->add_option("--timeout", so.http.timeout_seconds, "read, write and idle timeout in seconds")->check(CLI::Range(1, 3600))->capture_default_str();
+    serve->add_flag("--think", so.think, "thinking mode unless a request chooses");
+    serve->add_flag("--test-hooks", so.test_hooks, "accept scripted completions (\"dsv4_test\" in a body): for tests only");
+    serve->add_flag("-q,--quiet", so.quiet, "no load progress on stderr");
+
     auto *bench = app.add_subcommand("bench", "prefill and decode tokens/s on random token ids");
     bench->add_option("-m,--model", bo.model_dir, "checkpoint directory")->required();
     bench->add_option("-p,--n-prompt", bo.n_prompt, "prompt tokens")->check(CLI::Range(1, 1 << 20));
@@ -161,6 +182,7 @@ int main(int argc, char **argv) {
         if (*run) return dsv4::tools::run(ro);
         if (*chat) return dsv4::tools::chat(ro);
         if (*bench) return dsv4::tools::bench(bo);
+        if (*serve) return dsv4::serve::serve(so);
         if (*golden) return dsv4::tools::eval_golden(dir, gopt) ? 0 : 1;
         if (*memory) return cmd_memory(dir, tokens, rewind);
         if (*evchat) return dsv4::tools::eval_chat(dir, chat_verbose) ? 0 : 1;

@@ -264,6 +264,8 @@ typedef struct dsv4_model_info {
     dsv4_dtype expert_dtype;      /* DSV4_DTYPE_FP4_E2M1 or DSV4_DTYPE_F8_E4M3 */
     uint64_t n_params;            /* parameters in the checkpoint (FP4 counts 2 per byte), incl. MTP */
     uint64_t n_bytes;             /* bytes of tensor data in the checkpoint */
+    int32_t bos_token_id;         /* config.json's bos_token_id: the token dsv4_chat_encode's add_bos text is */
+    int32_t eos_token_id;         /* config.json's eos_token_id: sampling it ends a generation */
 } dsv4_model_info;
 
 /* Fills *info (info->struct_size must be set by the caller; fields past it are not written).

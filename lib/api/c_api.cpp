@@ -353,6 +353,8 @@ DSV4_API dsv4_status dsv4_model_get_info(const dsv4_model *model, dsv4_model_inf
     out.index_topk = c.index_topk;
     out.hc_mult = c.hc_mult;
     out.max_position_embeddings = c.max_position_embeddings;
+    out.bos_token_id = c.bos_token_id;
+    out.eos_token_id = c.eos_token_id;
     for (int il = 0; il < c.n_layers; ++il) {
         const dsv4_layer_kind k = c.layers[size_t(il)].kind;
         out.n_window_layers += k == DSV4_LAYER_KIND_WINDOW;

@@ -1,0 +1,116 @@
+#include "reply.h"
+
+#include <random>
+
+namespace dsv4::serve {
+namespace {
+
+const std::string kEosText = "<｜end▁of▁sentence｜>";
+const std::string kInvoke = "<｜DSML｜invoke", kInvokeEnd = "</｜DSML｜invoke>";
+
+}  // namespace
+
+std::string dump(const json &value) { return value.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+std::string make_id(const std::string &prefix) {
+    static thread_local std::mt19937_64 rng{std::random_device{}()};
+    static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    std::string id = prefix;
+    for (int i = 0; i < 24; ++i) id += alphabet[rng() % (sizeof alphabet - 1)];
+    return id;
+}
+
+ReplyParser::ReplyParser(bool thinking, std::set<std::string> tool_names, std::string id_prefix)
+    : tool_names_(std::move(tool_names)), id_prefix_(std::move(id_prefix)) {
+    if (dsv4_chat_stream_create(thinking ? 1 : 0, &stream_) != DSV4_OK) malformed_ = true;
+}
+
+ReplyParser::~ReplyParser() { dsv4_chat_stream_free(stream_); }
+
+void ReplyParser::on_event(dsv4_chat_event event, const char *text, size_t len, void *user_data) {
+    auto &self = *static_cast<ReplyParser *>(user_data);
+    ReplyEvent e;
+    if (event == DSV4_CHAT_EVENT_TOOL_CALL) {
+        // The k-th call reported is the k-th invoke block of the raw text.
+        size_t at = 0;
+        for (size_t k = 0; k <= self.invokes_seen_ && at != std::string::npos; ++k)
+            at = self.raw_.find(kInvoke, k ? at + 1 : 0);
+        ++self.invokes_seen_;
+        const json call = json::parse(std::string(text, len), nullptr, false);
+        const std::string name = call.is_object() ? call["function"].value("name", "") : "";
+        if (!self.tool_names_.count(name)) {  // not offered: the model's text stays text
+            const size_t end = at == std::string::npos ? at : self.raw_.find(kInvokeEnd, at);
+            e.kind = ReplyEvent::Kind::content;
+            if (end != std::string::npos) e.text = self.raw_.substr(at, end + kInvokeEnd.size() - at);
+            if (!e.text.empty()) self.out_->push_back(std::move(e));
+            return;
+        }
+        e.kind = ReplyEvent::Kind::tool_call;
+        e.call.id = make_id(self.id_prefix_);
+        e.call.name = name;
+        e.call.arguments = call["function"].value("arguments", "{}");
+    } else {
+        e.kind = event == DSV4_CHAT_EVENT_REASONING ? ReplyEvent::Kind::reasoning : ReplyEvent::Kind::content;
+        e.text.assign(text, len);
+    }
+    self.out_->push_back(std::move(e));
+}
+
+void ReplyParser::push(const std::string &text, std::vector<ReplyEvent> &out) {
+    raw_ += text;
+    if (malformed_ || text.empty()) return;
+    out_ = &out;
+    if (dsv4_chat_stream_push(stream_, text.data(), text.size(), on_event, this) != DSV4_OK) malformed_ = true;
+}
+
+void ReplyParser::finish(Finish how, std::vector<ReplyEvent> &out) {
+    // Only a completion that reached its end-of-sentence token is flushed: anything held back by a cut-short one
+    // is a possible marker start or an unfinished tool-call block, dropped.
+    if (how != Finish::stop || malformed_) return;
+    out_ = &out;
+    raw_ += kEosText;
+    if (dsv4_chat_stream_push(stream_, kEosText.data(), kEosText.size(), on_event, this) != DSV4_OK ||
+        dsv4_chat_stream_finish(stream_, on_event, this) != DSV4_OK)
+        malformed_ = true;
+}
+
+void TurnMemory::remember(const std::vector<ToolCall> &calls, const std::string &reasoning) {
+    if (calls.empty()) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    Turn turn;
+    turn.reasoning = reasoning;
+    for (const ToolCall &c : calls) turn.arguments[c.id] = c.arguments;
+    lru_.emplace_front(calls.front().id, std::move(turn));
+    for (const ToolCall &c : calls) by_id_[c.id] = lru_.begin();
+    while (lru_.size() > capacity_) {
+        for (const auto &[id, _] : lru_.back().second.arguments) by_id_.erase(id);
+        lru_.pop_back();
+    }
+}
+
+void TurnMemory::restore(json &messages) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (json &m : messages) {
+        if (!m.is_object() || m.value("role", "") != "assistant" || !m.contains("tool_calls") || !m["tool_calls"].is_array())
+            continue;
+        for (json &call : m["tool_calls"]) {
+            if (!call.is_object() || !call.contains("id") || !call["id"].is_string()) continue;
+            auto it = by_id_.find(call["id"].get<std::string>());
+            if (it == by_id_.end()) continue;
+            lru_.splice(lru_.begin(), lru_, it->second);
+            const Turn &turn = it->second->second;
+            const json r = m.value("reasoning_content", json());
+            if (!r.is_string() || r.get<std::string>().empty()) m["reasoning_content"] = turn.reasoning;
+            auto a = turn.arguments.find(call["id"].get<std::string>());
+            if (a != turn.arguments.end() && call.contains("function") && call["function"].is_object()) {
+                json &fn = call["function"];
+                const json given = fn.contains("arguments") && fn["arguments"].is_string()
+                                       ? json::parse(fn["arguments"].get<std::string>(), nullptr, false)
+                                       : fn.value("arguments", json());
+                if (given == json::parse(a->second, nullptr, false)) fn["arguments"] = a->second;
+            }
+        }
+    }
+}
+
+}  // namespace dsv4::serve

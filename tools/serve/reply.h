@@ -1,0 +1,84 @@
+// DeepSeek-V4 semantics shared by the server's APIs: a completion streamed into reasoning, content and tool calls
+// (through the library's chat stream parser), and the memory of each tool-calling turn, so a client that drops
+// the reasoning still gets the prompt the model expects.
+#pragma once
+#include <dsv4/dsv4.h>
+
+#include <list>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "engine.h"
+
+namespace dsv4::serve {
+
+using json = nlohmann::ordered_json;
+
+// JSON text of a value; invalid UTF-8 (a model may emit any bytes) becomes U+FFFD instead of throwing.
+std::string dump(const json &value);
+
+// A fresh id: prefix + 24 random alphanumerics ("call_", "toolu_", "chatcmpl-", "msg_", "resp_").
+std::string make_id(const std::string &prefix);
+
+struct ToolCall {
+    std::string id, name, arguments;  // arguments: a JSON object's text as the model wrote it
+};
+
+struct ReplyEvent {
+    enum class Kind { reasoning, content, tool_call } kind;
+    std::string text;   // reasoning / content delta
+    ToolCall call;      // tool_call
+};
+
+// Turns the generated text of one request into reply events. DSML never reaches content, reasoning or arguments:
+// text that may begin a marker is held back; a completion cut short (length, stop string, cancel) drops its
+// unfinished markup; malformed markup ends the reply at the last good event. A call of a tool that was not
+// offered (or with tool_choice "none") is not reported as a call: its invoke block is left as content text.
+class ReplyParser {
+public:
+    ReplyParser(bool thinking, std::set<std::string> tool_names, std::string id_prefix);
+    ~ReplyParser();
+    ReplyParser(const ReplyParser &) = delete;
+    ReplyParser &operator=(const ReplyParser &) = delete;
+
+    void push(const std::string &text, std::vector<ReplyEvent> &out);
+    void finish(Finish how, std::vector<ReplyEvent> &out);
+    bool malformed() const { return malformed_; }
+    const std::string &raw() const { return raw_; }
+
+private:
+    static void on_event(dsv4_chat_event event, const char *text, size_t len, void *user_data);
+    dsv4_chat_stream *stream_ = nullptr;
+    std::set<std::string> tool_names_;
+    std::string id_prefix_, raw_;
+    size_t invokes_seen_ = 0;       // tool calls reported by the parser so far (to find each one's raw text)
+    std::vector<ReplyEvent> *out_ = nullptr;
+    bool malformed_ = false;
+};
+
+// The reasoning and arguments of assistant turns that called tools, by tool-call id (bounded, least recently used
+// forgotten first). Clients often send such a turn back without its reasoning_content; the model expects it.
+class TurnMemory {
+public:
+    explicit TurnMemory(size_t capacity = 4096) : capacity_(capacity) {}
+    void remember(const std::vector<ToolCall> &calls, const std::string &reasoning);
+    // Fills a missing or empty reasoning_content of assistant messages with tool_calls, and replaces arguments
+    // that parse to the same JSON as the remembered ones by the model's own text.
+    void restore(json &messages);
+
+private:
+    struct Turn {
+        std::string reasoning;
+        std::unordered_map<std::string, std::string> arguments;  // id -> arguments as generated
+    };
+    std::mutex mu_;
+    size_t capacity_;
+    std::list<std::pair<std::string, Turn>> lru_;  // id of the turn's first call -> turn
+    std::unordered_map<std::string, std::list<std::pair<std::string, Turn>>::iterator> by_id_;
+};
+
+}  // namespace dsv4::serve

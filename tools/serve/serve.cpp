@@ -1,0 +1,156 @@
+#include "serve.h"
+
+#include <csignal>
+#include <cstdio>
+#include <fmt/format.h>
+#include <thread>
+#include <unistd.h>
+
+#include "generate_cli.h"
+#include "service.h"
+
+namespace dsv4::serve {
+namespace {
+
+int g_signal_pipe[2] = {-1, -1};
+
+void on_signal(int) {
+    const char c = 1;
+    [[maybe_unused]] ssize_t n = write(g_signal_pipe[1], &c, 1);
+}
+
+Api api_of(const std::string &path) { return path.rfind("/v1/messages", 0) == 0 ? Api::anthropic : Api::openai; }
+
+std::string metrics_text(const Service &s) {
+    const EngineStats st = s.engine ? s.engine->stats() : EngineStats{};
+    std::string out;
+    auto metric = [&](const char *name, const char *type, const char *help, double value) {
+        out += fmt::format("# HELP {} {}\n# TYPE {} {}\n{} {}\n", name, help, name, type, name, value);
+    };
+    metric("dsv4_requests_total", "counter", "generation requests accepted", double(st.requests));
+    metric("dsv4_requests_refused_total", "counter", "generation requests refused at capacity (429/529)", double(st.refused));
+    metric("dsv4_queue_depth", "gauge", "requests waiting for a slot", st.waiting);
+    metric("dsv4_active_sequences", "gauge", "requests being evaluated", st.active);
+    metric("dsv4_prompt_tokens_total", "counter", "prompt tokens of admitted requests", double(st.prompt_tokens));
+    metric("dsv4_cached_tokens_total", "counter", "prompt tokens reused from the prefix cache", double(st.cached_tokens));
+    metric("dsv4_generated_tokens_total", "counter", "tokens generated", double(st.generated_tokens));
+    metric("dsv4_decode_steps_total", "counter", "batches evaluated", double(st.steps));
+    metric("dsv4_busy_seconds_total", "counter", "seconds spent evaluating batches", st.busy_seconds);
+    metric("dsv4_tokens_per_second", "gauge", "tokens evaluated per busy second so far",
+           st.busy_seconds > 0 ? double(st.prompt_tokens - st.cached_tokens + st.generated_tokens) / st.busy_seconds : 0.0);
+    return out;
+}
+
+void register_common(HttpServer &http, Service &s) {
+    http.route("GET", "/health", [&s](const HttpRequest &, HttpResponse &res) {
+        res.status = s.ready ? 200 : 503;
+        res.body = s.ready ? R"({"status":"ok"})" : R"({"status":"loading"})";
+    });
+    http.route("GET", "/metrics", [&s](const HttpRequest &, HttpResponse &res) {
+        res.content_type = "text/plain; version=0.0.4";
+        res.body = metrics_text(s);
+    });
+    http.route("POST", "/tokenize", [&s](const HttpRequest &req, HttpResponse &res) {
+        guarded(Api::openai, res, [&] {
+            s.ready_engine();
+            const json body = parse_body(req.body);
+            const auto text = string_field(body, "content");
+            if (!text) throw ApiError(400, "'content' (a string) is required", "content");
+            res.body = dump({{"tokens", s.tokenize(*text)}});
+        });
+    });
+    http.route("POST", "/detokenize", [&s](const HttpRequest &req, HttpResponse &res) {
+        guarded(Api::openai, res, [&] {
+            s.ready_engine();
+            const json body = parse_body(req.body);
+            std::vector<int32_t> tokens;
+            if (!body.contains("tokens") || !body["tokens"].is_array()) throw ApiError(400, "'tokens' (an array) is required", "tokens");
+            for (const json &t : body["tokens"]) {
+                if (!t.is_number_integer()) throw ApiError(400, "'tokens' holds integers", "tokens");
+                tokens.push_back(t.get<int32_t>());
+            }
+            res.body = dump({{"content", s.detokenize(tokens)}});
+        });
+    });
+}
+
+}  // namespace
+
+int serve(const ServeOptions &o) {
+    std::signal(SIGPIPE, SIG_IGN);
+    if (pipe(g_signal_pipe) != 0) return std::perror("dsv4 serve: pipe"), 1;
+    std::signal(SIGTERM, on_signal);
+    std::signal(SIGINT, on_signal);
+
+    Service s;
+    s.test_hooks = o.test_hooks;
+    s.default_thinking = o.think;
+    HttpOptions ho = o.http;
+    // Streams hold a connection each: room for every slot and queued request, plus a few for light endpoints.
+    ho.threads = o.engine.slots + o.engine.queue + 4;
+    HttpServer http(ho);
+    http.set_error_body([](const HttpRequest &req, int status, const std::string &message, HttpResponse &res) {
+        error_response(api_of(req.path), status, message, res);
+    });
+    register_common(http, s);
+    register_openai(http, s);
+    register_anthropic(http, s);
+    int port = 0;
+    try {
+        port = http.bind();
+    } catch (const std::exception &e) {
+        std::fprintf(stderr, "dsv4 serve: %s\n", e.what());
+        return 1;
+    }
+    std::fprintf(stderr, "dsv4 serve: listening on http://%s:%d\n", ho.host.c_str(), port);
+    std::thread server([&] { http.serve(); });
+
+    // Loads while /health answers 503; a failed load ends the server.
+    const std::string dir = o.model_dir.empty() ? tools::embedded_model_dir() : o.model_dir;
+    dsv4_model *model = nullptr;
+    dsv4_model_params mp = dsv4_model_default_params();
+    if (!o.quiet) mp.progress_callback = tools::show_load_progress;
+    int rc = 0;
+    if (dir.empty()) {
+        std::fprintf(stderr, "dsv4 serve: no --model given and the embedded model is not installed\n");
+        rc = 1;
+    } else if (dsv4_status st = dsv4_model_load(dir.c_str(), &mp, &model)) {
+        std::fprintf(stderr, "dsv4 serve: %s: %s\n", dsv4_status_name(st), dsv4_last_error_message());
+        rc = 1;
+    } else {
+        s.tok = dsv4_model_tokenizer(model);
+        dsv4_model_info info{};
+        info.struct_size = sizeof info;
+        (void)dsv4_model_get_info(model, &info);
+        s.model_name = !o.alias.empty() ? o.alias : info.name;
+        if (!s.tok) {
+            std::fprintf(stderr, "dsv4 serve: %s has no tokenizer.json\n", dir.c_str());
+            rc = 1;
+        } else {
+            try {
+                s.engine = std::make_unique<Engine>(model, s.tok, o.engine);
+                s.ready = true;
+                std::fprintf(stderr, "dsv4 serve: ready: %s, %d slots, %d queued, context %d\n", s.model_name.c_str(),
+                             o.engine.slots, o.engine.queue, s.engine->n_ctx());
+            } catch (const std::exception &e) {
+                std::fprintf(stderr, "dsv4 serve: %s\n", e.what());
+                rc = 1;
+            }
+        }
+    }
+    if (rc == 0) {
+        char c = 0;
+        while (read(g_signal_pipe[0], &c, 1) < 0 && errno == EINTR) {
+        }
+        std::fprintf(stderr, "dsv4 serve: shutting down\n");
+    }
+    s.ready = false;
+    if (s.engine) s.engine->shutdown();  // in-flight streams end with an error event
+    http.stop();
+    server.join();
+    s.engine.reset();
+    dsv4_model_free(model);
+    return rc;
+}
+
+}  // namespace dsv4::serve

@@ -1,0 +1,84 @@
+// What every API endpoint of `dsv4 serve` shares: the engine, the tokenizer, the turn memory, request validation
+// with each API's error envelope, and the loop that drives a job while its client waits or streams.
+#pragma once
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "engine.h"
+#include "http.h"
+#include "reply.h"
+
+namespace dsv4::serve {
+
+// A request the API rejects: status, message, and the parameter at fault (OpenAI's `param`, `code`).
+struct ApiError : std::runtime_error {
+    ApiError(int http_status, const std::string &message, std::string at = {}, std::string error_code = {})
+        : std::runtime_error(message), status(http_status), param(std::move(at)), code(std::move(error_code)) {}
+    int status;
+    std::string param, code;
+};
+
+enum class Api { openai, anthropic };
+
+struct ServeOptions;
+
+struct Service {
+    std::unique_ptr<Engine> engine;          // null while the model loads
+    std::atomic<bool> ready{false};
+    const dsv4_tokenizer *tok = nullptr;
+    std::string model_name;
+    bool test_hooks = false;
+    bool default_thinking = false;
+    TurnMemory memory;
+
+    Engine &ready_engine() const;  // throws ApiError 503 while loading
+    std::vector<int32_t> tokenize(const std::string &text) const;
+    std::string detokenize(const std::vector<int32_t> &tokens) const;
+    std::string piece(int32_t token) const;
+    // Renders library-format chat messages (tools on the system message) with the official encoding.
+    std::string render(const json &messages, bool thinking, const std::optional<std::string> &effort) const;
+    // Refuses prompts that leave no room to generate (context_length_exceeded).
+    void check_length(size_t n_prompt, Api api) const;
+    // The test hook's scripted completion, when enabled and present in the body.
+    void apply_test_hook(const json &body, JobRequest &r) const;
+    std::shared_ptr<Job> submit(JobRequest r, Api api) const;  // throws ApiError 429 / 529 when full
+};
+
+// Request body: a JSON object, or ApiError 400.
+json parse_body(const std::string &body);
+
+// Typed optional fields; wrong types or out-of-range values throw ApiError 400 naming the field.
+std::optional<double> number_field(const json &body, const char *name, double lo, double hi);
+std::optional<int64_t> integer_field(const json &body, const char *name, int64_t lo, int64_t hi);
+std::optional<bool> bool_field(const json &body, const char *name);
+std::optional<std::string> string_field(const json &body, const char *name);
+std::vector<std::string> stop_field(const json &body, const char *name);  // a string or an array of strings
+
+// The error body in the API's envelope.
+void error_response(Api api, int status, const std::string &message, HttpResponse &res, const std::string &param = {},
+                    const std::string &code = {});
+// Runs handler, turning ApiError (and any other exception) into the API's error response.
+void guarded(Api api, HttpResponse &res, const std::function<void()> &handler);
+
+int64_t unix_time();
+std::string sse(const json &data, const std::string &event = {});
+
+// Drives a job while its client waits: on_progress(deltas) for what arrived; every second without progress
+// on_idle() (a keep-alive; false = the client has gone: the job is cancelled). Returns false if the client went away.
+bool drive(Job &job, const std::function<bool(std::vector<Delta> &)> &on_progress, const std::function<bool()> &on_idle);
+
+// A non-streamed reply: waits up to a second for the job; if it is done, res gets build()'s body, else the body
+// is streamed as whitespace keep-alives (so a client that disconnects is noticed and its job cancelled) followed
+// by build()'s JSON. build() runs once, after the job has finished, with every delta in order.
+void respond_when_done(const std::shared_ptr<Job> &job, HttpResponse &res,
+                       std::function<json(const std::vector<Delta> &)> build, Api api);
+
+void register_openai(HttpServer &http, Service &service);
+void register_anthropic(HttpServer &http, Service &service);
+
+}  // namespace dsv4::serve
