@@ -1,12 +1,10 @@
 // The OpenAI APIs: /v1/chat/completions, /v1/completions, /v1/responses (the subset Codex CLI uses), /v1/models.
+#include "openai.h"
+
 #include <fmt/format.h>
 
-#include "service.h"
-
 namespace dsv4::serve {
-namespace {
 
-// Message content as text: a string, null, or an array of text parts.
 std::string content_text(const json &content, const std::string &where) {
     if (content.is_null()) return {};
     if (content.is_string()) return content.get<std::string>();
@@ -23,12 +21,6 @@ std::string content_text(const json &content, const std::string &where) {
     return text;
 }
 
-struct Thinking {
-    bool on = false;
-    std::optional<std::string> effort;  // "high" or "max"
-};
-
-// DeepSeek's `thinking` toggle and OpenAI's `reasoning_effort` ("low"/"medium" map to the model's "high").
 Thinking thinking_of(const json &body, bool default_on, const std::optional<std::string> &effort_in) {
     Thinking t;
     t.on = default_on;
@@ -49,8 +41,7 @@ Thinking thinking_of(const json &body, bool default_on, const std::optional<std:
     return t;
 }
 
-// Sampling and limits common to the OpenAI endpoints.
-JobRequest job_from(const Service &s, const json &body, std::vector<int32_t> prompt, Api api) {
+JobRequest openai_job(const Service &s, const json &body, std::vector<int32_t> prompt, bool responses_api) {
     JobRequest r;
     const int32_t room = s.ready_engine().n_ctx() - int32_t(prompt.size());
     r.prompt = std::move(prompt);
@@ -61,9 +52,8 @@ JobRequest job_from(const Service &s, const json &body, std::vector<int32_t> pro
     r.sampling.frequency_penalty = float(number_field(body, "frequency_penalty", -2.0, 2.0).value_or(0.0));
     if (auto seed = integer_field(body, "seed", INT64_MIN, INT64_MAX)) r.sampling.seed = uint64_t(*seed);
     if (integer_field(body, "n", 1, 1).value_or(1) != 1) throw ApiError(400, "only n = 1 is supported", "n");
-    auto max_tokens = integer_field(body, "max_completion_tokens", 1, INT32_MAX);
-    if (!max_tokens) max_tokens = integer_field(body, api == Api::openai ? "max_tokens" : "max_output_tokens", 1, INT32_MAX);
-    if (!max_tokens) max_tokens = integer_field(body, "max_output_tokens", 1, INT32_MAX);
+    auto max_tokens = integer_field(body, responses_api ? "max_output_tokens" : "max_completion_tokens", 1, INT32_MAX);
+    if (!max_tokens && !responses_api) max_tokens = integer_field(body, "max_tokens", 1, INT32_MAX);
     r.max_tokens = int32_t(std::min<int64_t>(max_tokens.value_or(room), room));
     r.stop = stop_field(body, "stop");
     if (r.stop.size() > 16) throw ApiError(400, "at most 16 stop strings", "stop");
@@ -83,6 +73,8 @@ JobRequest job_from(const Service &s, const json &body, std::vector<int32_t> pro
     s.apply_test_hook(body, r);
     return r;
 }
+
+namespace {
 
 struct ChatInput {
     json messages = json::array();     // library format
@@ -167,7 +159,7 @@ ChatInput chat_input(const Service &s, const json &body) {
     return in;
 }
 
-json usage_of(const Job &job, int32_t reasoning_tokens) {
+json chat_usage(const Job &job, int32_t reasoning_tokens) {
     return {{"prompt_tokens", job.n_prompt()},
             {"completion_tokens", job.n_generated()},
             {"total_tokens", job.n_prompt() + job.n_generated()},
@@ -194,19 +186,6 @@ const char *finish_reason(Finish f, bool called) {
     return called ? "tool_calls" : "stop";
 }
 
-// Counts the tokens generated while the reply was still reasoning.
-struct ReasoningCounter {
-    bool thinking;
-    int32_t tokens = 0;
-    bool in_reasoning() const { return thinking && !ended; }
-    bool ended = false;
-    void see(const std::vector<ReplyEvent> &events, size_t n_deltas) {
-        if (in_reasoning()) tokens += int32_t(n_deltas);
-        for (const ReplyEvent &e : events)
-            if (e.kind != ReplyEvent::Kind::reasoning) ended = true;
-    }
-};
-
 void chat_completions(Service &s, const HttpRequest &req, HttpResponse &res) {
     const json body = parse_body(req.body);
     ChatInput in = chat_input(s, body);
@@ -214,7 +193,7 @@ void chat_completions(Service &s, const HttpRequest &req, HttpResponse &res) {
     const std::string prompt_text = s.render(in.messages, in.thinking.on, in.thinking.effort);
     std::vector<int32_t> prompt = s.tokenize(prompt_text);
     s.check_length(prompt.size(), Api::openai);
-    JobRequest r = job_from(s, body, std::move(prompt), Api::openai);
+    JobRequest r = openai_job(s, body, std::move(prompt), false);
     const bool stream = bool_field(body, "stream").value_or(false);
     bool include_usage = false;
     if (body.contains("stream_options") && body["stream_options"].is_object())
@@ -263,7 +242,7 @@ void chat_completions(Service &s, const HttpRequest &req, HttpResponse &res) {
                                                    {"message", message},
                                                    {"logprobs", logprobs ? json{{"content", lp}} : json()},
                                                    {"finish_reason", finish_reason(job->finish(), !calls.empty())}}})},
-                        {"usage", usage_of(*job, counter.tokens)}};
+                        {"usage", chat_usage(*job, counter.tokens)}};
         };
         return respond_when_done(job, res, build, Api::openai);
     }
@@ -330,7 +309,7 @@ void chat_completions(Service &s, const HttpRequest &req, HttpResponse &res) {
         if (!chunk(json::object(), finish_reason(job->finish(), !calls.empty()))) return false;
         if (include_usage &&
             !write(sse({{"id", id}, {"object", "chat.completion.chunk"}, {"created", created}, {"model", model},
-                        {"choices", json::array()}, {"usage", usage_of(*job, counter.tokens)}})))
+                        {"choices", json::array()}, {"usage", chat_usage(*job, counter.tokens)}})))
             return false;
         return write("data: [DONE]\n\n");
     };
@@ -356,9 +335,8 @@ void completions(Service &s, const HttpRequest &req, HttpResponse &res) {
     }
     if (prompt.empty()) throw ApiError(400, "'prompt' is empty", "prompt");
     s.check_length(prompt.size(), Api::openai);
-    JobRequest r = job_from(s, body, std::move(prompt), Api::openai);
-    if (body.contains("max_tokens") && body["max_tokens"].is_null()) r.max_tokens = std::min(r.max_tokens, 16);
-    else if (!body.contains("max_tokens")) r.max_tokens = std::min(r.max_tokens, 16);  // the API's default
+    JobRequest r = openai_job(s, body, std::move(prompt), false);
+    if (!integer_field(body, "max_tokens", 1, INT32_MAX)) r.max_tokens = std::min(r.max_tokens, 16);  // the API's default
     const bool stream = bool_field(body, "stream").value_or(false);
     auto job = s.submit(std::move(r), Api::openai);
     const std::string id = make_id("cmpl-");
@@ -413,6 +391,9 @@ void completions(Service &s, const HttpRequest &req, HttpResponse &res) {
 }  // namespace
 
 void register_openai(HttpServer &http, Service &s) {
+    http.route("POST", "/v1/responses", [&s](const HttpRequest &req, HttpResponse &res) {
+        guarded(Api::openai, res, [&] { responses(s, req, res); });
+    });
     http.route("POST", "/v1/chat/completions", [&s](const HttpRequest &req, HttpResponse &res) {
         guarded(Api::openai, res, [&] { chat_completions(s, req, res); });
     });
