@@ -140,7 +140,8 @@ int main(int argc, char **argv) {
     serve->add_option("--timeout", so.http.timeout_seconds, "read, write and idle timeout in seconds")->check(CLI::Range(1, 3600))->capture_default_str();
     serve->add_flag("--think", so.think, "thinking mode unless a request chooses");
     serve->add_flag("--test-hooks", so.test_hooks, "accept scripted completions (\"dsv4_test\" in a body): for tests only");
-    serve->add_flag("-q,--quiet", so.quiet, "no load progress on stderr");
+    bool serve_quiet = false;
+    serve->add_flag("-q,--quiet", serve_quiet, "no load progress on stderr");
 
     auto *bench = app.add_subcommand("bench", "prefill and decode tokens/s on random token ids");
     bench->add_option("-m,--model", bo.model_dir, "checkpoint directory")->required();
@@ -182,7 +183,11 @@ int main(int argc, char **argv) {
         if (*run) return dsv4::tools::run(ro);
         if (*chat) return dsv4::tools::chat(ro);
         if (*bench) return dsv4::tools::bench(bo);
-        if (*serve) return dsv4::serve::serve(so);
+        if (*serve) {
+            if (so.model_dir.empty()) so.model_dir = dsv4::tools::embedded_model_dir();
+            if (!serve_quiet) so.progress = dsv4::tools::show_load_progress;
+            return dsv4::serve::serve(so);
+        }
         if (*golden) return dsv4::tools::eval_golden(dir, gopt) ? 0 : 1;
         if (*memory) return cmd_memory(dir, tokens, rewind);
         if (*evchat) return dsv4::tools::eval_chat(dir, chat_verbose) ? 0 : 1;

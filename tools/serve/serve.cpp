@@ -6,7 +6,6 @@
 #include <thread>
 #include <unistd.h>
 
-#include "generate_cli.h"
 #include "service.h"
 
 namespace dsv4::serve {
@@ -106,10 +105,10 @@ int serve(const ServeOptions &o) {
     std::thread server([&] { http.serve(); });
 
     // Loads while /health answers 503; a failed load ends the server.
-    const std::string dir = o.model_dir.empty() ? tools::embedded_model_dir() : o.model_dir;
+    const std::string &dir = o.model_dir;
     dsv4_model *model = nullptr;
     dsv4_model_params mp = dsv4_model_default_params();
-    if (!o.quiet) mp.progress_callback = tools::show_load_progress;
+    mp.progress_callback = o.progress;
     int rc = 0;
     if (dir.empty()) {
         std::fprintf(stderr, "dsv4 serve: no --model given and the embedded model is not installed\n");

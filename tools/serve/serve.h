@@ -8,13 +8,13 @@
 namespace dsv4::serve {
 
 struct ServeOptions {
-    std::string model_dir;      // empty: the embedded model
+    std::string model_dir;      // checkpoint directory (the CLI puts the embedded model's here when none is named)
     std::string alias;          // model id in the APIs; default: the checkpoint directory's name
     HttpOptions http;
     EngineOptions engine;
     bool test_hooks = false;    // honour "dsv4_test" in request bodies (scripted completions, for tests)
     bool think = false;         // thinking mode unless a request says otherwise
-    bool quiet = false;
+    dsv4_progress_callback progress = nullptr;  // model load progress
 };
 
 // Runs until SIGTERM / SIGINT; returns the process exit code.
