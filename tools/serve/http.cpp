@@ -49,6 +49,7 @@ struct HttpServer::Impl {
     HttpOptions options;
     httplib::Server server;
     HttpErrorBody error_body;
+    int listen_fd = -1;
 };
 
 HttpServer::HttpServer(HttpOptions options) : impl_(std::make_unique<Impl>()) {
@@ -57,6 +58,11 @@ HttpServer::HttpServer(HttpOptions options) : impl_(std::make_unique<Impl>()) {
     const int threads = std::max(1, impl_->options.threads);
     s.new_task_queue = [threads] { return new httplib::ThreadPool(size_t(threads)); };
     s.set_payload_max_length(impl_->options.max_body);
+    s.set_tcp_nodelay(true);  // a stream is many small writes: Nagle's algorithm would hold each for the last ACK
+    s.set_socket_options([this](socket_t fd) {
+        httplib::default_socket_options(fd);
+        impl_->listen_fd = fd;
+    });
     s.set_read_timeout(impl_->options.timeout_seconds, 0);
     s.set_write_timeout(impl_->options.timeout_seconds, 0);
     s.set_keep_alive_timeout(impl_->options.timeout_seconds);
@@ -119,6 +125,9 @@ int HttpServer::bind() {
                                                                               ? o.port
                                                                               : -1;
     if (port <= 0) throw std::runtime_error("cannot listen on " + o.host + ":" + std::to_string(o.port));
+    // Debian's build listens with a backlog of 5: a burst of connections beyond it loses SYNs, which the clients
+    // resend only after a second. Listening again on the bound socket raises the backlog.
+    if (impl_->listen_fd >= 0) ::listen(impl_->listen_fd, SOMAXCONN);
     return port;
 }
 

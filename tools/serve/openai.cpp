@@ -338,6 +338,9 @@ void completions(Service &s, const HttpRequest &req, HttpResponse &res) {
     JobRequest r = openai_job(s, body, std::move(prompt), false);
     if (!integer_field(body, "max_tokens", 1, INT32_MAX)) r.max_tokens = std::min(r.max_tokens, 16);  // the API's default
     const bool stream = bool_field(body, "stream").value_or(false);
+    bool include_usage = false;
+    if (body.contains("stream_options") && body["stream_options"].is_object())
+        include_usage = body["stream_options"].value("include_usage", false);
     auto job = s.submit(std::move(r), Api::openai);
     const std::string id = make_id("cmpl-");
     const int64_t created = unix_time();
@@ -381,7 +384,9 @@ void completions(Service &s, const HttpRequest &req, HttpResponse &res) {
         if (!alive) return false;
         if (job->finish() == Finish::error) {
             write(sse({{"error", {{"message", job->error()}, {"type", "server_error"}}}}));
-        } else if (!chunk("", job->finish() == Finish::length ? "length" : "stop")) {
+        } else if (!chunk("", job->finish() == Finish::length ? "length" : "stop") ||
+                   (include_usage && !write(sse({{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model},
+                                                 {"choices", json::array()}, {"usage", usage()}})))) {
             return false;
         }
         return write("data: [DONE]\n\n");
