@@ -13,6 +13,8 @@
 #include <cstdio>
 #include <fmt/format.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <nlohmann/json.hpp>
 #include <spawn.h>
 #include <sstream>
@@ -120,6 +122,38 @@ Round server_round(int port, int n, int n_gen, int round) {
     return r;
 }
 
+int active_sequences(int port) {
+    httplib::Client cli("127.0.0.1", port);
+    auto res = cli.Get("/metrics");
+    if (!res) return -1;
+    const size_t at = res->body.find("\ndsv4_active_sequences ");
+    return at == std::string::npos ? -1 : std::atoi(res->body.c_str() + at + 23);
+}
+
+// A client that goes away mid-generation: milliseconds from its close until the server has freed the sequence.
+double disconnect_ms(int port, bool stream) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(uint16_t(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr) != 0) throw std::runtime_error("connect");
+    const std::string body = nlohmann::json({{"prompt", kBase}, {"max_tokens", 100000}, {"temperature", 1.0}, {"seed", 1},
+                                             {"stream", stream}}).dump();
+    const std::string request = fmt::format("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                            "Content-Length: {}\r\n\r\n{}", body.size(), body);
+    if (write(fd, request.data(), request.size()) != ssize_t(request.size())) throw std::runtime_error("write");
+    while (active_sequences(port) < 1) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // generating
+    close(fd);
+    const auto t0 = Clock::now();
+    while (active_sequences(port) != 0) {
+        if (seconds_since(t0) > 30) return -1;
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    return seconds_since(t0) * 1e3;
+}
+
 // Starts `dsv4 serve --port 0` and returns its port once /health says ready.
 int start_server(const std::string &binary, const std::string &model, int slots, int threads, pid_t &pid) {
     int out[2];
@@ -195,6 +229,12 @@ int main(int argc, char **argv) {
         fmt::print("{:>7} | {:>12.1f} {:>10.1f} | {:>12.1f} {:>10.1f} | {:>9.3f} {:>9.1f}\n", n, api.tokens / api.seconds,
                    api.ttft_mean * 1e3, srv.tokens / srv.seconds, srv.ttft_mean * 1e3,
                    (srv.tokens / srv.seconds) / (api.tokens / api.seconds), (srv.ttft_mean - api.ttft_mean) * 1e3);
+    }
+    for (bool stream : {true, false}) {
+        std::vector<double> ms;
+        for (int i = 0; i < 3; ++i) ms.push_back(disconnect_ms(port, stream));
+        fmt::print("disconnect ({}): sequence freed {:.0f} / {:.0f} / {:.0f} ms after the client closed\n",
+                   stream ? "streaming" : "not streaming", ms[0], ms[1], ms[2]);
     }
     kill(pid, SIGTERM);
     waitpid(pid, nullptr, 0);

@@ -135,7 +135,7 @@ int main(int argc, char **argv) {
     serve->add_option("-c,--ctx-size", so.engine.n_ctx, "context length per sequence in tokens")->check(CLI::Range(16, 1 << 30))->capture_default_str();
     serve->add_option("--batch", so.engine.n_batch, "tokens per evaluation step")->check(CLI::Range(1, 1 << 16))->capture_default_str();
     serve->add_option("--rewind", so.engine.n_rewind, "positions a cached sequence may be cut back to reuse its prefix")->check(CLI::Range(0, 4096))->capture_default_str();
-    serve->add_option("-t,--threads", so.engine.n_threads, "compute threads (0 = OMP_NUM_THREADS, else all cores)");
+    serve->add_option("-t,--threads", so.engine.n_threads, "compute threads (0 = OMP_NUM_THREADS, else all cores but one)");
     serve->add_option("--max-body", so.http.max_body, "largest request body in bytes (413 beyond)")->capture_default_str();
     serve->add_option("--timeout", so.http.timeout_seconds, "read, write and idle timeout in seconds")->check(CLI::Range(1, 3600))->capture_default_str();
     serve->add_flag("--think", so.think, "thinking mode unless a request chooses");

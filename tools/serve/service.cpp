@@ -228,13 +228,18 @@ void respond_when_done(const std::shared_ptr<Job> &job, HttpResponse &res,
     if (finished) return body(*deltas, res);
     res.content_type = "application/json";
     res.stream = [job, deltas, body](const ChunkWriter &write) {
+        auto last_write = std::chrono::steady_clock::now();
+        auto heartbeat = [&] {  // deltas keep arriving while the client may be gone: write every second anyway
+            last_write = std::chrono::steady_clock::now();
+            return write(" ");
+        };
         const bool alive = drive(
             *job,
             [&](std::vector<Delta> &d) {
                 for (Delta &x : d) deltas->push_back(std::move(x));
-                return true;
+                return std::chrono::steady_clock::now() - last_write < std::chrono::seconds(1) || heartbeat();
             },
-            [&] { return write(" "); });
+            heartbeat);
         if (!alive) return false;
         HttpResponse out;
         body(*deltas, out);
