@@ -3,9 +3,11 @@
 #   1. a release build (gcc) with every test: unit, golden (eval-golden on every fixture in tests/data, on
 #      every CPU kernel path), the examples, the exported-symbol list, the find_package consumer and the
 #      Python module as plain CMake builds it;
-#   2. the Python bindings: `pip install .` into a virtual environment (build/venv, offline, Debian's
+#   2. dsv4 serve end to end: the official OpenAI and Anthropic SDKs (npm, tests/server) against the server
+#      the release build made (scripts/test_server.sh);
+#   3. the Python bindings: `pip install .` into a virtual environment (build/venv, offline, Debian's
 #      python3 with its numpy and pytest), then the pytest suite in tests/python against the installed package;
-#   3. a sanitizer build (clang, ASan + UBSan) running the same suite plus the libFuzzer targets for a
+#   4. a sanitizer build (clang, ASan + UBSan) running the same suite plus the libFuzzer targets for a
 #      bounded time (DSV4_FUZZ_SECONDS, default 20 s each).
 # Set DSV4_SKIP_SANITIZERS=1 to run only the first part.
 set -euo pipefail
@@ -20,6 +22,8 @@ cmake -S "$root" -B "$root/build/test" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSV
       -DDSV4_BUILD_PYTHON=ON -DPython_EXECUTABLE=/usr/bin/python3 >/dev/null
 cmake --build "$root/build/test" -j "$jobs"
 ctest --test-dir "$root/build/test" --output-on-failure -j "$jobs"
+
+"$root/scripts/test_server.sh" "$root/build/test/tools/dsv4"
 
 echo "== Python bindings: pip install . + pytest =="
 venv="$root/build/venv"

@@ -84,7 +84,7 @@ struct Engine::Active {
 };
 
 Engine::Engine(const dsv4_model *model, const dsv4_tokenizer *tok, const EngineOptions &options)
-    : model_(model), tok_(tok), options_(options) {
+    : tok_(tok), options_(options) {
     if (options_.slots < 1) throw std::runtime_error("--slots must be at least 1");
     if (options_.cache_sequences == 0) options_.cache_sequences = 2 * options_.slots;
     options_.cache_sequences = std::max(options_.cache_sequences, options_.slots);

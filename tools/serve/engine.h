@@ -130,7 +130,6 @@ private:
     void emit(Active &a, int32_t token, const float *logits, int32_t n_vocab);
     void retire(Active &a, Finish f, std::string error = {});
 
-    const dsv4_model *model_;
     const dsv4_tokenizer *tok_;
     EngineOptions options_;
     dsv4_context *ctx_ = nullptr;
