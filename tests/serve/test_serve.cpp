@@ -126,6 +126,16 @@ TEST_CASE("reply: a tool that was not offered stays text; malformed markup ends 
     const Reply none = parse({"ok" + kCall}, false, Finish::stop, {});
     CHECK(none.calls.empty());
 
+    // Two calls in one block: both reported, or only the first when parallel calls are off.
+    const std::string invoke = kCall.substr(kCall.find("<｜DSML｜invoke"), kCall.find("</｜DSML｜tool_calls>") - kCall.find("<｜DSML｜invoke"));
+    const std::string two = kCall.substr(0, kCall.find("<｜DSML｜invoke")) + invoke + invoke + "</｜DSML｜tool_calls>";
+    CHECK(parse({two}, false, Finish::stop).calls.size() == 2);
+    ReplyParser single(false, {"get_weather"}, "call_", 1);
+    std::vector<ReplyEvent> got;
+    single.push(two, got);
+    single.finish(Finish::stop, got);
+    CHECK(got.size() == 1);
+
     ReplyParser p(false, {"get_weather"}, "call_");
     std::vector<ReplyEvent> events;
     p.push("fine\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke nam=\"x\">\n</｜DSML｜invoke>\n", events);
@@ -227,6 +237,7 @@ TEST_CASE("engine: stop strings end generation before them; scripted text is spl
     }
     CHECK(text == "abc\xE2\x82\xAC");
     CHECK(job->finish() == Finish::stop_string);
+    CHECK(job->stop_string() == " STOP");
 
     JobRequest e = greedy(m.tokenize("We the people"), 50);
     e.script = std::vector<std::string>{"done<｜end▁of", "▁sentence｜>ignored"};

@@ -21,6 +21,7 @@ std::string blocks_text(const json &content, const std::string &where) {
 struct MessagesInput {
     json messages = json::array();
     std::set<std::string> callable;
+    size_t max_calls = SIZE_MAX;  // 1 with tool_choice.disable_parallel_tool_use
     bool thinking = false;
     std::optional<std::string> effort;
 };
@@ -57,6 +58,7 @@ MessagesInput messages_input(const Service &s, const json &body) {
     }
     if (body.contains("tool_choice") && body["tool_choice"].is_object()) {
         const std::string type = body["tool_choice"].value("type", "auto");
+        if (body["tool_choice"].value("disable_parallel_tool_use", false)) in.max_calls = 1;
         if (type == "none") in.callable.clear(), tools = json::array();
         else if (type == "tool" && !in.callable.count(body["tool_choice"].value("name", "")))
             throw ApiError(400, "tool_choice names a tool not in 'tools'");
@@ -146,8 +148,8 @@ JobRequest job_from(const Service &s, const json &body, std::vector<int32_t> pro
 
 std::string signature_of(const std::string &message_id) { return "dsv4." + message_id; }
 
-// Which stop sequence ended the job (the first listed one that occurs at the end is as good as any: the engine
-// stops at the earliest).
+json stop_sequence(const Job &job) { return job.finish() == Finish::stop_string ? json(job.stop_string()) : json(); }
+
 const char *stop_reason(Finish f, bool called) {
     if (f == Finish::length) return "max_tokens";
     if (f == Finish::stop_string) return "stop_sequence";
@@ -166,11 +168,15 @@ json tool_input(const std::string &arguments) {
     return input.is_object() ? input : json::object();
 }
 
+std::string render_messages(Service &s, MessagesInput &in) {
+    s.memory.restore(in.messages);
+    return s.render(in.messages, in.thinking, in.effort);
+}
+
 void messages(Service &s, const HttpRequest &req, HttpResponse &res) {
     const json body = parse_body(req.body);
     MessagesInput in = messages_input(s, body);
-    s.memory.restore(in.messages);
-    std::vector<int32_t> prompt = s.tokenize(s.render(in.messages, in.thinking, in.effort));
+    std::vector<int32_t> prompt = s.tokenize(render_messages(s, in));
     s.check_length(prompt.size(), Api::anthropic);
     JobRequest r = job_from(s, body, std::move(prompt));
     const bool stream = bool_field(body, "stream").value_or(false);
@@ -180,7 +186,7 @@ void messages(Service &s, const HttpRequest &req, HttpResponse &res) {
 
     if (!stream) {
         auto build = [&s, job, in, id, model](const std::vector<Delta> &deltas) {
-            ReplyParser parser(in.thinking, in.callable, "toolu_");
+            ReplyParser parser(in.thinking, in.callable, "toolu_", in.max_calls);
             std::vector<ReplyEvent> events;
             for (const Delta &d : deltas) parser.push(d.text, events);
             parser.finish(job->finish(), events);
@@ -200,7 +206,7 @@ void messages(Service &s, const HttpRequest &req, HttpResponse &res) {
             return json{{"id", id},          {"type", "message"},
                         {"role", "assistant"}, {"model", model},
                         {"content", content}, {"stop_reason", stop_reason(job->finish(), !calls.empty())},
-                        {"stop_sequence", json()}, {"usage", usage_of(*job)}};
+                        {"stop_sequence", stop_sequence(*job)}, {"usage", usage_of(*job)}};
         };
         return respond_when_done(job, res, build, Api::anthropic);
     }
@@ -268,7 +274,7 @@ void messages(Service &s, const HttpRequest &req, HttpResponse &res) {
             return true;
         };
         if (in.thinking && !ensure("thinking")) return job->cancel(), false;
-        ReplyParser parser(in.thinking, in.callable, "toolu_");
+        ReplyParser parser(in.thinking, in.callable, "toolu_", in.max_calls);
         const bool alive = drive(
             *job,
             [&](std::vector<Delta> &deltas) {
@@ -288,21 +294,18 @@ void messages(Service &s, const HttpRequest &req, HttpResponse &res) {
         if (index < 0 && !ensure("text")) return false;  // a message has at least one block
         if (!close()) return false;
         s.memory.remember(calls, reasoning);
-        return event("message_delta", {{"delta", {{"stop_reason", stop_reason(job->finish(), !calls.empty())}, {"stop_sequence", json()}}},
+        return event("message_delta", {{"delta", {{"stop_reason", stop_reason(job->finish(), !calls.empty())}, {"stop_sequence", stop_sequence(*job)}}},
                                        {"usage", {{"output_tokens", job->n_generated()}}}}) &&
                event("message_stop", json::object());
     };
 }
 
-void count_tokens(Service &s, const HttpRequest &req, HttpResponse &res) {
-    const json body = parse_body(req.body);
-    MessagesInput in = messages_input(s, body);
-    s.memory.restore(in.messages);
-    const size_t n = s.tokenize(s.render(in.messages, in.thinking, in.effort)).size();
-    res.body = dump({{"input_tokens", n}});
-}
-
 }  // namespace
+
+std::string messages_prompt(Service &s, const json &body) {
+    MessagesInput in = messages_input(s, body);
+    return render_messages(s, in);
+}
 
 void register_anthropic(HttpServer &http, Service &s) {
     http.route("POST", "/v1/messages", [&s](const HttpRequest &req, HttpResponse &res) {
@@ -311,7 +314,7 @@ void register_anthropic(HttpServer &http, Service &s) {
     http.route("POST", "/v1/messages/count_tokens", [&s](const HttpRequest &req, HttpResponse &res) {
         guarded(Api::anthropic, res, [&] {
             s.ready_engine();
-            count_tokens(s, req, res);
+            res.body = dump({{"input_tokens", s.tokenize(messages_prompt(s, parse_body(req.body))).size()}});
         });
     });
 }

@@ -223,6 +223,7 @@ bool Engine::admit(std::deque<std::shared_ptr<Job>> &waiting, std::vector<std::u
         ++stats_.active;
         stats_.prompt_tokens += prompt.size();
         stats_.cached_tokens += best_reuse;
+        stats_.cache_hits += best_reuse > 0;
     }
     if (dsv4_sampler_create(&sp, &a->sampler) != DSV4_OK) {
         active.push_back(std::move(a));
@@ -254,10 +255,12 @@ void Engine::retire(Active &a, Finish f, std::string error) {
 
 // Appends generated text and outputs what is settled: whole UTF-8 characters not part of a possible stop string.
 // Returns true when a stop string (or the script's end-of-sentence text) completed.
-static bool settle(std::string &held, const std::vector<std::string> &stops, Delta &d, bool &eos) {
+static bool settle(std::string &held, const std::vector<std::string> &stops, Delta &d, bool &eos, std::string &matched) {
     size_t cut = std::string::npos;
-    for (const std::string &s : stops)
-        if (!s.empty()) cut = std::min(cut, held.find(s));
+    for (const std::string &s : stops) {
+        const size_t at = s.empty() ? std::string::npos : held.find(s);
+        if (at < cut) cut = at, matched = s;
+    }
     const size_t at_eos = held.find(kEosText);
     if (at_eos != std::string::npos && at_eos <= cut) {
         d.text += held.substr(0, at_eos);
@@ -316,7 +319,7 @@ void Engine::emit(Active &a, int32_t token, const float *logits, int32_t n_vocab
         size_t len = 0;
         if (dsv4_token_to_piece(tok_, token, buf, sizeof buf, &len) == DSV4_OK) a.held.append(buf, len);
     }
-    const bool stopped = eos ? false : settle(a.held, r.stop, d, eos);
+    const bool stopped = eos ? false : settle(a.held, r.stop, d, eos, job.stop_string_);
     job.push(std::move(d));
     const int32_t length = int32_t(seqs_[size_t(a.seq)].tokens.size());
     if (eos) return retire(a, Finish::stop);

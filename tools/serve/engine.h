@@ -62,6 +62,7 @@ public:
     // Known once finished (wait returned true).
     Finish finish() const { return finish_; }
     const std::string &error() const { return error_; }
+    const std::string &stop_string() const { return stop_string_; }  // the stop string that ended it (stop_string)
     int32_t n_prompt() const { return int32_t(request_.prompt.size()); }
     int32_t n_cached() const { return n_cached_; }   // prompt tokens reused from the cache
     int32_t n_generated() const { return n_generated_; }
@@ -79,7 +80,7 @@ private:
     std::vector<Delta> pending_;
     bool finished_ = false;
     Finish finish_ = Finish::stop;
-    std::string error_;
+    std::string error_, stop_string_;
     int32_t n_cached_ = 0, n_generated_ = 0;
     double ttft_ = 0.0;
 };
@@ -96,6 +97,7 @@ struct EngineOptions {
 
 struct EngineStats {
     uint64_t requests = 0, prompt_tokens = 0, cached_tokens = 0, generated_tokens = 0, steps = 0, refused = 0;
+    uint64_t cache_hits = 0;  // requests that reused a cached prefix
     int32_t active = 0, waiting = 0;
     double busy_seconds = 0.0;
 };

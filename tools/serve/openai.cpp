@@ -79,6 +79,7 @@ namespace {
 struct ChatInput {
     json messages = json::array();     // library format
     std::set<std::string> callable;    // tools the reply may call
+    size_t max_calls = SIZE_MAX;       // 1 with parallel_tool_calls false
     Thinking thinking;
 };
 
@@ -88,6 +89,7 @@ ChatInput chat_input(const Service &s, const json &body) {
     if (!body.contains("messages") || !body["messages"].is_array() || body["messages"].empty())
         throw ApiError(400, "'messages' must be a non-empty array", "messages");
     in.thinking = thinking_of(body, s.default_thinking, string_field(body, "reasoning_effort"));
+    if (!bool_field(body, "parallel_tool_calls").value_or(true)) in.max_calls = 1;
     json tools = json::array();
     if (body.contains("tools") && !body["tools"].is_null()) {
         if (!body["tools"].is_array()) throw ApiError(400, "'tools' must be an array", "tools");
@@ -186,12 +188,15 @@ const char *finish_reason(Finish f, bool called) {
     return called ? "tool_calls" : "stop";
 }
 
+std::string render_chat(Service &s, ChatInput &in) {
+    s.memory.restore(in.messages);
+    return s.render(in.messages, in.thinking.on, in.thinking.effort);
+}
+
 void chat_completions(Service &s, const HttpRequest &req, HttpResponse &res) {
     const json body = parse_body(req.body);
     ChatInput in = chat_input(s, body);
-    s.memory.restore(in.messages);
-    const std::string prompt_text = s.render(in.messages, in.thinking.on, in.thinking.effort);
-    std::vector<int32_t> prompt = s.tokenize(prompt_text);
+    std::vector<int32_t> prompt = s.tokenize(render_chat(s, in));
     s.check_length(prompt.size(), Api::openai);
     JobRequest r = openai_job(s, body, std::move(prompt), false);
     const bool stream = bool_field(body, "stream").value_or(false);
@@ -206,7 +211,7 @@ void chat_completions(Service &s, const HttpRequest &req, HttpResponse &res) {
 
     if (!stream) {
         auto build = [&s, job, in, logprobs](const std::vector<Delta> &deltas) {
-            ReplyParser parser(in.thinking.on, in.callable, "call_");
+            ReplyParser parser(in.thinking.on, in.callable, "call_", in.max_calls);
             std::vector<ReplyEvent> events;
             ReasoningCounter counter{in.thinking.on};
             json lp = json::array();
@@ -258,7 +263,7 @@ void chat_completions(Service &s, const HttpRequest &req, HttpResponse &res) {
                               {"choices", json::array({{{"index", 0}, {"delta", delta}, {"logprobs", lp}, {"finish_reason", finish}}})}}));
         };
         if (!chunk({{"role", "assistant"}, {"content", ""}})) return job->cancel(), false;
-        ReplyParser parser(in.thinking.on, in.callable, "call_");
+        ReplyParser parser(in.thinking.on, in.callable, "call_", in.max_calls);
         ReasoningCounter counter{in.thinking.on};
         std::vector<ToolCall> calls;
         std::string reasoning;
@@ -394,6 +399,11 @@ void completions(Service &s, const HttpRequest &req, HttpResponse &res) {
 }
 
 }  // namespace
+
+std::string chat_completions_prompt(Service &s, const json &body) {
+    ChatInput in = chat_input(s, body);
+    return render_chat(s, in);
+}
 
 void register_openai(HttpServer &http, Service &s) {
     http.route("POST", "/v1/responses", [&s](const HttpRequest &req, HttpResponse &res) {

@@ -20,8 +20,8 @@ std::string make_id(const std::string &prefix) {
     return id;
 }
 
-ReplyParser::ReplyParser(bool thinking, std::set<std::string> tool_names, std::string id_prefix)
-    : tool_names_(std::move(tool_names)), id_prefix_(std::move(id_prefix)) {
+ReplyParser::ReplyParser(bool thinking, std::set<std::string> tool_names, std::string id_prefix, size_t max_calls)
+    : tool_names_(std::move(tool_names)), id_prefix_(std::move(id_prefix)), max_calls_(max_calls) {
     if (dsv4_chat_stream_create(thinking ? 1 : 0, &stream_) != DSV4_OK) malformed_ = true;
 }
 
@@ -45,6 +45,8 @@ void ReplyParser::on_event(dsv4_chat_event event, const char *text, size_t len, 
             if (!e.text.empty()) self.out_->push_back(std::move(e));
             return;
         }
+        if (self.calls_ >= self.max_calls_) return;
+        ++self.calls_;
         e.kind = ReplyEvent::Kind::tool_call;
         e.call.id = make_id(self.id_prefix_);
         e.call.name = name;

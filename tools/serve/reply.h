@@ -4,6 +4,7 @@
 #pragma once
 #include <dsv4/dsv4.h>
 
+#include <cstdint>
 #include <list>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -38,9 +39,10 @@ struct ReplyEvent {
 // text that may begin a marker is held back; a completion cut short (length, stop string, cancel) drops its
 // unfinished markup; malformed markup ends the reply at the last good event. A call of a tool that was not
 // offered (or with tool_choice "none") is not reported as a call: its invoke block is left as content text.
+// Calls beyond max_calls (1 when a client turns parallel tool calls off) are dropped.
 class ReplyParser {
 public:
-    ReplyParser(bool thinking, std::set<std::string> tool_names, std::string id_prefix);
+    ReplyParser(bool thinking, std::set<std::string> tool_names, std::string id_prefix, size_t max_calls = SIZE_MAX);
     ~ReplyParser();
     ReplyParser(const ReplyParser &) = delete;
     ReplyParser &operator=(const ReplyParser &) = delete;
@@ -56,6 +58,7 @@ private:
     std::set<std::string> tool_names_;
     std::string id_prefix_, raw_;
     size_t invokes_seen_ = 0;       // tool calls reported by the parser so far (to find each one's raw text)
+    size_t calls_ = 0, max_calls_;  // calls reported, and the most that may be
     std::vector<ReplyEvent> *out_ = nullptr;
     bool malformed_ = false;
 };

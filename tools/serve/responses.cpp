@@ -11,6 +11,7 @@ namespace {
 struct ResponsesInput {
     json messages = json::array();
     std::set<std::string> callable;
+    size_t max_calls = SIZE_MAX;  // 1 with parallel_tool_calls false
     Thinking thinking;
     json tools = json::array();  // as the request gave them, echoed in the response
 };
@@ -24,6 +25,7 @@ ResponsesInput responses_input(const Service &s, const json &body) {
         body["reasoning"]["effort"].is_string())
         effort = body["reasoning"]["effort"].get<std::string>();
     in.thinking = thinking_of(body, s.default_thinking, effort);
+    if (!bool_field(body, "parallel_tool_calls").value_or(true)) in.max_calls = 1;
 
     json system = {{"role", "system"}, {"content", string_field(body, "instructions").value_or("")}};
     json fn_tools = json::array();
@@ -111,13 +113,22 @@ json response_usage(const Job &job, int32_t reasoning_tokens) {
             {"total_tokens", job.n_prompt() + job.n_generated()}};
 }
 
+std::string render_responses(Service &s, ResponsesInput &in) {
+    s.memory.restore(in.messages);
+    return s.render(in.messages, in.thinking.on, in.thinking.effort);
+}
+
 }  // namespace
+
+std::string responses_prompt(Service &s, const json &body) {
+    ResponsesInput in = responses_input(s, body);
+    return render_responses(s, in);
+}
 
 void responses(Service &s, const HttpRequest &req, HttpResponse &res) {
     const json body = parse_body(req.body);
     ResponsesInput in = responses_input(s, body);
-    s.memory.restore(in.messages);
-    std::vector<int32_t> prompt = s.tokenize(s.render(in.messages, in.thinking.on, in.thinking.effort));
+    std::vector<int32_t> prompt = s.tokenize(render_responses(s, in));
     s.check_length(prompt.size(), Api::openai);
     JobRequest r = openai_job(s, body, std::move(prompt), true);
     const bool stream = bool_field(body, "stream").value_or(false);
@@ -236,14 +247,15 @@ void responses(Service &s, const HttpRequest &req, HttpResponse &res) {
 
     const bool thinking = in.thinking.on;
     const std::set<std::string> callable = in.callable;
+    const size_t max_calls = in.max_calls;
     if (!stream) {
         return respond_when_done(
             job, res,
-            [&s, job, base, thinking, callable](const std::vector<Delta> &deltas) {
+            [&s, job, base, thinking, callable, max_calls](const std::vector<Delta> &deltas) {
                 Builder b;
                 b.response = base;
                 b.emit = [](const std::string &, json) { return true; };
-                ReplyParser parser(thinking, callable, "call_");
+                ReplyParser parser(thinking, callable, "call_", max_calls);
                 ReasoningCounter counter{thinking};
                 for (const Delta &d : deltas) {
                     std::vector<ReplyEvent> ev;
@@ -263,7 +275,7 @@ void responses(Service &s, const HttpRequest &req, HttpResponse &res) {
     }
     res.content_type = "text/event-stream";
     res.headers = {{"Cache-Control", "no-cache"}};
-    res.stream = [&s, job, base, thinking, callable](const ChunkWriter &write) {
+    res.stream = [&s, job, base, thinking, callable, max_calls](const ChunkWriter &write) {
         int64_t sequence = 0;
         Builder b;
         b.response = base;
@@ -274,7 +286,7 @@ void responses(Service &s, const HttpRequest &req, HttpResponse &res) {
         };
         if (!b.emit("response.created", {{"response", b.response}}) || !b.emit("response.in_progress", {{"response", b.response}}))
             return job->cancel(), false;
-        ReplyParser parser(thinking, callable, "call_");
+        ReplyParser parser(thinking, callable, "call_", max_calls);
         ReasoningCounter counter{thinking};
         const bool alive = drive(
             *job,

@@ -32,6 +32,7 @@ std::string metrics_text(const Service &s) {
     metric("dsv4_queue_depth", "gauge", "requests waiting for a slot", st.waiting);
     metric("dsv4_active_sequences", "gauge", "requests being evaluated", st.active);
     metric("dsv4_prompt_tokens_total", "counter", "prompt tokens of admitted requests", double(st.prompt_tokens));
+    metric("dsv4_cache_hits_total", "counter", "requests that reused a cached prefix", double(st.cache_hits));
     metric("dsv4_cached_tokens_total", "counter", "prompt tokens reused from the prefix cache", double(st.cached_tokens));
     metric("dsv4_generated_tokens_total", "counter", "tokens generated", double(st.generated_tokens));
     metric("dsv4_decode_steps_total", "counter", "batches evaluated", double(st.steps));

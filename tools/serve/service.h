@@ -78,6 +78,12 @@ bool drive(Job &job, const std::function<bool(std::vector<Delta> &)> &on_progres
 void respond_when_done(const std::shared_ptr<Job> &job, HttpResponse &res,
                        std::function<json(const std::vector<Delta> &)> build, Api api);
 
+// The prompt text a request body of each chat API renders to (validation, conversion to the library's messages,
+// turn memory, official encoding); throws ApiError like the endpoint. The fuzz target drives these.
+std::string chat_completions_prompt(Service &service, const json &body);
+std::string responses_prompt(Service &service, const json &body);
+std::string messages_prompt(Service &service, const json &body);
+
 void register_openai(HttpServer &http, Service &service);
 void register_anthropic(HttpServer &http, Service &service);
 
