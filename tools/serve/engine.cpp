@@ -4,6 +4,7 @@
 #include <cmath>
 #include <stdexcept>
 #include <string_view>
+#include <tuple>
 
 namespace dsv4::serve {
 namespace {
@@ -182,8 +183,10 @@ bool Engine::admit(std::deque<std::shared_ptr<Job>> &waiting, std::vector<std::u
     a->job = std::move(waiting.front());
     waiting.pop_front();
     const std::vector<int32_t> &prompt = a->job->request().prompt;
+    // Rank: most reusable tokens, then an empty sequence, then the least recently used.
     int32_t best = -1;
     size_t best_reuse = 0;
+    auto rank = [&](size_t s, size_t reuse) { return std::make_tuple(reuse, seqs_[s].tokens.empty(), ~seqs_[s].last_used); };
     for (size_t s = 0; s < seqs_.size(); ++s) {
         if (seqs_[s].busy) continue;
         const std::vector<int32_t> &held = seqs_[s].tokens;
@@ -191,10 +194,7 @@ bool Engine::admit(std::deque<std::shared_ptr<Job>> &waiting, std::vector<std::u
         while (lcp < held.size() && lcp < prompt.size() && held[lcp] == prompt[lcp]) ++lcp;
         size_t reuse = std::min(lcp, prompt.size() - 1);  // the last prompt token is evaluated for its logits
         if (held.size() - reuse > size_t(options_.n_rewind)) reuse = 0;  // too far back to cut
-        const bool better = best < 0 || reuse > best_reuse ||
-                            (reuse == best_reuse && (held.empty() || seqs_[s].last_used < seqs_[size_t(best)].last_used) &&
-                             !seqs_[size_t(best)].tokens.empty());
-        if (better) {
+        if (best < 0 || rank(s, reuse) > rank(size_t(best), best_reuse)) {
             best = int32_t(s);
             best_reuse = reuse;
         }

@@ -87,8 +87,9 @@ int serve(const ServeOptions &o) {
     s.test_hooks = o.test_hooks;
     s.default_thinking = o.think;
     HttpOptions ho = o.http;
-    // Streams hold a connection each: room for every slot and queued request, plus a few for light endpoints.
-    ho.threads = o.engine.slots + o.engine.queue + 4;
+    // Streams hold a connection each. Twice the slots and queue, plus a few: requests beyond them still get a
+    // thread for their prompt 429, and /health and /metrics stay answered under full load.
+    ho.threads = 2 * (o.engine.slots + o.engine.queue) + 4;
     HttpServer http(ho);
     http.set_error_body([](const HttpRequest &req, int status, const std::string &message, HttpResponse &res) {
         error_response(api_of(req.path), status, message, res);
