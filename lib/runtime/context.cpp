@@ -108,7 +108,7 @@ void Context::decode(const int32_t *tokens, const int32_t *positions, const int3
         const auto streams = model_.forward(*backend_, grouped.data(), n, spans, caches, obs, should_abort);
         if (!streams) fail(DSV4_ERR_CANCELLED, "decode cancelled by the abort callback");
         std::vector<float> logits(out_rows.size() * size_t(c.vocab_size));
-        model_.logits(*backend_, streams->tensor, out_rows, logits.data());
+        if (!out_rows.empty()) model_.logits(*backend_, streams->tensor, out_rows, logits.data());  // a prefill chunk may ask none
         // The output rows' final streams, kept on the host for the MTP block.
         const size_t row = size_t(c.hc_mult) * size_t(c.dim);
         std::vector<float> kept(out_rows.size() * row);

@@ -315,3 +315,18 @@ TEST_CASE("a context of several thousand tokens: cache grows with the tokens, ex
     // the passes' large temporaries stay for the next pass: at least one 1000-token buffer of the streams
     CHECK(st.scratch_bytes >= 1000 * 4 * 256 * sizeof(float));
 }
+
+TEST_CASE("a prefill chunk that asks for no logits advances the cache like one that does") {
+    const auto tokens = random_tokens(300, 11);
+    Engine a, b;
+    const auto whole = a.feed(tokens);
+    std::vector<int8_t> none(200, 0);
+    dsv4_batch first = dsv4_batch_for_sequence(tokens.data(), 200, 0);
+    first.want_output = none.data();
+    REQUIRE(dsv4_decode(b.ctx, &first) == DSV4_OK);
+    CHECK(dsv4_n_outputs(b.ctx) == 0);
+    CHECK(b.length() == 200);
+    const auto rest = b.feed(std::vector<int32_t>(tokens.begin() + 200, tokens.end()));
+    REQUIRE(rest.size() == 100);
+    for (size_t i = 0; i < rest.size(); ++i) REQUIRE(rest[i] == whole[200 + i]);
+}
