@@ -137,7 +137,7 @@ int main(int argc, char **argv) {
     serve->add_option("--rewind", so.engine.n_rewind, "positions a cached sequence may be cut back to reuse its prefix")->check(CLI::Range(0, 4096))->capture_default_str();
     serve->add_option("-t,--threads", so.engine.n_threads, "compute threads (0 = OMP_NUM_THREADS, else all cores but one)");
     serve->add_option("--max-body", so.http.max_body, "largest request body in bytes (413 beyond)")->capture_default_str();
-    serve->add_option("--timeout", so.http.timeout_seconds, "read, write and idle timeout in seconds")->check(CLI::Range(1, 3600))->capture_default_str();
+    serve->add_option("--timeout", so.http.timeout_seconds, "read and write timeout in seconds (idle keep-alive: 5 s, or this if shorter)")->check(CLI::Range(1, 3600))->capture_default_str();
     serve->add_flag("--think", so.think, "thinking mode unless a request chooses");
     serve->add_flag("--test-hooks", so.test_hooks, "accept scripted completions (\"dsv4_test\" in a body): for tests only");
     bool serve_quiet = false;

@@ -141,7 +141,7 @@ JobRequest job_from(const Service &s, const json &body, std::vector<int32_t> pro
     r.sampling.top_p = float(number_field(body, "top_p", 0.0, 1.0).value_or(1.0));
     if (r.sampling.top_p <= 0.0f) r.sampling.top_p = 1e-6f;
     r.sampling.top_k = int32_t(integer_field(body, "top_k", 0, INT32_MAX).value_or(0));
-    r.stop = stop_field(body, "stop_sequences");
+    r.stop = string_array_field(body, "stop_sequences");
     s.apply_test_hook(body, r);
     return r;
 }

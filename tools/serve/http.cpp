@@ -1,6 +1,7 @@
 #include "http.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <httplib.h>
 #include <stdexcept>
@@ -22,7 +23,16 @@ HttpRequest convert(const httplib::Request &req) {
     return r;
 }
 
-void apply(HttpResponse &&from, httplib::Response &to) {
+// Counts a response in flight for its lifetime.
+struct InFlight {
+    explicit InFlight(std::atomic<int> &n) : n_(n) { ++n_; }
+    ~InFlight() { --n_; }
+    InFlight(const InFlight &) = delete;
+    InFlight &operator=(const InFlight &) = delete;
+    std::atomic<int> &n_;
+};
+
+void apply(HttpResponse &&from, httplib::Response &to, std::atomic<int> &in_flight) {
     to.status = from.status;
     for (auto &[k, v] : from.headers) to.set_header(k, v);
     if (!from.stream) {
@@ -30,7 +40,8 @@ void apply(HttpResponse &&from, httplib::Response &to) {
         return;
     }
     auto stream = std::make_shared<std::function<bool(const ChunkWriter &)>>(std::move(from.stream));
-    to.set_chunked_content_provider(from.content_type, [stream](size_t, httplib::DataSink &sink) {
+    to.set_chunked_content_provider(from.content_type, [stream, &in_flight](size_t, httplib::DataSink &sink) {
+        const InFlight counted(in_flight);
         const bool ok = (*stream)([&](std::string_view chunk) { return sink.write(chunk.data(), chunk.size()); });
         if (ok) sink.done();
         return ok;
@@ -50,6 +61,15 @@ struct HttpServer::Impl {
     httplib::Server server;
     HttpErrorBody error_body;
     int listen_fd = -1;
+    std::atomic<int> in_flight{0};
+    // A transport-level refusal in the API's envelope; the connection closes (its body may be unread).
+    void refuse(const httplib::Request &req, httplib::Response &res, int status, const std::string &message) {
+        HttpResponse out;
+        out.status = status;
+        if (error_body) error_body(convert(req), status, message, out);
+        out.headers.emplace_back("Connection", "close");
+        apply(std::move(out), res, in_flight);
+    }
 };
 
 HttpServer::HttpServer(HttpOptions options) : impl_(std::make_unique<Impl>()) {
@@ -65,16 +85,26 @@ HttpServer::HttpServer(HttpOptions options) : impl_(std::make_unique<Impl>()) {
     });
     s.set_read_timeout(impl_->options.timeout_seconds, 0);
     s.set_write_timeout(impl_->options.timeout_seconds, 0);
-    s.set_keep_alive_timeout(impl_->options.timeout_seconds);
+    s.set_keep_alive_timeout(std::min(impl_->options.keep_alive_seconds, impl_->options.timeout_seconds));
+    // Before the body is read: oversized header sections and declared bodies are refused at once, then the key.
     s.set_pre_routing_handler([this](const httplib::Request &req, httplib::Response &res) {
         const HttpOptions &o = impl_->options;
+        size_t header_bytes = 0;
+        for (const auto &[k, v] : req.headers) header_bytes += k.size() + v.size() + 4;
+        if (header_bytes > o.max_header_bytes) {
+            impl_->refuse(req, res, 431, "request header section larger than the server's limit");
+            return httplib::Server::HandlerResponse::Handled;
+        }
+        const std::string length = req.get_header_value("Content-Length");
+        const bool digits = !length.empty() && length.size() <= 19 &&
+                            std::all_of(length.begin(), length.end(), [](char c) { return c >= '0' && c <= '9'; });
+        if (!length.empty() && (!digits || std::stoull(length) > o.max_body)) {
+            impl_->refuse(req, res, 413, "request body larger than the server's limit");
+            return httplib::Server::HandlerResponse::Handled;
+        }
         if (o.api_key.empty() || o.public_paths.count(req.path)) return httplib::Server::HandlerResponse::Unhandled;
-        HttpRequest r = convert(req);
-        if (key_matches(r, o.api_key)) return httplib::Server::HandlerResponse::Unhandled;
-        HttpResponse out;
-        out.status = 401;
-        if (impl_->error_body) impl_->error_body(r, 401, "invalid or missing API key", out);
-        apply(std::move(out), res);
+        if (key_matches(convert(req), o.api_key)) return httplib::Server::HandlerResponse::Unhandled;
+        impl_->refuse(req, res, 401, "invalid or missing API key");
         return httplib::Server::HandlerResponse::Handled;
     });
     // Errors the transport raised itself (no route, body too large, unreadable request) get the API's envelope.
@@ -86,7 +116,7 @@ HttpServer::HttpServer(HttpOptions options) : impl_(std::make_unique<Impl>()) {
         HttpResponse out;
         out.status = res.status;
         impl_->error_body(convert(req), res.status, message, out);
-        apply(std::move(out), res);
+        apply(std::move(out), res, impl_->in_flight);
         return httplib::Server::HandlerResponse::Handled;
     }));
     s.set_exception_handler([this](const httplib::Request &req, httplib::Response &res, std::exception_ptr ep) {
@@ -100,17 +130,22 @@ HttpServer::HttpServer(HttpOptions options) : impl_(std::make_unique<Impl>()) {
         HttpResponse out;
         out.status = 500;
         if (impl_->error_body) impl_->error_body(convert(req), 500, message, out);
-        apply(std::move(out), res);
+        apply(std::move(out), res, impl_->in_flight);
     });
 }
 
 HttpServer::~HttpServer() { stop(); }
 
 void HttpServer::route(const std::string &method, const std::string &path, HttpHandler handler) {
-    auto h = [handler = std::move(handler)](const httplib::Request &req, httplib::Response &res) {
+    auto h = [this, handler = std::move(handler)](const httplib::Request &req, httplib::Response &res) {
+        const InFlight counted(impl_->in_flight);
+        if (req.body.size() > impl_->options.max_body) {  // a chunked body has no Content-Length to refuse early
+            impl_->refuse(req, res, 413, "request body larger than the server's limit");
+            return;
+        }
         HttpResponse out;
         handler(convert(req), out);
-        apply(std::move(out), res);
+        apply(std::move(out), res, impl_->in_flight);
     };
     if (method == "GET") impl_->server.Get(path, h);
     else if (method == "POST") impl_->server.Post(path, h);
@@ -132,6 +167,8 @@ int HttpServer::bind() {
 }
 
 void HttpServer::serve() { impl_->server.listen_after_bind(); }
+
+int HttpServer::in_flight() const { return impl_->in_flight; }
 
 void HttpServer::stop() {
     if (impl_) impl_->server.stop();

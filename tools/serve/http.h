@@ -44,7 +44,10 @@ struct HttpOptions {
     int port = 8080;                 // 0: any free port
     int threads = 8;                 // connections served at once
     size_t max_body = 8u << 20;      // larger bodies: 413
-    int timeout_seconds = 30;        // read, write and keep-alive idle timeouts
+    int timeout_seconds = 30;        // read and write timeouts
+    int keep_alive_seconds = 5;      // an idle keep-alive connection is closed after this or timeout_seconds if
+                                     // shorter (it holds a thread)
+    size_t max_header_bytes = 64u << 10;  // a larger header section: 431
     std::string api_key;             // non-empty: every path but the public ones needs it
     std::set<std::string> public_paths = {"/health"};
 };
@@ -60,6 +63,8 @@ public:
     // Serves until stop(); call after bind().
     void serve();
     void stop();
+    // Responses being produced now (handlers running and streams being written).
+    int in_flight() const;
 
 private:
     struct Impl;

@@ -200,9 +200,7 @@ void chat_completions(Service &s, const HttpRequest &req, HttpResponse &res) {
     s.check_length(prompt.size(), Api::openai);
     JobRequest r = openai_job(s, body, std::move(prompt), false);
     const bool stream = bool_field(body, "stream").value_or(false);
-    bool include_usage = false;
-    if (body.contains("stream_options") && body["stream_options"].is_object())
-        include_usage = body["stream_options"].value("include_usage", false);
+    const bool with_usage = include_usage(body);
     const bool logprobs = r.top_logprobs >= 0;
     auto job = s.submit(std::move(r), Api::openai);
     const std::string id = make_id("chatcmpl-");
@@ -254,7 +252,7 @@ void chat_completions(Service &s, const HttpRequest &req, HttpResponse &res) {
 
     res.content_type = "text/event-stream";
     res.headers = {{"Cache-Control", "no-cache"}, {"X-Accel-Buffering", "no"}};
-    res.stream = [&s, job, in, id, created, model, include_usage, logprobs](const ChunkWriter &write) {
+    res.stream = [&s, job, in, id, created, model, with_usage, logprobs](const ChunkWriter &write) {
         auto chunk = [&](const json &delta, const json &finish = json(), const json &lp = json()) {
             return write(sse({{"id", id},
                               {"object", "chat.completion.chunk"},
@@ -312,7 +310,7 @@ void chat_completions(Service &s, const HttpRequest &req, HttpResponse &res) {
         if (!send(tail, json())) return false;
         s.memory.remember(calls, reasoning);
         if (!chunk(json::object(), finish_reason(job->finish(), !calls.empty()))) return false;
-        if (include_usage &&
+        if (with_usage &&
             !write(sse({{"id", id}, {"object", "chat.completion.chunk"}, {"created", created}, {"model", model},
                         {"choices", json::array()}, {"usage", chat_usage(*job, counter.tokens)}})))
             return false;
@@ -343,9 +341,7 @@ void completions(Service &s, const HttpRequest &req, HttpResponse &res) {
     JobRequest r = openai_job(s, body, std::move(prompt), false);
     if (!integer_field(body, "max_tokens", 1, INT32_MAX)) r.max_tokens = std::min(r.max_tokens, 16);  // the API's default
     const bool stream = bool_field(body, "stream").value_or(false);
-    bool include_usage = false;
-    if (body.contains("stream_options") && body["stream_options"].is_object())
-        include_usage = body["stream_options"].value("include_usage", false);
+    const bool with_usage = include_usage(body);
     auto job = s.submit(std::move(r), Api::openai);
     const std::string id = make_id("cmpl-");
     const int64_t created = unix_time();
@@ -390,7 +386,7 @@ void completions(Service &s, const HttpRequest &req, HttpResponse &res) {
         if (job->finish() == Finish::error) {
             write(sse({{"error", {{"message", job->error()}, {"type", "server_error"}}}}));
         } else if (!chunk("", job->finish() == Finish::length ? "length" : "stop") ||
-                   (include_usage && !write(sse({{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model},
+                   (with_usage && !write(sse({{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model},
                                                  {"choices", json::array()}, {"usage", usage()}})))) {
             return false;
         }

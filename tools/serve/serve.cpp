@@ -1,5 +1,7 @@
 #include "serve.h"
 
+#include <algorithm>
+#include <chrono>
 #include <csignal>
 #include <cstdlib>
 #include <cstdio>
@@ -87,9 +89,10 @@ int serve(const ServeOptions &o) {
     s.test_hooks = o.test_hooks;
     s.default_thinking = o.think;
     HttpOptions ho = o.http;
-    // Streams hold a connection each. Twice the slots and queue, plus a few: requests beyond them still get a
-    // thread for their prompt 429, and /health and /metrics stay answered under full load.
-    ho.threads = 2 * (o.engine.slots + o.engine.queue) + 4;
+    // A connection holds a thread while it streams or idles in keep-alive. Four per slot and queued request, at
+    // least 64: requests beyond capacity still get a thread for their prompt 429 while clients keep idle
+    // connections open, and /health and /metrics stay answered under full load.
+    ho.threads = std::max(64, 4 * (o.engine.slots + o.engine.queue));
     HttpServer http(ho);
     http.set_error_body([](const HttpRequest &req, int status, const std::string &message, HttpResponse &res) {
         error_response(api_of(req.path), status, message, res);
@@ -153,11 +156,13 @@ int serve(const ServeOptions &o) {
     }
     s.ready = false;
     if (s.engine) s.engine->shutdown();  // in-flight streams end with an error event
-    http.stop();
-    server.join();
-    s.engine.reset();
-    dsv4_model_free(model);
-    return rc;
+    // Let those streams write their last event (a second at most), then go: joining the connection threads would
+    // wait for idle keep-alive clients to time out.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+    while (http.in_flight() > 0 && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    std::fflush(stderr);
+    std::_Exit(rc);
 }
 
 }  // namespace dsv4::serve

@@ -171,6 +171,20 @@ std::vector<std::string> stop_field(const json &body, const char *name) {
     return out;
 }
 
+std::vector<std::string> string_array_field(const json &body, const char *name) {
+    auto it = body.find(name);
+    if (it == body.end() || it->is_null()) return {};
+    if (!it->is_array()) throw ApiError(400, fmt::format("'{}' must be an array of strings", name), name);
+    return stop_field(body, name);
+}
+
+bool include_usage(const json &body) {
+    auto it = body.find("stream_options");
+    if (it == body.end() || it->is_null()) return false;
+    if (!it->is_object()) throw ApiError(400, "'stream_options' must be an object", "stream_options");
+    return bool_field(*it, "include_usage").value_or(false);
+}
+
 void error_response(Api api, int status, const std::string &message, HttpResponse &res, const std::string &param,
                     const std::string &code) {
     res.status = status;
@@ -178,8 +192,7 @@ void error_response(Api api, int status, const std::string &message, HttpRespons
     res.stream = nullptr;
     json body;
     if (api == Api::openai) {
-        const char *type = status == 401   ? "authentication_error"
-                           : status == 404 ? "not_found_error"
+        const char *type = status == 404   ? "not_found_error"
                            : status == 429 ? "rate_limit_error"
                            : status >= 500 ? "server_error"
                                            : "invalid_request_error";

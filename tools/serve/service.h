@@ -58,6 +58,8 @@ std::optional<int64_t> integer_field(const json &body, const char *name, int64_t
 std::optional<bool> bool_field(const json &body, const char *name);
 std::optional<std::string> string_field(const json &body, const char *name);
 std::vector<std::string> stop_field(const json &body, const char *name);  // a string or an array of strings
+std::vector<std::string> string_array_field(const json &body, const char *name);
+bool include_usage(const json &body);  // stream_options.include_usage (stream_options must be an object)
 
 // The error body in the API's envelope.
 void error_response(Api api, int status, const std::string &message, HttpResponse &res, const std::string &param = {},
