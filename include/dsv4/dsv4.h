@@ -390,14 +390,25 @@ typedef struct dsv4_chat_stream dsv4_chat_stream;
 typedef enum dsv4_chat_event {
     DSV4_CHAT_EVENT_REASONING = 0,
     DSV4_CHAT_EVENT_CONTENT = 1,
-    DSV4_CHAT_EVENT_TOOL_CALL = 2
+    DSV4_CHAT_EVENT_TOOL_CALL = 2,
+    /* Only from a stream created with DSV4_CHAT_STREAM_PARTIAL_CALLS: a call being written, announced before its
+     * TOOL_CALL event: its function name once the invoke header is complete, then fragments of its arguments as each
+     * parameter completes (they concatenate to the TOOL_CALL's function.arguments). */
+    DSV4_CHAT_EVENT_TOOL_CALL_BEGIN = 3,
+    DSV4_CHAT_EVENT_TOOL_CALL_ARGUMENTS = 4
 } dsv4_chat_event;
+#define DSV4_CHAT_STREAM_PARTIAL_CALLS 1u /* dsv4_chat_stream_create_v2 flag */
 /* text: borrowed for the call. */
 typedef void (*dsv4_chat_event_callback)(dsv4_chat_event event, const char *text, size_t len, void *user_data);
 
 /* Creates a stream parser (thinking: 1 if the prompt opened <think>); free it with dsv4_chat_stream_free().
  * Thread-safety: any thread. */
 DSV4_API DSV4_NODISCARD dsv4_status dsv4_chat_stream_create(int32_t thinking, dsv4_chat_stream **out_stream);
+/* As dsv4_chat_stream_create, with flags: 0 or DSV4_CHAT_STREAM_PARTIAL_CALLS (calls also announced while they are
+ * written, for servers that stream tool-call arguments). Other bits: DSV4_ERR_INVALID_ARGUMENT.
+ * Thread-safety: any thread. */
+DSV4_API DSV4_NODISCARD dsv4_status dsv4_chat_stream_create_v2(int32_t thinking, uint32_t flags,
+                                                               dsv4_chat_stream **out_stream);
 /* NULL is a harmless no-op. Thread-safety: one thread at a time per stream. */
 DSV4_API void dsv4_chat_stream_free(dsv4_chat_stream *stream);
 /* Feeds the next piece of completion text. Malformed text: DSV4_ERR_INVALID_ARGUMENT with the reason, and every

@@ -553,6 +553,17 @@ DSV4_API dsv4_status dsv4_chat_stream_create(int32_t thinking, dsv4_chat_stream 
     DSV4_API_END
 }
 
+DSV4_API dsv4_status dsv4_chat_stream_create_v2(int32_t thinking, uint32_t flags, dsv4_chat_stream **out_stream) {
+    if (out_stream) *out_stream = nullptr;
+    DSV4_API_BEGIN
+    require(out_stream, "out_stream");
+    if (flags & ~DSV4_CHAT_STREAM_PARTIAL_CALLS) fail(DSV4_ERR_INVALID_ARGUMENT, "flags: unknown bits {:#x}", flags);
+    *out_stream = new dsv4_chat_stream{dsv4::tokenizer::ChatStreamParser(
+        thinking ? dsv4::tokenizer::ThinkingMode::thinking : dsv4::tokenizer::ThinkingMode::chat,
+        (flags & DSV4_CHAT_STREAM_PARTIAL_CALLS) != 0)};
+    DSV4_API_END
+}
+
 DSV4_API void dsv4_chat_stream_free(dsv4_chat_stream *stream) { delete stream; }
 
 DSV4_API dsv4_status dsv4_chat_stream_push(dsv4_chat_stream *stream, const char *text, size_t len,

@@ -510,8 +510,56 @@ json parse_completion(const std::string &text, ThinkingMode mode) {
     return {{"role", "assistant"}, {"content", content}, {"reasoning_content", reasoning}, {"tool_calls", calls}};
 }
 
-ChatStreamParser::ChatStreamParser(ThinkingMode mode)
-    : state_(mode == ThinkingMode::thinking ? State::reasoning : State::content) {}
+ChatStreamParser::ChatStreamParser(ThinkingMode mode, bool partial_calls)
+    : state_(mode == ThinkingMode::thinking ? State::reasoning : State::content), partial_calls_(partial_calls) {}
+
+// The open invoke (the one after the calls already reported), closed after its last complete parameter (or its
+// header) and parsed as the whole block would be: its arguments so far are those of the complete call minus the
+// closing brace, so the fragments announced concatenate to the final arguments.
+void ChatStreamParser::announce_partial(const Sink &sink) {
+    const std::string invoke = "<" + kDsml + "invoke", end_param = "</" + kDsml + "parameter>\n";
+    size_t at = std::string::npos;
+    for (size_t k = 0, from = 0; k <= calls_sent_; ++k, from = at + 1)
+        if ((at = pending_.find(invoke, from)) == std::string::npos) return;
+    const size_t header_end = pending_.find("\">\n", at);
+    if (header_end == std::string::npos) return;
+    size_t cut = header_end + 3;
+    for (size_t p = pending_.find(end_param, cut); p != std::string::npos; p = pending_.find(end_param, cut))
+        cut = p + end_param.size();
+    if (cut == partial_cut_) return;  // nothing completed since the last look
+    partial_cut_ = cut;
+    const std::string closed = pending_.substr(0, cut) + "</" + kDsml + "invoke>\n</" + kDsml + "tool_calls>";
+    json calls;
+    try {
+        size_t pos = 0;
+        calls = parse_tool_calls(closed, pos);
+    } catch (const Error &) {
+        return;  // malformed so far: the complete call's parse reports it
+    }
+    if (calls.size() != calls_sent_ + 1) return;
+    const json &fn = calls.back()["function"];
+    if (!call_begun_) {
+        sink(Event::tool_call_begin, fn["name"].get<std::string>());
+        call_begun_ = true;
+    }
+    const std::string args = fn["arguments"].get<std::string>();
+    const std::string so_far = args.substr(0, args.size() - 1);
+    if (so_far.size() > arguments_sent_) sink(Event::tool_call_arguments, so_far.substr(arguments_sent_));
+    arguments_sent_ = std::max(arguments_sent_, so_far.size());
+}
+
+void ChatStreamParser::complete_call(const json &call, const Sink &sink) {
+    if (partial_calls_) {
+        const json &fn = call["function"];
+        if (!call_begun_) sink(Event::tool_call_begin, fn["name"].get<std::string>());
+        const std::string args = fn["arguments"].get<std::string>();
+        if (args.size() > arguments_sent_) sink(Event::tool_call_arguments, args.substr(arguments_sent_));
+        call_begun_ = false;
+        arguments_sent_ = 0;
+        partial_cut_ = 0;
+    }
+    sink(Event::tool_call, python_json_dumps(call));
+}
 
 void ChatStreamParser::push(const std::string &text, const Sink &sink) {
     pending_ += text;
@@ -556,13 +604,19 @@ void ChatStreamParser::step(const Sink &sink, bool final) {
         } else if (state_ == State::tools) {
             // Re-parse the block each time an invoke completes; report the calls not yet reported.
             const size_t at_close = pending_.find(calls_end);
-            if (at_close == std::string::npos && pending_.find(invoke_end) == std::string::npos) return;
+            if (at_close == std::string::npos && pending_.find(invoke_end) == std::string::npos) {
+                if (partial_calls_) announce_partial(sink);
+                return;
+            }
             std::string block = at_close == std::string::npos ? pending_.substr(0, pending_.rfind(invoke_end) + invoke_end.size()) + "\n" + calls_end
                                                               : pending_.substr(0, at_close + calls_end.size());
             size_t pos = 0;
             const json calls = parse_tool_calls(block, pos);
-            for (; calls_sent_ < calls.size(); ++calls_sent_) sink(Event::tool_call, python_json_dumps(calls[calls_sent_]));
-            if (at_close == std::string::npos) return;
+            for (; calls_sent_ < calls.size(); ++calls_sent_) complete_call(calls[calls_sent_], sink);
+            if (at_close == std::string::npos) {
+                if (partial_calls_) announce_partial(sink);
+                return;
+            }
             pending_.erase(0, at_close + calls_end.size());
             state_ = State::after_tools;
             progress = true;

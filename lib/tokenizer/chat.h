@@ -33,10 +33,13 @@ nlohmann::ordered_json parse_completion(const std::string &text, ThinkingMode mo
 // The events concatenate to what parse_completion returns for the whole text; malformed text throws as there.
 class ChatStreamParser {
 public:
-    enum class Event { reasoning, content, tool_call };
+    // With partial_calls, each call is also announced as it is written: tool_call_begin (its name) once the invoke
+    // header is complete, then tool_call_arguments fragments as each parameter completes; the fragments
+    // concatenate to the arguments of the tool_call event that ends the call.
+    enum class Event { reasoning, content, tool_call, tool_call_begin, tool_call_arguments };
     using Sink = std::function<void(Event, const std::string &)>;  // tool_call: {"type", "function": {...}} JSON
 
-    explicit ChatStreamParser(ThinkingMode mode);
+    explicit ChatStreamParser(ThinkingMode mode, bool partial_calls = false);
     void push(const std::string &text, const Sink &sink);
     // Flushes held-back text; throws if the completion did not end properly (no EOS, unclosed blocks).
     void finish(const Sink &sink);
@@ -44,9 +47,15 @@ public:
 private:
     enum class State { reasoning, content, tools, after_tools, done };
     void step(const Sink &sink, bool final);
+    void announce_partial(const Sink &sink);
+    void complete_call(const nlohmann::ordered_json &call, const Sink &sink);
     State state_;
     std::string pending_;   // text not yet emitted (reasoning/content) or the tool-call block so far
     size_t calls_sent_ = 0;
+    bool partial_calls_;
+    bool call_begun_ = false;     // the open call's name was announced
+    size_t arguments_sent_ = 0;   // bytes of the open call's arguments announced
+    size_t partial_cut_ = 0;      // the block's length up to the open call's last complete parameter, last parsed
 };
 
 // json.dumps(value, ensure_ascii=False) of Python, byte for byte (separators ", " and ": ").

@@ -31,10 +31,16 @@ Reply parse(const std::vector<std::string> &pieces, bool thinking, Finish how, s
     for (const std::string &piece : pieces) p.push(piece, events);
     p.finish(how, events);
     Reply r;
+    std::string fragments;
     for (const ReplyEvent &e : events) {
         if (e.kind == ReplyEvent::Kind::reasoning) r.reasoning += e.text;
         else if (e.kind == ReplyEvent::Kind::content) r.content += e.text;
-        else r.calls.push_back(e.call);
+        else if (e.kind == ReplyEvent::Kind::call_begin) fragments.clear();
+        else if (e.kind == ReplyEvent::Kind::call_arguments) fragments += e.text;
+        else {
+            REQUIRE(fragments == e.call.arguments);  // the streamed fragments are the arguments
+            r.calls.push_back(e.call);
+        }
     }
     return r;
 }
@@ -106,6 +112,23 @@ TEST_CASE("reply: a tool call split at every byte arrives whole, and no markup r
     CHECK(r.calls.size() == 1);
 }
 
+TEST_CASE("reply: a call is announced as it is written, each parameter's fragment once it completes") {
+    const std::string head = "ok" + kCall.substr(0, kCall.find("<｜DSML｜parameter name=\"days\""));
+    ReplyParser p(false, {"get_weather"}, "call_");
+    std::vector<ReplyEvent> events;
+    p.push(head, events);
+    REQUIRE(events.size() == 3);  // content, begin, the arguments up to the first parameter
+    CHECK(events[1].kind == ReplyEvent::Kind::call_begin);
+    CHECK(events[1].call.name == "get_weather");
+    CHECK(events[2].text == "{\"city\": \"Paris\"");
+    events.clear();
+    p.push(kCall.substr(kCall.find("<｜DSML｜parameter name=\"days\"")), events);
+    p.finish(Finish::stop, events);
+    REQUIRE(events.size() == 2);
+    CHECK(events[0].text == ", \"days\": 3}");
+    CHECK(events[1].kind == ReplyEvent::Kind::tool_call);
+}
+
 TEST_CASE("reply: a completion cut inside markup drops it; no call with invented arguments") {
     const std::string text = "Let me check." + kCall;
     for (size_t k = 13; k < text.size(); ++k) {
@@ -134,7 +157,9 @@ TEST_CASE("reply: a tool that was not offered stays text; malformed markup ends 
     std::vector<ReplyEvent> got;
     single.push(two, got);
     single.finish(Finish::stop, got);
-    CHECK(got.size() == 1);
+    size_t complete = 0;
+    for (const ReplyEvent &e : got) complete += e.kind == ReplyEvent::Kind::tool_call;
+    CHECK(complete == 1);
 
     ReplyParser p(false, {"get_weather"}, "call_");
     std::vector<ReplyEvent> events;

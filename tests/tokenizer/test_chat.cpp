@@ -155,6 +155,8 @@ namespace {
 struct Events {
     std::string reasoning, content;
     std::vector<std::string> calls;
+    std::string begun, fragments;  // the call being announced (partial calls)
+    int announced = 0;
 };
 void on_event(dsv4_chat_event e, const char *text, size_t len, void *user) {
     auto *ev = static_cast<Events *>(user);
@@ -163,7 +165,23 @@ void on_event(dsv4_chat_event e, const char *text, size_t len, void *user) {
     else if (e == DSV4_CHAT_EVENT_CONTENT) {
         CHECK(t.find("｜DSML｜") == std::string::npos);  // DSML never leaks into content deltas
         ev->content += t;
-    } else ev->calls.push_back(t);
+    } else if (e == DSV4_CHAT_EVENT_TOOL_CALL_BEGIN) {
+        CHECK(ev->begun.empty());
+        ev->begun = t;
+    } else if (e == DSV4_CHAT_EVENT_TOOL_CALL_ARGUMENTS) {
+        CHECK(!ev->begun.empty());
+        ev->fragments += t;
+    } else {
+        if (!ev->begun.empty()) {  // announced: the name and the fragments are the call's
+            const json call = json::parse(t);
+            CHECK(call["function"]["name"] == ev->begun);
+            CHECK(call["function"]["arguments"] == ev->fragments);
+            ++ev->announced;
+            ev->begun.clear();
+            ev->fragments.clear();
+        }
+        ev->calls.push_back(t);
+    }
 }
 }  // namespace
 
@@ -175,10 +193,11 @@ TEST_CASE("streaming parse: deltas and tool calls add up to the whole-text parse
         if (c.at("kind") != "parse" || c.value("error", false)) continue;
         const std::string text = c.at("completion");
         const int thinking = c.at("thinking_mode") == "thinking";
-        for (size_t chunk : {size_t(1), size_t(3), size_t(7), size_t(64)}) {
-            INFO(c.at("id").get<std::string>() << " chunk " << chunk);
+        for (size_t chunk : {size_t(1), size_t(3), size_t(7), size_t(64)})
+        for (uint32_t flags : {0u, DSV4_CHAT_STREAM_PARTIAL_CALLS}) {
+            INFO(c.at("id").get<std::string>() << " chunk " << chunk << " flags " << flags);
             dsv4_chat_stream *s = nullptr;
-            REQUIRE(dsv4_chat_stream_create(thinking, &s) == DSV4_OK);
+            REQUIRE(dsv4_chat_stream_create_v2(thinking, flags, &s) == DSV4_OK);
             Events ev;
             for (size_t i = 0; i < text.size();) {
                 size_t n = std::min(chunk, text.size() - i);
@@ -191,6 +210,7 @@ TEST_CASE("streaming parse: deltas and tool calls add up to the whole-text parse
             CHECK(ev.reasoning == c["message"]["reasoning_content"].get<std::string>());
             CHECK(ev.content == c["message"]["content"].get<std::string>());
             REQUIRE(ev.calls.size() == c["message"]["tool_calls"].size());
+            CHECK(ev.announced == (flags ? int(ev.calls.size()) : 0));  // every call announced, only when asked
             for (size_t k = 0; k < ev.calls.size(); ++k) {
                 const auto call = json::parse(ev.calls[k]);
                 CHECK(call["function"]["name"] == c["message"]["tool_calls"][k]["function"]["name"]);
@@ -201,8 +221,10 @@ TEST_CASE("streaming parse: deltas and tool calls add up to the whole-text parse
         ++parsed;
     }
     CHECK(parsed >= 15);
-    // a completion without EOS fails at finish; a stray special token fails at once
+    // a completion without EOS fails at finish; a stray special token fails at once; unknown flags are refused
     dsv4_chat_stream *s = nullptr;
+    CHECK(dsv4_chat_stream_create_v2(0, 2u, &s) == DSV4_ERR_INVALID_ARGUMENT);
+    CHECK(s == nullptr);
     REQUIRE(dsv4_chat_stream_create(0, &s) == DSV4_OK);
     Events ev;
     REQUIRE(dsv4_chat_stream_push(s, "Hello", 5, on_event, &ev) == DSV4_OK);

@@ -195,7 +195,7 @@ void messages(Service &s, const HttpRequest &req, HttpResponse &res) {
             for (const ReplyEvent &e : events) {
                 if (e.kind == ReplyEvent::Kind::reasoning) reasoning += e.text;
                 else if (e.kind == ReplyEvent::Kind::content) text += e.text;
-                else calls.push_back(e.call);
+                else if (e.kind == ReplyEvent::Kind::tool_call) calls.push_back(e.call);
             }
             s.memory.remember(calls, reasoning);
             json content = json::array();
@@ -228,7 +228,7 @@ void messages(Service &s, const HttpRequest &req, HttpResponse &res) {
                                                   {"stop_sequence", json()}, {"usage", start_usage}}}}))
             return job->cancel(), false;
         int index = -1;
-        std::string open;  // type of the open block: thinking, text or ""
+        std::string open;  // type of the open block: thinking, text, tool_use or ""
         std::vector<ToolCall> calls;
         std::string reasoning;
         auto close = [&] {
@@ -258,16 +258,16 @@ void messages(Service &s, const HttpRequest &req, HttpResponse &res) {
                 } else if (e.kind == ReplyEvent::Kind::content) {
                     ok = ensure("text") &&
                          event("content_block_delta", {{"index", index}, {"delta", {{"type", "text_delta"}, {"text", e.text}}}});
+                } else if (e.kind == ReplyEvent::Kind::call_begin) {
+                    ok = close() && event("content_block_start", {{"index", ++index},
+                                                                  {"content_block", {{"type", "tool_use"}, {"id", e.call.id},
+                                                                                     {"name", e.call.name}, {"input", json::object()}}}});
+                    open = "tool_use";
+                } else if (e.kind == ReplyEvent::Kind::call_arguments) {
+                    ok = event("content_block_delta", {{"index", index}, {"delta", {{"type", "input_json_delta"}, {"partial_json", e.text}}}});
                 } else {
                     calls.push_back(e.call);
-                    ok = close() &&
-                         event("content_block_start", {{"index", ++index},
-                                                       {"content_block", {{"type", "tool_use"}, {"id", e.call.id},
-                                                                          {"name", e.call.name}, {"input", json::object()}}}}) &&
-                         event("content_block_delta", {{"index", index},
-                                                       {"delta", {{"type", "input_json_delta"},
-                                                                  {"partial_json", dump(tool_input(e.call.arguments))}}}}) &&
-                         event("content_block_stop", {{"index", index}});
+                    ok = close();
                 }
                 if (!ok) return false;
             }

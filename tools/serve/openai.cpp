@@ -226,7 +226,7 @@ void chat_completions(Service &s, const HttpRequest &req, HttpResponse &res) {
             for (const ReplyEvent &e : events) {
                 if (e.kind == ReplyEvent::Kind::reasoning) reasoning += e.text;
                 else if (e.kind == ReplyEvent::Kind::content) content += e.text;
-                else calls.push_back(e.call);
+                else if (e.kind == ReplyEvent::Kind::tool_call) calls.push_back(e.call);
             }
             s.memory.remember(calls, reasoning);
             json message = {{"role", "assistant"}, {"content", content.empty() && !calls.empty() ? json() : json(content)}};
@@ -273,12 +273,15 @@ void chat_completions(Service &s, const HttpRequest &req, HttpResponse &res) {
                     ok = chunk({{"reasoning_content", e.text}}, json(), lp);
                 } else if (e.kind == ReplyEvent::Kind::content) {
                     ok = chunk({{"content", e.text}}, json(), lp);
+                } else if (e.kind == ReplyEvent::Kind::call_begin) {  // the header: index, id, name
+                    ok = chunk({{"tool_calls", json::array({{{"index", int(calls.size())}, {"id", e.call.id}, {"type", "function"},
+                                                             {"function", {{"name", e.call.name}, {"arguments", ""}}}}})}});
+                } else if (e.kind == ReplyEvent::Kind::call_arguments) {
+                    ok = chunk({{"tool_calls", json::array({{{"index", int(calls.size())}, {"function", {{"arguments", e.text}}}}})}},
+                               json(), lp);
                 } else {
-                    const int index = int(calls.size());
                     calls.push_back(e.call);
-                    ok = chunk({{"tool_calls", json::array({{{"index", index}, {"id", e.call.id}, {"type", "function"},
-                                                             {"function", {{"name", e.call.name}, {"arguments", ""}}}}})}}) &&
-                         chunk({{"tool_calls", json::array({{{"index", index}, {"function", {{"arguments", e.call.arguments}}}}})}}, json(), lp);
+                    continue;
                 }
                 if (!ok) return false;
                 lp = json();

@@ -1,6 +1,7 @@
 #include "reply.h"
 
 #include <random>
+#include <utility>
 
 namespace dsv4::serve {
 namespace {
@@ -22,7 +23,7 @@ std::string make_id(const std::string &prefix) {
 
 ReplyParser::ReplyParser(bool thinking, std::set<std::string> tool_names, std::string id_prefix, size_t max_calls)
     : tool_names_(std::move(tool_names)), id_prefix_(std::move(id_prefix)), max_calls_(max_calls) {
-    if (dsv4_chat_stream_create(thinking ? 1 : 0, &stream_) != DSV4_OK) malformed_ = true;
+    if (dsv4_chat_stream_create_v2(thinking ? 1 : 0, DSV4_CHAT_STREAM_PARTIAL_CALLS, &stream_) != DSV4_OK) malformed_ = true;
 }
 
 ReplyParser::~ReplyParser() { dsv4_chat_stream_free(stream_); }
@@ -30,27 +31,39 @@ ReplyParser::~ReplyParser() { dsv4_chat_stream_free(stream_); }
 void ReplyParser::on_event(dsv4_chat_event event, const char *text, size_t len, void *user_data) {
     auto &self = *static_cast<ReplyParser *>(user_data);
     ReplyEvent e;
-    if (event == DSV4_CHAT_EVENT_TOOL_CALL) {
-        // The k-th call reported is the k-th invoke block of the raw text.
+    if (event == DSV4_CHAT_EVENT_TOOL_CALL_BEGIN) {
+        const std::string name(text, len);
+        if (!self.tool_names_.count(name) || self.calls_ >= self.max_calls_) return;  // not reported
+        ++self.calls_;
+        self.open_ = {make_id(self.id_prefix_), name, ""};
+        e.kind = ReplyEvent::Kind::call_begin;
+        e.call = self.open_;
+    } else if (event == DSV4_CHAT_EVENT_TOOL_CALL_ARGUMENTS) {
+        if (self.open_.id.empty()) return;
+        e.kind = ReplyEvent::Kind::call_arguments;
+        e.text.assign(text, len);
+        e.call.id = self.open_.id;
+        self.open_.arguments += e.text;
+    } else if (event == DSV4_CHAT_EVENT_TOOL_CALL) {
+        // The k-th call completed is the k-th invoke block of the raw text.
         size_t at = 0;
         for (size_t k = 0; k <= self.invokes_seen_ && at != std::string::npos; ++k)
             at = self.raw_.find(kInvoke, k ? at + 1 : 0);
         ++self.invokes_seen_;
         const json call = json::parse(std::string(text, len), nullptr, false);
         const std::string name = call.is_object() ? call["function"].value("name", "") : "";
-        if (!self.tool_names_.count(name)) {  // not offered: the model's text stays text
+        if (!self.open_.id.empty()) {
+            e.kind = ReplyEvent::Kind::tool_call;
+            e.call = std::exchange(self.open_, ToolCall{});
+            e.call.arguments = call["function"].value("arguments", "{}");
+        } else if (!self.tool_names_.count(name)) {  // not offered: the model's text stays text
             const size_t end = at == std::string::npos ? at : self.raw_.find(kInvokeEnd, at);
             e.kind = ReplyEvent::Kind::content;
             if (end != std::string::npos) e.text = self.raw_.substr(at, end + kInvokeEnd.size() - at);
-            if (!e.text.empty()) self.out_->push_back(std::move(e));
-            return;
+            if (e.text.empty()) return;
+        } else {
+            return;  // beyond max_calls: dropped
         }
-        if (self.calls_ >= self.max_calls_) return;
-        ++self.calls_;
-        e.kind = ReplyEvent::Kind::tool_call;
-        e.call.id = make_id(self.id_prefix_);
-        e.call.name = name;
-        e.call.arguments = call["function"].value("arguments", "{}");
     } else {
         e.kind = event == DSV4_CHAT_EVENT_REASONING ? ReplyEvent::Kind::reasoning : ReplyEvent::Kind::content;
         e.text.assign(text, len);

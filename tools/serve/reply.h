@@ -29,10 +29,12 @@ struct ToolCall {
     std::string id, name, arguments;  // arguments: a JSON object's text as the model wrote it
 };
 
+// A call arrives as call_begin (id, name), call_arguments fragments (text) as its parameters complete, then
+// tool_call (the whole call, the same id; its arguments are the fragments concatenated).
 struct ReplyEvent {
-    enum class Kind { reasoning, content, tool_call } kind;
-    std::string text;   // reasoning / content delta
-    ToolCall call;      // tool_call
+    enum class Kind { reasoning, content, call_begin, call_arguments, tool_call } kind;
+    std::string text;   // reasoning / content delta, or an arguments fragment
+    ToolCall call;      // call_begin (id, name), call_arguments (id), tool_call
 };
 
 // Turns the generated text of one request into reply events. DSML never reaches content, reasoning or arguments:
@@ -57,8 +59,9 @@ private:
     dsv4_chat_stream *stream_ = nullptr;
     std::set<std::string> tool_names_;
     std::string id_prefix_, raw_;
-    size_t invokes_seen_ = 0;       // tool calls reported by the parser so far (to find each one's raw text)
+    size_t invokes_seen_ = 0;       // tool calls the parser completed so far (to find each one's raw text)
     size_t calls_ = 0, max_calls_;  // calls reported, and the most that may be
+    ToolCall open_;                 // the call being written, if reported (id set)
     std::vector<ReplyEvent> *out_ = nullptr;
     bool malformed_ = false;
 };

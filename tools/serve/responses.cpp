@@ -204,22 +204,27 @@ void responses(Service &s, const HttpRequest &req, HttpResponse &res) {
         }
         bool add(const std::vector<ReplyEvent> &events) {
             for (const ReplyEvent &e : events) {
-                if (e.kind == ReplyEvent::Kind::tool_call) {
+                if (e.kind == ReplyEvent::Kind::call_begin) {
                     if (!close()) return false;
-                    calls.push_back(e.call);
-                    json item = {{"type", "function_call"}, {"id", make_id("fc_")}, {"call_id", e.call.id}, {"name", e.call.name},
-                                 {"arguments", ""}, {"status", "in_progress"}};
+                    const json item = {{"type", "function_call"}, {"id", make_id("fc_")}, {"call_id", e.call.id},
+                                       {"name", e.call.name}, {"arguments", ""}, {"status", "in_progress"}};
                     response["output"].push_back(item);
-                    const std::string id = item["id"];
+                    if (!emit("response.output_item.added", {{"output_index", index()}, {"item", item}})) return false;
+                    continue;
+                }
+                if (e.kind == ReplyEvent::Kind::call_arguments) {
+                    const std::string id = response["output"].back()["id"];
+                    if (!emit("response.function_call_arguments.delta", {{"item_id", id}, {"output_index", index()}, {"delta", e.text}}))
+                        return false;
+                    continue;
+                }
+                if (e.kind == ReplyEvent::Kind::tool_call) {
+                    calls.push_back(e.call);
+                    json &item = response["output"].back();
                     item["arguments"] = e.call.arguments;
                     item["status"] = "completed";
-                    response["output"].back() = item;
-                    json added = item;
-                    added["arguments"] = "";
-                    added["status"] = "in_progress";
-                    if (!emit("response.output_item.added", {{"output_index", index()}, {"item", added}}) ||
-                        !emit("response.function_call_arguments.delta", {{"item_id", id}, {"output_index", index()}, {"delta", e.call.arguments}}) ||
-                        !emit("response.function_call_arguments.done", {{"item_id", id}, {"output_index", index()}, {"arguments", e.call.arguments}}) ||
+                    const std::string id = item["id"];
+                    if (!emit("response.function_call_arguments.done", {{"item_id", id}, {"output_index", index()}, {"arguments", e.call.arguments}}) ||
                         !emit("response.output_item.done", {{"output_index", index()}, {"item", item}}))
                         return false;
                     continue;

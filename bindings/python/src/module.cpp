@@ -128,6 +128,8 @@ const char *event_name(dsv4_chat_event e) {
     case DSV4_CHAT_EVENT_REASONING: return "reasoning";
     case DSV4_CHAT_EVENT_CONTENT: return "content";
     case DSV4_CHAT_EVENT_TOOL_CALL: return "tool_call";
+    case DSV4_CHAT_EVENT_TOOL_CALL_BEGIN: return "tool_call_begin";          // not requested by the bindings
+    case DSV4_CHAT_EVENT_TOOL_CALL_ARGUMENTS: return "tool_call_arguments";
     }
     return "unknown";
 }
