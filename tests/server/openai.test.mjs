@@ -242,6 +242,31 @@ S.test('tool call (scripted): non-stream message.tool_calls and finish_reason "t
   assert.deepEqual(JSON.parse(tc.function.arguments), WEATHER_ARGS);
 });
 
+S.test('tool_choice names a function (chat mode): the prompt opens its call, the reply continues it', async () => {
+  // The server ends the prompt with the opening of the named call; the scripted model writes only the rest.
+  const rest = '<｜DSML｜parameter name="city" string="true">Paris</｜DSML｜parameter>\n<｜DSML｜parameter name="days" string="false">3</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>' + EOS;
+  const body = {
+    model, messages: [{ role: 'user', content: 'Weather in Paris?' }], tools: [WEATHER_TOOL_OPENAI, TIME_TOOL_OPENAI],
+    tool_choice: { type: 'function', function: { name: 'get_weather' } }, max_tokens: 64, ...hook([rest]),
+  };
+  for (const stream of [false, true]) {
+    let calls, finish;
+    if (stream) {
+      const acc = accumulateChat(await collect(await S.openai.chat.completions.create({ ...body, stream: true })));
+      calls = acc.toolCalls; finish = acc.finish;
+    } else {
+      const r = await S.openai.chat.completions.create(body);
+      calls = r.choices[0].message.tool_calls.map((c) => c.function); finish = r.choices[0].finish_reason;
+    }
+    assert.equal(finish, 'tool_calls', `stream ${stream}`);
+    assert.equal(calls.length, 1);
+    assert.equal(calls[0].name, 'get_weather');
+    assert.deepEqual(JSON.parse(calls[0].arguments), WEATHER_ARGS);
+  }
+  const r = await postJSON(S.baseURL, '/v1/chat/completions', { ...body, tool_choice: { type: 'function', function: { name: 'nope' } } });
+  assert.equal(r.status, 400);
+});
+
 S.test('tool-call deltas: header chunk (index, id, type, name, arguments ""), then argument fragments', async () => {
   // Byte-sized pieces so that the arguments must be streamed in several fragments.
   const text = 'Checking.' + WEATHER_CALL_TEXT;

@@ -22,6 +22,7 @@ struct MessagesInput {
     json messages = json::array();
     std::set<std::string> callable;
     size_t max_calls = SIZE_MAX;  // 1 with tool_choice.disable_parallel_tool_use
+    std::string forced;           // forced_call_prefix of tool_choice any / tool
     bool thinking = false;
     std::optional<std::string> effort;
 };
@@ -64,6 +65,8 @@ MessagesInput messages_input(const Service &s, const json &body) {
             throw ApiError(400, "tool_choice names a tool not in 'tools'");
         else if (type != "auto" && type != "any" && type != "tool")
             throw ApiError(400, "tool_choice.type: expected auto, any, tool or none");
+        if (type == "any") in.forced = forced_call_prefix(in.thinking, !in.callable.empty(), "");
+        if (type == "tool") in.forced = forced_call_prefix(in.thinking, true, body["tool_choice"].value("name", ""));
     }
     json system = {{"role", "system"}, {"content", ""}};
     if (body.contains("system") && !body["system"].is_null()) system["content"] = blocks_text(body["system"], "system");
@@ -170,7 +173,7 @@ json tool_input(const std::string &arguments) {
 
 std::string render_messages(Service &s, MessagesInput &in) {
     s.memory.restore(in.messages);
-    return s.render(in.messages, in.thinking, in.effort);
+    return s.render(in.messages, in.thinking, in.effort) + in.forced;
 }
 
 void messages(Service &s, const HttpRequest &req, HttpResponse &res) {
@@ -188,6 +191,7 @@ void messages(Service &s, const HttpRequest &req, HttpResponse &res) {
         auto build = [&s, job, in, id, model](const std::vector<Delta> &deltas) {
             ReplyParser parser(in.thinking, in.callable, "toolu_", in.max_calls);
             std::vector<ReplyEvent> events;
+            parser.push(in.forced, events);
             for (const Delta &d : deltas) parser.push(d.text, events);
             parser.finish(job->finish(), events);
             std::string text, reasoning;
@@ -275,6 +279,9 @@ void messages(Service &s, const HttpRequest &req, HttpResponse &res) {
         };
         if (in.thinking && !ensure("thinking")) return job->cancel(), false;
         ReplyParser parser(in.thinking, in.callable, "toolu_", in.max_calls);
+        std::vector<ReplyEvent> forced;
+        parser.push(in.forced, forced);
+        if (!send(forced)) return job->cancel(), false;
         const bool alive = drive(
             *job,
             [&](std::vector<Delta> &deltas) {

@@ -81,6 +81,7 @@ struct ChatInput {
     std::set<std::string> callable;    // tools the reply may call
     size_t max_calls = SIZE_MAX;       // 1 with parallel_tool_calls false
     Thinking thinking;
+    std::string forced;                // forced_call_prefix of tool_choice
 };
 
 // OpenAI messages, tools, tool_choice and response_format → the library's chat messages.
@@ -106,10 +107,12 @@ ChatInput chat_input(const Service &s, const json &body) {
         if (c.is_string()) {
             const std::string v = c.get<std::string>();
             if (v == "none") in.callable.clear(), tools = json::array();
-            else if (v != "auto" && v != "required") throw ApiError(400, "tool_choice must be none, auto, required or a function", "tool_choice");
+            else if (v == "required") in.forced = forced_call_prefix(in.thinking.on, !in.callable.empty(), "");
+            else if (v != "auto") throw ApiError(400, "tool_choice must be none, auto, required or a function", "tool_choice");
         } else if (c.is_object() && c.contains("function") && c["function"].is_object()) {
             const std::string name = c["function"].value("name", "");
             if (!in.callable.count(name)) throw ApiError(400, "tool_choice names a function not in 'tools'", "tool_choice");
+            in.forced = forced_call_prefix(in.thinking.on, true, name);
         } else {
             throw ApiError(400, "tool_choice must be none, auto, required or a function", "tool_choice");
         }
@@ -190,7 +193,7 @@ const char *finish_reason(Finish f, bool called) {
 
 std::string render_chat(Service &s, ChatInput &in) {
     s.memory.restore(in.messages);
-    return s.render(in.messages, in.thinking.on, in.thinking.effort);
+    return s.render(in.messages, in.thinking.on, in.thinking.effort) + in.forced;
 }
 
 void chat_completions(Service &s, const HttpRequest &req, HttpResponse &res) {
@@ -211,6 +214,7 @@ void chat_completions(Service &s, const HttpRequest &req, HttpResponse &res) {
         auto build = [&s, job, in, logprobs](const std::vector<Delta> &deltas) {
             ReplyParser parser(in.thinking.on, in.callable, "call_", in.max_calls);
             std::vector<ReplyEvent> events;
+            parser.push(in.forced, events);
             ReasoningCounter counter{in.thinking.on};
             json lp = json::array();
             for (const Delta &d : deltas) {
@@ -288,6 +292,9 @@ void chat_completions(Service &s, const HttpRequest &req, HttpResponse &res) {
             }
             return lp.is_null() || chunk(json::object(), json(), lp);  // log-probabilities of held-back text
         };
+        std::vector<ReplyEvent> forced;
+        parser.push(in.forced, forced);
+        if (!send(forced, json())) return job->cancel(), false;
         const bool alive = drive(
             *job,
             [&](std::vector<Delta> &deltas) {

@@ -89,6 +89,11 @@ void ReplyParser::finish(Finish how, std::vector<ReplyEvent> &out) {
         malformed_ = true;
 }
 
+std::string forced_call_prefix(bool thinking, bool required, const std::string &name) {
+    if (thinking || (!required && name.empty())) return {};
+    return "\n\n<｜DSML｜tool_calls>\n" + kInvoke + " name=\"" + (name.empty() ? "" : name + "\">\n");
+}
+
 void TurnMemory::remember(const std::vector<ToolCall> &calls, const std::string &reasoning) {
     if (calls.empty()) return;
     std::lock_guard<std::mutex> lock(mu_);

@@ -66,6 +66,11 @@ private:
     bool malformed_ = false;
 };
 
+// Text the prompt ends with to force a tool call (tool_choice "required" / a named tool): the opening of a
+// tool-call block, with the invoke's name when one is named, which the reply parser is then fed first as if the
+// model had written it. Empty in thinking mode: the reasoning comes first, so there the choice only instructs.
+std::string forced_call_prefix(bool thinking, bool required, const std::string &name);
+
 // The reasoning and arguments of assistant turns that called tools, by tool-call id (bounded, least recently used
 // forgotten first). Clients often send such a turn back without its reasoning_content; the model expects it.
 class TurnMemory {

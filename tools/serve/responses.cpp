@@ -13,6 +13,7 @@ struct ResponsesInput {
     std::set<std::string> callable;
     size_t max_calls = SIZE_MAX;  // 1 with parallel_tool_calls false
     Thinking thinking;
+    std::string forced;           // forced_call_prefix of tool_choice
     json tools = json::array();  // as the request gave them, echoed in the response
 };
 
@@ -42,8 +43,17 @@ ResponsesInput responses_input(const Service &s, const json &body) {
             fn_tools.push_back({{"type", "function"}, {"function", fn}});
         }
     }
-    if (body.contains("tool_choice") && body["tool_choice"].is_string() && body["tool_choice"] == "none")
-        in.callable.clear(), fn_tools = json::array();
+    if (body.contains("tool_choice") && !body["tool_choice"].is_null()) {
+        const json &c = body["tool_choice"];
+        if (c == "none") in.callable.clear(), fn_tools = json::array();
+        else if (c == "required") in.forced = forced_call_prefix(in.thinking.on, !in.callable.empty(), "");
+        else if (c.is_object() && c.value("type", "") == "function" && c.contains("name") && c["name"].is_string()) {
+            if (!in.callable.count(c["name"].get<std::string>())) throw ApiError(400, "tool_choice names a function not in 'tools'", "tool_choice");
+            in.forced = forced_call_prefix(in.thinking.on, true, c["name"].get<std::string>());
+        } else if (c != "auto") {
+            throw ApiError(400, "tool_choice must be none, auto, required or a function", "tool_choice");
+        }
+    }
     if (!fn_tools.empty()) system["tools"] = fn_tools;
     if (!system["content"].get<std::string>().empty() || !fn_tools.empty()) in.messages.push_back(system);
 
@@ -115,7 +125,7 @@ json response_usage(const Job &job, int32_t reasoning_tokens) {
 
 std::string render_responses(Service &s, ResponsesInput &in) {
     s.memory.restore(in.messages);
-    return s.render(in.messages, in.thinking.on, in.thinking.effort);
+    return s.render(in.messages, in.thinking.on, in.thinking.effort) + in.forced;
 }
 
 }  // namespace
@@ -253,15 +263,19 @@ void responses(Service &s, const HttpRequest &req, HttpResponse &res) {
     const bool thinking = in.thinking.on;
     const std::set<std::string> callable = in.callable;
     const size_t max_calls = in.max_calls;
+    const std::string forced = in.forced;
     if (!stream) {
         return respond_when_done(
             job, res,
-            [&s, job, base, thinking, callable, max_calls](const std::vector<Delta> &deltas) {
+            [&s, job, base, thinking, callable, max_calls, forced](const std::vector<Delta> &deltas) {
                 Builder b;
                 b.response = base;
                 b.emit = [](const std::string &, json) { return true; };
                 ReplyParser parser(thinking, callable, "call_", max_calls);
                 ReasoningCounter counter{thinking};
+                std::vector<ReplyEvent> primed;
+                parser.push(forced, primed);
+                b.add(primed);
                 for (const Delta &d : deltas) {
                     std::vector<ReplyEvent> ev;
                     parser.push(d.text, ev);
@@ -280,7 +294,7 @@ void responses(Service &s, const HttpRequest &req, HttpResponse &res) {
     }
     res.content_type = "text/event-stream";
     res.headers = {{"Cache-Control", "no-cache"}};
-    res.stream = [&s, job, base, thinking, callable, max_calls](const ChunkWriter &write) {
+    res.stream = [&s, job, base, thinking, callable, max_calls, forced](const ChunkWriter &write) {
         int64_t sequence = 0;
         Builder b;
         b.response = base;
@@ -293,6 +307,9 @@ void responses(Service &s, const HttpRequest &req, HttpResponse &res) {
             return job->cancel(), false;
         ReplyParser parser(thinking, callable, "call_", max_calls);
         ReasoningCounter counter{thinking};
+        std::vector<ReplyEvent> primed;
+        parser.push(forced, primed);
+        if (!b.add(primed)) return job->cancel(), false;
         const bool alive = drive(
             *job,
             [&](std::vector<Delta> &deltas) {
