@@ -543,6 +543,7 @@ void ChatStreamParser::announce_partial(const Sink &sink) {
         call_begun_ = true;
     }
     const std::string args = fn["arguments"].get<std::string>();
+    if (!json::accept(args)) return;  // a non-string value that is no JSON: never announced
     const std::string so_far = args.substr(0, args.size() - 1);
     if (so_far.size() > arguments_sent_) sink(Event::tool_call_arguments, so_far.substr(arguments_sent_));
     arguments_sent_ = std::max(arguments_sent_, so_far.size());
@@ -596,7 +597,9 @@ void ChatStreamParser::step(const Sink &sink, bool final) {
                 progress = true;
                 continue;
             }
-            const size_t hold = final ? 0 : core::marker_prefix_suffix(pending_, {end, calls_start});
+            // Held back: whatever may still become the end marker, the tool-call block or any special token that
+            // makes the text malformed (check_clean), so no part of a marker is emitted before it is recognised.
+            const size_t hold = final ? 0 : core::marker_prefix_suffix(pending_, {end, calls_start, kBos, kEos, kThinkStart, kThinkEnd, kDsml});
             const std::string delta = pending_.substr(0, pending_.size() - hold);
             check_clean(delta);
             if (!delta.empty()) sink(kind, delta);

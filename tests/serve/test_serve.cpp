@@ -145,7 +145,7 @@ TEST_CASE("reply: a completion cut inside markup drops it; no call with invented
 TEST_CASE("reply: a tool that was not offered stays text; malformed markup ends the reply quietly") {
     const Reply unknown = parse({"ok" + kCall}, false, Finish::stop, {"search"});
     CHECK(unknown.calls.empty());
-    CHECK(unknown.content.find("invoke name=\"get_weather\"") != std::string::npos);
+    CHECK(unknown.content == "okget_weather({\"city\": \"Paris\", \"days\": 3})");  // text, without the markup
     const Reply none = parse({"ok" + kCall}, false, Finish::stop, {});
     CHECK(none.calls.empty());
 
@@ -172,6 +172,29 @@ TEST_CASE("reply: a tool that was not offered stays text; malformed markup ends 
         content += e.text;
     }
     CHECK(content == "fine");
+
+    // A marker split across pieces outside the tool-call opening never reaches content, nor an invalid value.
+    for (const std::vector<std::string> &pieces :
+         {std::vector<std::string>{"ok <｜DS", "ML｜invoke name=\"x\">"}, std::vector<std::string>{"ok \n<｜", "DSML｜x"}}) {
+        ReplyParser q(false, {"get_weather"}, "call_");
+        std::vector<ReplyEvent> ev;
+        for (const std::string &piece : pieces) q.push(piece, ev);
+        q.finish(Finish::stop, ev);
+        std::string text;
+        for (const ReplyEvent &e : ev) text += e.text;
+        CHECK(!has_markup(text));
+        CHECK(q.malformed());
+    }
+    std::string bad = kCall;
+    bad.replace(bad.find(">3<"), 3, ">abc<");  // string="false" with no JSON value
+    ReplyParser q(false, {"get_weather"}, "call_");
+    std::vector<ReplyEvent> ev;
+    q.push(bad.substr(0, bad.find("abc")), ev);
+    q.push(bad.substr(bad.find("abc")), ev);
+    q.finish(Finish::stop, ev);
+    for (const ReplyEvent &e : ev) CHECK(e.kind != ReplyEvent::Kind::tool_call);
+    CHECK(q.malformed());
+    CHECK(q.dangling());  // announced (its first parameter streamed), never completed
 }
 
 TEST_CASE("turn memory: a tool-calling turn sent back without its reasoning gets it back") {
@@ -219,6 +242,31 @@ TEST_CASE("engine: requests decoded together give what each gives alone; prefix 
         CHECK(r.text == alone[i].text);
         CHECK(!r.text.empty());
         CHECK(r.finish == alone[i].finish);
+    }
+
+    // A scripted job finishing its prompt in the same batch as a real one takes no output from it. A long scripted
+    // prompt ahead of them takes the token budget until both short prompts fit in one batch together.
+    {
+        const std::vector<int32_t> real_prompt = m.tokenize(std::string("x ") + prompts[1]);
+        const Result real_alone = [&] {
+            Engine single(m.model, m.tok(), EngineOptions{});
+            return collect(*single.submit(greedy(real_prompt, 12)));
+        }();
+        EngineOptions ob;
+        ob.slots = 3;
+        Engine shared(m.model, m.tok(), ob);
+        std::string long_text;
+        for (int i = 0; i < 40; ++i) long_text += prompts[0] + " ";
+        JobRequest first = greedy(m.tokenize(long_text), 2);
+        first.script = std::vector<std::string>{"c", "d"};
+        JobRequest scripted = greedy(m.tokenize(prompts[2]), 4);
+        scripted.script = std::vector<std::string>{"a", "b"};
+        const auto fj = shared.submit(first);
+        const auto sj = shared.submit(scripted);
+        const auto rj = shared.submit(greedy(real_prompt, 12));
+        CHECK(collect(*fj).text == "cd");
+        CHECK(collect(*sj).text == "ab");
+        CHECK(collect(*rj).tokens == real_alone.tokens);
     }
 
     // The same prompt again reuses all of it but the last token, and continues the same way.

@@ -314,9 +314,16 @@ S.test('tool_choice none: no tool_use; undeclared tool name: no tool_use', async
   assert.ok(!u.content.some((b) => b.type === 'tool_use'), JSON.stringify(u.content));
   assert.notEqual(u.stop_reason, 'tool_use');
   assert.ok(u.content.map((b) => b.text ?? '').join('').includes('launch_rocket'));
-  // tool_choice any / tool are accepted.
+  assert.ok(!/DSML|｜/.test(u.content.map((b) => b.text ?? '').join('')), 'left as text, without the markup');
+  // tool_choice any / tool open the call in the prompt (chat mode): the model writes only the rest of it.
+  const opening = '\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name="';
+  const continuation = {
+    any: WEATHER_CALL_TEXT.slice(opening.length),
+    tool: WEATHER_CALL_TEXT.slice(opening.length + 'get_weather">\n'.length),
+    auto: WEATHER_CALL_TEXT,
+  };
   for (const tool_choice of [{ type: 'any' }, { type: 'tool', name: 'get_weather' }, { type: 'auto' }]) {
-    const r = await S.anthropic.messages.create({ ...base, tool_choice, ...hook(['', WEATHER_CALL_TEXT]) });
+    const r = await S.anthropic.messages.create({ ...base, tool_choice, ...hook(['', continuation[tool_choice.type]]) });
     assert.equal(r.stop_reason, 'tool_use', JSON.stringify(tool_choice));
     assert.deepEqual(r.content.find((b) => b.type === 'tool_use').input, WEATHER_ARGS);
   }

@@ -434,6 +434,7 @@ S.test('undeclared tool name is not reported as a tool call', async () => {
   assert.ok(!m.tool_calls || m.tool_calls.length === 0, JSON.stringify(m.tool_calls));
   assert.notEqual(r.choices[0].finish_reason, 'tool_calls');
   assert.ok((m.content ?? '').includes('launch_rocket'), `the text stays in the content: ${JSON.stringify(m.content)}`);
+  assertNoMarkup(assert, m.content ?? '', 'content');
   const acc = checkChunks(await collect(await S.openai.chat.completions.create({ ...body, stream: true })));
   assert.equal(acc.toolCalls.length, 0);
   assert.notEqual(acc.finish, 'tool_calls');

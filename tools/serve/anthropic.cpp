@@ -177,6 +177,7 @@ std::string render_messages(Service &s, MessagesInput &in) {
 }
 
 void messages(Service &s, const HttpRequest &req, HttpResponse &res) {
+    s.ready_engine();  // 503 while loading, before anything reads the tokenizer
     const json body = parse_body(req.body);
     MessagesInput in = messages_input(s, body);
     std::vector<int32_t> prompt = s.tokenize(render_messages(s, in));
@@ -287,7 +288,8 @@ void messages(Service &s, const HttpRequest &req, HttpResponse &res) {
             [&](std::vector<Delta> &deltas) {
                 std::vector<ReplyEvent> events;
                 for (const Delta &d : deltas) parser.push(d.text, events);
-                return send(events);
+                if (parser.malformed()) job->cancel();  // the reply is over: stop generating it
+                return progress(send(events), !events.empty());
             },
             [&] { return event("ping", json::object()); });
         if (!alive) return false;
@@ -298,11 +300,12 @@ void messages(Service &s, const HttpRequest &req, HttpResponse &res) {
         std::vector<ReplyEvent> tail;
         parser.finish(job->finish(), tail);
         if (!send(tail)) return false;
+        if (parser.dangling()) return event("error", {{"error", {{"type", "api_error"}, {"message", kDanglingCall}}}});
         if (index < 0 && !ensure("text")) return false;  // a message has at least one block
         if (!close()) return false;
         s.memory.remember(calls, reasoning);
         return event("message_delta", {{"delta", {{"stop_reason", stop_reason(job->finish(), !calls.empty())}, {"stop_sequence", stop_sequence(*job)}}},
-                                       {"usage", {{"output_tokens", job->n_generated()}}}}) &&
+                                       {"usage", usage_of(*job)}}) &&
                event("message_stop", json::object());
     };
 }

@@ -64,9 +64,8 @@ public:
     const std::string &error() const { return error_; }
     const std::string &stop_string() const { return stop_string_; }  // the stop string that ended it (stop_string)
     int32_t n_prompt() const { return int32_t(request_.prompt.size()); }
-    int32_t n_cached() const { return n_cached_; }   // prompt tokens reused from the cache
+    int32_t n_cached() const { return n_cached_; }   // prompt tokens reused from the cache (0 until admitted)
     int32_t n_generated() const { return n_generated_; }
-    double time_to_first_token() const { return ttft_; }
 
 private:
     friend class Engine;
@@ -81,8 +80,8 @@ private:
     bool finished_ = false;
     Finish finish_ = Finish::stop;
     std::string error_, stop_string_;
-    int32_t n_cached_ = 0, n_generated_ = 0;
-    double ttft_ = 0.0;
+    std::atomic<int32_t> n_cached_{0};  // set at admission, read by the request thread any time
+    int32_t n_generated_ = 0;
 };
 
 struct EngineOptions {
@@ -116,8 +115,6 @@ public:
     void shutdown();
     EngineStats stats() const;
     int32_t n_ctx() const { return options_.n_ctx; }
-    const dsv4_tokenizer *tokenizer() const { return tok_; }
-    int32_t eos_token() const { return eos_; }
 
 private:
     struct Sequence {

@@ -68,7 +68,9 @@ JobRequest openai_job(const Service &s, const json &body, std::vector<int32_t> p
             r.bias_values.push_back(float(std::clamp(it->get<double>(), -100.0, 100.0)));
         }
     }
-    if (bool_field(body, "logprobs").value_or(false))
+    if (body.contains("logprobs") && body["logprobs"].is_number_integer())  // legacy completions: how many alternatives
+        r.top_logprobs = int32_t(integer_field(body, "logprobs", 0, 5).value_or(0));
+    else if (bool_field(body, "logprobs").value_or(false))
         r.top_logprobs = int32_t(integer_field(body, "top_logprobs", 0, 20).value_or(0));
     s.apply_test_hook(body, r);
     return r;
@@ -197,6 +199,7 @@ std::string render_chat(Service &s, ChatInput &in) {
 }
 
 void chat_completions(Service &s, const HttpRequest &req, HttpResponse &res) {
+    s.ready_engine();  // 503 while loading, before anything reads the tokenizer
     const json body = parse_body(req.body);
     ChatInput in = chat_input(s, body);
     std::vector<int32_t> prompt = s.tokenize(render_chat(s, in));
@@ -306,7 +309,8 @@ void chat_completions(Service &s, const HttpRequest &req, HttpResponse &res) {
                     if (logprobs && d.token >= 0) lp["content"].push_back(logprob_entry(s, d));
                 }
                 counter.see(events, deltas.size());
-                return send(events, lp);
+                if (parser.malformed()) job->cancel();  // the reply is over: stop generating it
+                return progress(send(events, lp), !events.empty() || logprobs);
             },
             [&] { return write(": keep-alive\n\n"); });
         if (!alive) return false;
@@ -318,6 +322,10 @@ void chat_completions(Service &s, const HttpRequest &req, HttpResponse &res) {
         std::vector<ReplyEvent> tail;
         parser.finish(job->finish(), tail);
         if (!send(tail, json())) return false;
+        if (parser.dangling()) {  // a call was announced and its markup then broke: say so rather than end it as done
+            write(sse({{"error", {{"message", kDanglingCall}, {"type", "server_error"}, {"param", json()}, {"code", "malformed_tool_call"}}}}));
+            return write("data: [DONE]\n\n");
+        }
         s.memory.remember(calls, reasoning);
         if (!chunk(json::object(), finish_reason(job->finish(), !calls.empty()))) return false;
         if (with_usage &&
@@ -330,6 +338,7 @@ void chat_completions(Service &s, const HttpRequest &req, HttpResponse &res) {
 
 // /v1/completions: raw text continuation (no chat format).
 void completions(Service &s, const HttpRequest &req, HttpResponse &res) {
+    s.ready_engine();  // 503 while loading, before anything reads the tokenizer
     const json body = parse_body(req.body);
     if (!body.contains("prompt")) throw ApiError(400, "'prompt' is required", "prompt");
     json p = body["prompt"];
@@ -350,6 +359,7 @@ void completions(Service &s, const HttpRequest &req, HttpResponse &res) {
     s.check_length(prompt.size(), Api::openai);
     JobRequest r = openai_job(s, body, std::move(prompt), false);
     if (!integer_field(body, "max_tokens", 1, INT32_MAX)) r.max_tokens = std::min(r.max_tokens, 16);  // the API's default
+    const bool r_logprobs = r.top_logprobs >= 0;
     const bool stream = bool_field(body, "stream").value_or(false);
     const bool with_usage = include_usage(body);
     auto job = s.submit(std::move(r), Api::openai);
@@ -361,8 +371,26 @@ void completions(Service &s, const HttpRequest &req, HttpResponse &res) {
                     {"total_tokens", job->n_prompt() + job->n_generated()},
                     {"prompt_tokens_details", {{"cached_tokens", job->n_cached()}}}};
     };
-    auto choice = [](const std::string &text, const json &finish) {
-        return json::array({{{"text", text}, {"index", 0}, {"logprobs", json()}, {"finish_reason", finish}}});
+    const bool logprobs = r_logprobs;
+    // The legacy logprobs object of some deltas; offset: characters of text before them.
+    auto legacy = [&s, logprobs](const std::vector<Delta> &deltas, size_t offset) {
+        if (!logprobs) return json();
+        json out = {{"tokens", json::array()}, {"token_logprobs", json::array()}, {"top_logprobs", json::array()},
+                    {"text_offset", json::array()}};
+        for (const Delta &d : deltas) {
+            if (d.token < 0) continue;
+            json top = json::object();
+            for (const TokenLogprob &t : d.top) top[s.piece(t.token)] = t.logprob;
+            out["tokens"].push_back(s.piece(d.token));
+            out["token_logprobs"].push_back(d.logprob);
+            out["top_logprobs"].push_back(top);
+            out["text_offset"].push_back(offset);
+            offset += d.text.size();
+        }
+        return out;
+    };
+    auto choice = [](const std::string &text, const json &finish, const json &lp) {
+        return json::array({{{"text", text}, {"index", 0}, {"logprobs", lp}, {"finish_reason", finish}}});
     };
     const std::string model = s.model_name;
     if (!stream) {
@@ -372,7 +400,7 @@ void completions(Service &s, const HttpRequest &req, HttpResponse &res) {
                 std::string text;
                 for (const Delta &d : deltas) text += d.text;
                 return json{{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model},
-                            {"choices", choice(text, job->finish() == Finish::length ? "length" : "stop")},
+                            {"choices", choice(text, job->finish() == Finish::length ? "length" : "stop", legacy(deltas, 0))},
                             {"usage", usage()}};
             },
             Api::openai);
@@ -380,16 +408,20 @@ void completions(Service &s, const HttpRequest &req, HttpResponse &res) {
     res.content_type = "text/event-stream";
     res.headers = {{"Cache-Control", "no-cache"}};
     res.stream = [=](const ChunkWriter &write) {
-        auto chunk = [&](const std::string &text, const json &finish) {
+        auto chunk = [&](const std::string &text, const json &finish, const json &lp = json()) {
             return write(sse({{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model},
-                              {"choices", choice(text, finish)}}));
+                              {"choices", choice(text, finish, lp)}}));
         };
+        size_t offset = 0;
         const bool alive = drive(
             *job,
             [&](std::vector<Delta> &deltas) {
                 std::string text;
                 for (const Delta &d : deltas) text += d.text;
-                return text.empty() || chunk(text, json());
+                const bool send = !text.empty() || logprobs;
+                const bool ok = !send || chunk(text, json(), legacy(deltas, offset));
+                offset += text.size();
+                return progress(ok, send);
             },
             [&] { return write(": keep-alive\n\n"); });
         if (!alive) return false;
@@ -422,6 +454,7 @@ void register_openai(HttpServer &http, Service &s) {
         guarded(Api::openai, res, [&] { completions(s, req, res); });
     });
     http.route("GET", "/v1/models", [&s](const HttpRequest &, HttpResponse &res) {
+        if (!s.ready) return error_response(Api::openai, 503, "the model is still loading", res);
         res.body = dump({{"object", "list"},
                          {"data", json::array({{{"id", s.model_name}, {"object", "model"}, {"created", unix_time()},
                                                 {"owned_by", "dsv4"}}})}});

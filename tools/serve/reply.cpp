@@ -7,7 +7,7 @@ namespace dsv4::serve {
 namespace {
 
 const std::string kEosText = "<｜end▁of▁sentence｜>";
-const std::string kInvoke = "<｜DSML｜invoke", kInvokeEnd = "</｜DSML｜invoke>";
+const std::string kInvoke = "<｜DSML｜invoke";
 
 }  // namespace
 
@@ -31,36 +31,32 @@ ReplyParser::~ReplyParser() { dsv4_chat_stream_free(stream_); }
 void ReplyParser::on_event(dsv4_chat_event event, const char *text, size_t len, void *user_data) {
     auto &self = *static_cast<ReplyParser *>(user_data);
     ReplyEvent e;
-    if (event == DSV4_CHAT_EVENT_TOOL_CALL_BEGIN) {
-        const std::string name(text, len);
-        if (!self.tool_names_.count(name) || self.calls_ >= self.max_calls_) return;  // not reported
+    if (event == DSV4_CHAT_EVENT_TOOL_CALL_BEGIN) {  // every call is announced (DSV4_CHAT_STREAM_PARTIAL_CALLS)
+        self.writing_ = {"", std::string(text, len), ""};
+        if (!self.tool_names_.count(self.writing_.name) || self.calls_ >= self.max_calls_) return;  // not reported
         ++self.calls_;
-        self.open_ = {make_id(self.id_prefix_), name, ""};
+        self.writing_.id = make_id(self.id_prefix_);
         e.kind = ReplyEvent::Kind::call_begin;
-        e.call = self.open_;
+        e.call = self.writing_;
     } else if (event == DSV4_CHAT_EVENT_TOOL_CALL_ARGUMENTS) {
-        if (self.open_.id.empty()) return;
+        self.writing_.arguments.append(text, len);
+        if (self.writing_.id.empty()) return;
         e.kind = ReplyEvent::Kind::call_arguments;
         e.text.assign(text, len);
-        e.call.id = self.open_.id;
-        self.open_.arguments += e.text;
-    } else if (event == DSV4_CHAT_EVENT_TOOL_CALL) {
-        // The k-th call completed is the k-th invoke block of the raw text.
-        size_t at = 0;
-        for (size_t k = 0; k <= self.invokes_seen_ && at != std::string::npos; ++k)
-            at = self.raw_.find(kInvoke, k ? at + 1 : 0);
-        ++self.invokes_seen_;
-        const json call = json::parse(std::string(text, len), nullptr, false);
-        const std::string name = call.is_object() ? call["function"].value("name", "") : "";
-        if (!self.open_.id.empty()) {
+        e.call.id = self.writing_.id;
+    } else if (event == DSV4_CHAT_EVENT_TOOL_CALL) {  // complete: its arguments are the fragments announced
+        ToolCall call = std::exchange(self.writing_, ToolCall{});
+        if (!json::accept(call.arguments)) {  // a non-string value that is no JSON: the markup is malformed
+            self.malformed_ = true;
+            self.dangling_ = !call.id.empty();
+            return;
+        }
+        if (!call.id.empty()) {
             e.kind = ReplyEvent::Kind::tool_call;
-            e.call = std::exchange(self.open_, ToolCall{});
-            e.call.arguments = call["function"].value("arguments", "{}");
-        } else if (!self.tool_names_.count(name)) {  // not offered: the model's text stays text
-            const size_t end = at == std::string::npos ? at : self.raw_.find(kInvokeEnd, at);
+            e.call = std::move(call);
+        } else if (!self.tool_names_.count(call.name)) {  // not offered: left as text, without the markup
             e.kind = ReplyEvent::Kind::content;
-            if (end != std::string::npos) e.text = self.raw_.substr(at, end + kInvokeEnd.size() - at);
-            if (e.text.empty()) return;
+            e.text = call.name + "(" + call.arguments + ")";
         } else {
             return;  // beyond max_calls: dropped
         }
@@ -72,10 +68,14 @@ void ReplyParser::on_event(dsv4_chat_event event, const char *text, size_t len, 
 }
 
 void ReplyParser::push(const std::string &text, std::vector<ReplyEvent> &out) {
-    raw_ += text;
     if (malformed_ || text.empty()) return;
     out_ = &out;
-    if (dsv4_chat_stream_push(stream_, text.data(), text.size(), on_event, this) != DSV4_OK) malformed_ = true;
+    if (dsv4_chat_stream_push(stream_, text.data(), text.size(), on_event, this) != DSV4_OK) broke_off();
+}
+
+void ReplyParser::broke_off() {
+    malformed_ = true;
+    dangling_ = dangling_ || !writing_.id.empty();
 }
 
 void ReplyParser::finish(Finish how, std::vector<ReplyEvent> &out) {
@@ -83,10 +83,9 @@ void ReplyParser::finish(Finish how, std::vector<ReplyEvent> &out) {
     // is a possible marker start or an unfinished tool-call block, dropped.
     if (how != Finish::stop || malformed_) return;
     out_ = &out;
-    raw_ += kEosText;
     if (dsv4_chat_stream_push(stream_, kEosText.data(), kEosText.size(), on_event, this) != DSV4_OK ||
         dsv4_chat_stream_finish(stream_, on_event, this) != DSV4_OK)
-        malformed_ = true;
+        broke_off();
 }
 
 std::string forced_call_prefix(bool thinking, bool required, const std::string &name) {

@@ -40,7 +40,8 @@ struct ReplyEvent {
 // Turns the generated text of one request into reply events. DSML never reaches content, reasoning or arguments:
 // text that may begin a marker is held back; a completion cut short (length, stop string, cancel) drops its
 // unfinished markup; malformed markup ends the reply at the last good event. A call of a tool that was not
-// offered (or with tool_choice "none") is not reported as a call: its invoke block is left as content text.
+// offered (or with tool_choice "none") is not reported as a call: it is left as content text, without the
+// markup, as name(arguments).
 // Calls beyond max_calls (1 when a client turns parallel tool calls off) are dropped.
 class ReplyParser {
 public:
@@ -52,18 +53,20 @@ public:
     void push(const std::string &text, std::vector<ReplyEvent> &out);
     void finish(Finish how, std::vector<ReplyEvent> &out);
     bool malformed() const { return malformed_; }
-    const std::string &raw() const { return raw_; }
+    // Malformed markup broke the reply off inside a call already announced (call_begin): the client holds a
+    // call that will never be complete.
+    bool dangling() const { return dangling_; }
 
 private:
     static void on_event(dsv4_chat_event event, const char *text, size_t len, void *user_data);
+    void broke_off();
     dsv4_chat_stream *stream_ = nullptr;
     std::set<std::string> tool_names_;
-    std::string id_prefix_, raw_;
-    size_t invokes_seen_ = 0;       // tool calls the parser completed so far (to find each one's raw text)
+    std::string id_prefix_;
     size_t calls_ = 0, max_calls_;  // calls reported, and the most that may be
-    ToolCall open_;                 // the call being written, if reported (id set)
+    ToolCall writing_;              // the call being written (id set if it is reported)
     std::vector<ReplyEvent> *out_ = nullptr;
-    bool malformed_ = false;
+    bool malformed_ = false, dangling_ = false;
 };
 
 // Text the prompt ends with to force a tool call (tool_choice "required" / a named tool): the opening of a

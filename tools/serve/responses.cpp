@@ -136,6 +136,7 @@ std::string responses_prompt(Service &s, const json &body) {
 }
 
 void responses(Service &s, const HttpRequest &req, HttpResponse &res) {
+    s.ready_engine();  // 503 while loading, before anything reads the tokenizer
     const json body = parse_body(req.body);
     ResponsesInput in = responses_input(s, body);
     std::vector<int32_t> prompt = s.tokenize(render_responses(s, in));
@@ -316,7 +317,8 @@ void responses(Service &s, const HttpRequest &req, HttpResponse &res) {
                 std::vector<ReplyEvent> ev;
                 for (const Delta &d : deltas) parser.push(d.text, ev);
                 counter.see(ev, deltas.size());
-                return b.add(ev);
+                if (parser.malformed()) job->cancel();  // the reply is over: stop generating it
+                return progress(b.add(ev), !ev.empty());
             },
             [&] { return write(": keep-alive\n\n"); });
         if (!alive) return false;
@@ -328,7 +330,13 @@ void responses(Service &s, const HttpRequest &req, HttpResponse &res) {
         }
         std::vector<ReplyEvent> tail;
         parser.finish(job->finish(), tail);
-        if (!b.add(tail) || !b.close()) return false;
+        if (!b.add(tail)) return false;
+        if (parser.dangling()) {
+            b.response["status"] = "failed";
+            b.response["error"] = {{"code", "server_error"}, {"message", kDanglingCall}};
+            return b.emit("response.failed", {{"response", b.response}});
+        }
+        if (!b.close()) return false;
         s.memory.remember(b.calls, b.reasoning);
         b.complete(*job, counter.tokens);
         return b.emit(job->finish() == Finish::length ? "response.incomplete" : "response.completed", {{"response", b.response}});

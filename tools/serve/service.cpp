@@ -82,6 +82,7 @@ void Service::apply_test_hook(const json &body, JobRequest &r) const {
             throw ApiError(400, "dsv4_test.pieces: strings or byte arrays", "dsv4_test");
         }
     }
+    if (pieces.empty()) throw ApiError(400, "dsv4_test.pieces: at least one piece", "dsv4_test");
     r.script = std::move(pieces);
     r.script_delay_ms = int32_t(integer_field(t, "delay_ms", 0, 60000).value_or(0));
 }
@@ -233,17 +234,21 @@ std::string sse(const json &data, const std::string &event) {
     return (event.empty() ? std::string() : "event: " + event + "\n") + "data: " + dump(data) + "\n\n";
 }
 
-bool drive(Job &job, const std::function<bool(std::vector<Delta> &)> &on_progress, const std::function<bool()> &on_idle) {
-    auto last = std::chrono::steady_clock::now();
+Progress progress(bool ok, bool wrote) { return !ok ? Progress::gone : wrote ? Progress::wrote : Progress::held; }
+
+bool drive(Job &job, const std::function<Progress(std::vector<Delta> &)> &on_progress, const std::function<bool()> &on_idle) {
+    auto last_write = std::chrono::steady_clock::now();
     for (;;) {
         std::vector<Delta> deltas;
         const bool finished = job.wait(deltas, std::chrono::milliseconds(250));
         const auto now = std::chrono::steady_clock::now();
         if (!deltas.empty()) {
-            last = now;
-            if (!on_progress(deltas)) return job.cancel(), false;
-        } else if (!finished && now - last >= std::chrono::seconds(1)) {
-            last = now;
+            const Progress p = on_progress(deltas);
+            if (p == Progress::gone) return job.cancel(), false;
+            if (p == Progress::wrote) last_write = now;
+        }
+        if (!finished && now - last_write >= std::chrono::seconds(1)) {
+            last_write = now;
             if (!on_idle()) return job.cancel(), false;
         }
         if (finished) return true;
@@ -265,18 +270,13 @@ void respond_when_done(const std::shared_ptr<Job> &job, HttpResponse &res,
     if (finished) return body(*deltas, res);
     res.content_type = "application/json";
     res.stream = [job, deltas, body](const ChunkWriter &write) {
-        auto last_write = std::chrono::steady_clock::now();
-        auto heartbeat = [&] {  // deltas keep arriving while the client may be gone: write every second anyway
-            last_write = std::chrono::steady_clock::now();
-            return write(" ");
-        };
         const bool alive = drive(
             *job,
             [&](std::vector<Delta> &d) {
                 for (Delta &x : d) deltas->push_back(std::move(x));
-                return std::chrono::steady_clock::now() - last_write < std::chrono::seconds(1) || heartbeat();
+                return Progress::held;
             },
-            heartbeat);
+            [&] { return write(" "); });
         if (!alive) return false;
         HttpResponse out;
         body(*deltas, out);

@@ -25,6 +25,9 @@ struct ApiError : std::runtime_error {
 
 enum class Api { openai, anthropic };
 
+// The error a stream ends with when malformed markup broke a tool call it had already announced.
+inline constexpr const char *kDanglingCall = "the model's tool-call markup broke off inside a call already streamed";
+
 struct ServeOptions;
 
 struct Service {
@@ -70,9 +73,15 @@ void guarded(Api api, HttpResponse &res, const std::function<void()> &handler);
 int64_t unix_time();
 std::string sse(const json &data, const std::string &event = {});
 
-// Drives a job while its client waits: on_progress(deltas) for what arrived; every second without progress
-// on_idle() (a keep-alive; false = the client has gone: the job is cancelled). Returns false if the client went away.
-bool drive(Job &job, const std::function<bool(std::vector<Delta> &)> &on_progress, const std::function<bool()> &on_idle);
+// What a stream did with the deltas it was given: wrote to the client, held them back (nothing written yet, e.g.
+// a long tool-call parameter), or found the client gone.
+enum class Progress { wrote, held, gone };
+Progress progress(bool ok, bool wrote);
+
+// Drives a job while its client waits: on_progress(deltas) for what arrived; after a second without a write
+// on_idle() (a keep-alive, also how a vanished client is noticed; false = gone). A gone client's job is
+// cancelled. Returns false if the client went away.
+bool drive(Job &job, const std::function<Progress(std::vector<Delta> &)> &on_progress, const std::function<bool()> &on_idle);
 
 // A non-streamed reply: waits up to a second for the job; if it is done, res gets build()'s body, else the body
 // is streamed as whitespace keep-alives (so a client that disconnects is noticed and its job cancelled) followed
