@@ -292,6 +292,27 @@ TEST_CASE("engine: requests decoded together give what each gives alone; prefix 
     CHECK(engine.submit(greedy(m.tokenize(prompts[2]), 2)) != nullptr);
 }
 
+TEST_CASE("engine: a prompt stays reusable after its sequence has generated past the rewind limit") {
+    Loaded m;
+    EngineOptions o;
+    o.slots = 1;
+    o.n_rewind = 4;
+    Engine engine(m.model, m.tok(), o);
+    const std::vector<int32_t> first = m.tokenize("Mr. Speaker, Members of the Congress: Tonight");
+    const Result reply = collect(*engine.submit(greedy(first, 16)));
+    REQUIRE(reply.tokens.size() > size_t(o.n_rewind) + 1);  // the sequence holds more than n_rewind tokens past the prompt
+    // The next turn shares the prompt but its last token (a thinking-mode chat drops the reasoning written
+    // after it): the snapshot taken when the prompt was evaluated serves it.
+    std::vector<int32_t> next(first.begin(), first.end() - 1);
+    const std::vector<int32_t> more = m.tokenize(" we gather");
+    next.insert(next.end(), more.begin(), more.end());
+    const Result r = collect(*engine.submit(greedy(next, 8)));
+    CHECK(r.cached == int32_t(first.size()) - 1);
+    EngineOptions fresh;
+    Engine other(m.model, m.tok(), fresh);
+    CHECK(collect(*other.submit(greedy(next, 8))).tokens == r.tokens);  // and continues as an uncached prompt
+}
+
 TEST_CASE("engine: stop strings end generation before them; scripted text is split into whole characters") {
     Loaded m;
     Engine engine(m.model, m.tok(), EngineOptions{});

@@ -238,6 +238,28 @@ bool Engine::admit(std::deque<std::shared_ptr<Job>> &waiting, std::vector<std::u
     return true;
 }
 
+// Keeps the evaluated prompt reusable after its sequence moves on: a copy-on-write fork into the least valuable
+// idle sequence (an empty one, else the least recently used). The next turn of a thinking-mode chat drops this
+// turn's reasoning from its prompt, and a regenerated request repeats the prompt: both share this prompt, not
+// what the sequence holds after generating, which is further than n_rewind from it.
+void Engine::snapshot(const Active &a) {
+    int32_t spare = -1;
+    for (size_t s = 0; s < seqs_.size(); ++s) {
+        if (seqs_[s].busy || int32_t(s) == a.seq) continue;
+        auto rank = [&](size_t x) { return std::make_pair(!seqs_[x].tokens.empty(), seqs_[x].last_used); };
+        if (spare < 0 || rank(s) < rank(size_t(spare))) spare = int32_t(s);
+    }
+    const std::vector<int32_t> &prompt = seqs_[size_t(a.seq)].tokens;
+    if (spare < 0 || seqs_[size_t(spare)].tokens == prompt) return;
+    if (dsv4_seq_fork(ctx_, a.seq, spare) != DSV4_OK) {  // out of memory: the spare's old content is gone too
+        (void)dsv4_seq_truncate(ctx_, spare, 0);
+        seqs_[size_t(spare)].tokens.clear();
+        return;
+    }
+    seqs_[size_t(spare)].tokens = prompt;
+    seqs_[size_t(spare)].last_used = ++clock_;
+}
+
 void Engine::retire(Active &a, Finish f, std::string error) {
     if (!a.held.empty() && f != Finish::stop_string && f != Finish::error) {
         Delta d;
@@ -397,6 +419,7 @@ void Engine::step(std::vector<std::unique_ptr<Active>> &active) {
                 held.insert(held.end(), prompt.begin() + ptrdiff_t(a.n_evaluated),
                             prompt.begin() + ptrdiff_t(a.n_evaluated + taken[i]));
                 a.n_evaluated += taken[i];
+                if (!a.prefilling()) snapshot(a);
             } else {
                 held.push_back(a.next_token);
             }

@@ -128,6 +128,7 @@ private:
     void step(std::vector<std::unique_ptr<Active>> &active);
     void emit(Active &a, int32_t token, const float *logits, int32_t n_vocab);
     void retire(Active &a, Finish f, std::string error = {});
+    void snapshot(const Active &a);
 
     const dsv4_tokenizer *tok_;
     EngineOptions options_;
