@@ -109,6 +109,23 @@ int serve(const ServeOptions &o) {
     }
     std::fprintf(stderr, "dsv4 serve: listening on http://%s:%d\n", ho.host.c_str(), port);
     std::thread server([&] { http.serve(); });
+    // SIGTERM / SIGINT: while loading there is nothing to finish, so the process ends at once; once ready, in-flight
+    // streams end with an error event and get a second to write it (joining the connection threads would wait for
+    // idle keep-alive clients to time out).
+    std::thread([&] {
+        char c = 0;
+        while (read(g_signal_pipe[0], &c, 1) < 0 && errno == EINTR) {
+        }
+        std::fprintf(stderr, "dsv4 serve: shutting down\n");
+        if (s.ready.exchange(false)) {
+            s.engine->shutdown();
+            const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+            while (http.in_flight() > 0 && std::chrono::steady_clock::now() < deadline)
+                std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+        std::fflush(stderr);
+        std::_Exit(0);
+    }).detach();
 
     // Loads while /health answers 503; a failed load ends the server.
     const std::string &dir = o.model_dir;
@@ -148,19 +165,7 @@ int serve(const ServeOptions &o) {
             }
         }
     }
-    if (rc == 0) {
-        char c = 0;
-        while (read(g_signal_pipe[0], &c, 1) < 0 && errno == EINTR) {
-        }
-        std::fprintf(stderr, "dsv4 serve: shutting down\n");
-    }
-    s.ready = false;
-    if (s.engine) s.engine->shutdown();  // in-flight streams end with an error event
-    // Let those streams write their last event (a second at most), then go: joining the connection threads would
-    // wait for idle keep-alive clients to time out.
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
-    while (http.in_flight() > 0 && std::chrono::steady_clock::now() < deadline)
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    if (rc == 0) server.join();  // serves until the signal thread ends the process
     std::fflush(stderr);
     std::_Exit(rc);
 }
