@@ -214,7 +214,7 @@ void chat_completions(Service &s, const HttpRequest &req, HttpResponse &res) {
     const std::string model = s.model_name;
 
     if (!stream) {
-        auto build = [&s, job, in, logprobs](const std::vector<Delta> &deltas) {
+        auto build = [&s, job, in, logprobs, id, created](const std::vector<Delta> &deltas) {
             ReplyParser parser(in.thinking.on, in.callable, "call_", in.max_calls);
             std::vector<ReplyEvent> events;
             parser.push(in.forced, events);
@@ -244,9 +244,9 @@ void chat_completions(Service &s, const HttpRequest &req, HttpResponse &res) {
                     tc.push_back({{"id", c.id}, {"type", "function"}, {"function", {{"name", c.name}, {"arguments", c.arguments}}}});
                 message["tool_calls"] = tc;
             }
-            return json{{"id", make_id("chatcmpl-")},
+            return json{{"id", id},
                         {"object", "chat.completion"},
-                        {"created", unix_time()},
+                        {"created", created},
                         {"model", s.model_name},
                         {"choices", json::array({{{"index", 0},
                                                    {"message", message},
