@@ -1,6 +1,7 @@
 // libFuzzer target: dsv4 serve's request parsing and reply parsing. A body either renders to a prompt through each
-// chat API (OpenAI chat completions, Responses, Anthropic messages) or is refused with ApiError; any bytes as a
-// completion, split anywhere, give reply events without markup in content or reasoning, or a malformed flag.
+// chat API (OpenAI chat completions, Responses, Anthropic messages) or is refused with ApiError 400 or a JSON type
+// error (which the endpoints' guard also answers with 400); any bytes as a completion, split anywhere, give reply
+// events without markup in content or reasoning, or a malformed flag.
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -20,6 +21,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 if (render(service, body).empty()) std::abort();
             } catch (const ApiError &e) {
                 if (e.status != 400) std::abort();
+            } catch (const json::exception &) {
+                // a field of the wrong JSON type read with value(): the endpoints' guard answers 400 to it too
             }
         }
     } catch (const ApiError &) {
