@@ -11,7 +11,7 @@ std::string blocks_text(const json &content, const std::string &where) {
     if (!content.is_array()) throw ApiError(400, where + ": content must be a string or an array of blocks");
     std::string text;
     for (const json &b : content) {
-        if (!b.is_object() || b.value("type", "") != "text" || !b.contains("text") || !b["text"].is_string())
+        if (!b.is_object() || text_of(b, "type") != "text" || !b.contains("text") || !b["text"].is_string())
             throw ApiError(400, where + ": expected text blocks");
         text += b["text"].get<std::string>();
     }
@@ -32,13 +32,13 @@ MessagesInput messages_input(const Service &s, const json &body) {
     in.thinking = s.default_thinking;
     if (body.contains("thinking") && !body["thinking"].is_null()) {
         const json &t = body["thinking"];
-        const std::string type = t.is_object() ? t.value("type", "") : "";
+        const std::string type = t.is_object() ? text_of(t, "type") : "";
         if (type == "enabled" || type == "adaptive") in.thinking = true;
         else if (type == "disabled") in.thinking = false;
         else throw ApiError(400, "thinking.type: expected enabled, disabled or adaptive");
     }
     if (body.contains("output_config") && body["output_config"].is_object()) {
-        const std::string effort = body["output_config"].value("effort", "");
+        const std::string effort = text_of(body["output_config"], "effort");
         if (effort == "max") in.effort = "max";
         else if (!effort.empty()) in.effort = "high";
     }
@@ -58,15 +58,15 @@ MessagesInput messages_input(const Service &s, const json &body) {
         }
     }
     if (body.contains("tool_choice") && body["tool_choice"].is_object()) {
-        const std::string type = body["tool_choice"].value("type", "auto");
-        if (body["tool_choice"].value("disable_parallel_tool_use", false)) in.max_calls = 1;
+        const std::string type = text_of(body["tool_choice"], "type", "auto");
+        if (flag_of(body["tool_choice"], "disable_parallel_tool_use", false)) in.max_calls = 1;
         if (type == "none") in.callable.clear(), tools = json::array();
-        else if (type == "tool" && !in.callable.count(body["tool_choice"].value("name", "")))
+        else if (type == "tool" && !in.callable.count(text_of(body["tool_choice"], "name")))
             throw ApiError(400, "tool_choice names a tool not in 'tools'");
         else if (type != "auto" && type != "any" && type != "tool")
             throw ApiError(400, "tool_choice.type: expected auto, any, tool or none");
         if (type == "any") in.forced = forced_call_prefix(in.thinking, !in.callable.empty(), "");
-        if (type == "tool") in.forced = forced_call_prefix(in.thinking, true, body["tool_choice"].value("name", ""));
+        if (type == "tool") in.forced = forced_call_prefix(in.thinking, true, text_of(body["tool_choice"], "name"));
     }
     json system = {{"role", "system"}, {"content", ""}};
     if (body.contains("system") && !body["system"].is_null()) system["content"] = blocks_text(body["system"], "system");
@@ -90,13 +90,13 @@ MessagesInput messages_input(const Service &s, const json &body) {
             if (!content.is_array()) throw ApiError(400, where + ": content must be a string or an array of blocks");
             std::string text;
             for (const json &b : content) {
-                const std::string type = b.is_object() ? b.value("type", "") : "";
+                const std::string type = b.is_object() ? text_of(b, "type") : "";
                 if (type == "text" && b.contains("text") && b["text"].is_string()) {
                     text += b["text"].get<std::string>();
                 } else if (type == "tool_result") {
                     std::string result = b.contains("content") ? blocks_text(b["content"], where + ".tool_result") : "";
-                    if (b.value("is_error", false)) result = "Error: " + result;
-                    in.messages.push_back({{"role", "tool"}, {"tool_call_id", b.value("tool_use_id", "")}, {"content", result}});
+                    if (flag_of(b, "is_error", false)) result = "Error: " + result;
+                    in.messages.push_back({{"role", "tool"}, {"tool_call_id", text_of(b, "tool_use_id")}, {"content", result}});
                 } else {
                     throw ApiError(400, where + ": unsupported content block '" + type + "'");
                 }
@@ -110,13 +110,13 @@ MessagesInput messages_input(const Service &s, const json &body) {
                 json calls = json::array();
                 std::string text, reasoning;
                 for (const json &b : content) {
-                    const std::string type = b.is_object() ? b.value("type", "") : "";
-                    if (type == "text") text += b.value("text", "");
-                    else if (type == "thinking") reasoning += b.value("thinking", "");
+                    const std::string type = b.is_object() ? text_of(b, "type") : "";
+                    if (type == "text") text += text_of(b, "text");
+                    else if (type == "thinking") reasoning += text_of(b, "thinking");
                     else if (type == "redacted_thinking") continue;
                     else if (type == "tool_use")
-                        calls.push_back({{"id", b.value("id", "")}, {"type", "function"},
-                                         {"function", {{"name", b.value("name", "")}, {"arguments", dump(b.value("input", json::object()))}}}});
+                        calls.push_back({{"id", text_of(b, "id")}, {"type", "function"},
+                                         {"function", {{"name", text_of(b, "name")}, {"arguments", dump(b.value("input", json::object()))}}}});
                     else throw ApiError(400, where + ": unsupported content block '" + type + "'");
                 }
                 out["content"] = text;

@@ -11,7 +11,7 @@ std::string content_text(const json &content, const std::string &where) {
     if (!content.is_array()) throw ApiError(400, where + ": content must be a string or an array of parts", "messages");
     std::string text;
     for (const json &part : content) {
-        const std::string type = part.is_object() ? part.value("type", "") : "";
+        const std::string type = part.is_object() ? text_of(part, "type") : "";
         if (type != "text" && type != "input_text" && type != "output_text")
             throw ApiError(400, where + ": only text content parts are supported", "messages");
         if (!part.contains("text") || !part["text"].is_string())
@@ -33,7 +33,7 @@ Thinking thinking_of(const json &body, bool default_on, const std::optional<std:
     }
     if (body.contains("thinking") && !body["thinking"].is_null()) {
         const json &th = body["thinking"];
-        const std::string type = th.is_object() ? th.value("type", "") : "";
+        const std::string type = th.is_object() ? text_of(th, "type") : "";
         if (type == "enabled") t.on = true;
         else if (type == "disabled") t.on = false;
         else throw ApiError(400, "thinking.type must be \"enabled\" or \"disabled\"", "thinking");
@@ -97,7 +97,7 @@ ChatInput chat_input(const Service &s, const json &body) {
     if (body.contains("tools") && !body["tools"].is_null()) {
         if (!body["tools"].is_array()) throw ApiError(400, "'tools' must be an array", "tools");
         for (const json &t : body["tools"]) {
-            if (!t.is_object() || t.value("type", "function") != "function" || !t.contains("function") ||
+            if (!t.is_object() || text_of(t, "type", "function") != "function" || !t.contains("function") ||
                 !t["function"].is_object() || !t["function"].contains("name") || !t["function"]["name"].is_string())
                 throw ApiError(400, "each tool must be {\"type\": \"function\", \"function\": {\"name\", ...}}", "tools");
             in.callable.insert(t["function"]["name"].get<std::string>());
@@ -112,7 +112,7 @@ ChatInput chat_input(const Service &s, const json &body) {
             else if (v == "required") in.forced = forced_call_prefix(in.thinking.on, !in.callable.empty(), "");
             else if (v != "auto") throw ApiError(400, "tool_choice must be none, auto, required or a function", "tool_choice");
         } else if (c.is_object() && c.contains("function") && c["function"].is_object()) {
-            const std::string name = c["function"].value("name", "");
+            const std::string name = text_of(c["function"], "name");
             if (!in.callable.count(name)) throw ApiError(400, "tool_choice names a function not in 'tools'", "tool_choice");
             in.forced = forced_call_prefix(in.thinking.on, true, name);
         } else {
@@ -121,7 +121,7 @@ ChatInput chat_input(const Service &s, const json &body) {
     }
     json response_format;
     if (body.contains("response_format") && body["response_format"].is_object()) {
-        const std::string type = body["response_format"].value("type", "text");
+        const std::string type = text_of(body["response_format"], "type", "text");
         if (type == "json_object" || type == "json_schema") response_format = body["response_format"];
         else if (type != "text") throw ApiError(400, "response_format.type must be text, json_object or json_schema", "response_format");
     }

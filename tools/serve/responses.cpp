@@ -34,7 +34,7 @@ ResponsesInput responses_input(const Service &s, const json &body) {
         if (!body["tools"].is_array()) throw ApiError(400, "'tools' must be an array", "tools");
         in.tools = body["tools"];
         for (const json &t : body["tools"]) {
-            if (!t.is_object() || t.value("type", "") != "function") continue;  // hosted tools are not ours to run
+            if (!t.is_object() || text_of(t, "type") != "function") continue;  // hosted tools are not ours to run
             if (!t.contains("name") || !t["name"].is_string()) throw ApiError(400, "a function tool needs a name", "tools");
             in.callable.insert(t["name"].get<std::string>());
             json fn = {{"name", t["name"]}};
@@ -47,7 +47,7 @@ ResponsesInput responses_input(const Service &s, const json &body) {
         const json &c = body["tool_choice"];
         if (c == "none") in.callable.clear(), fn_tools = json::array();
         else if (c == "required") in.forced = forced_call_prefix(in.thinking.on, !in.callable.empty(), "");
-        else if (c.is_object() && c.value("type", "") == "function" && c.contains("name") && c["name"].is_string()) {
+        else if (c.is_object() && text_of(c, "type") == "function" && c.contains("name") && c["name"].is_string()) {
             if (!in.callable.count(c["name"].get<std::string>())) throw ApiError(400, "tool_choice names a function not in 'tools'", "tool_choice");
             in.forced = forced_call_prefix(in.thinking.on, true, c["name"].get<std::string>());
         } else if (c != "auto") {
@@ -76,9 +76,9 @@ ResponsesInput responses_input(const Service &s, const json &body) {
     for (const json &item : input) {
         const std::string where = fmt::format("input[{}]", i++);
         if (!item.is_object()) throw ApiError(400, where + ": an item is an object", "input");
-        const std::string type = item.value("type", "message");
+        const std::string type = text_of(item, "type", "message");
         if (type == "message") {
-            const std::string role = item.value("role", "");
+            const std::string role = text_of(item, "role");
             if (role != "user" && role != "assistant" && role != "system" && role != "developer")
                 throw ApiError(400, where + ": role must be user, assistant, system or developer", "input");
             const std::string text = content_text(item.value("content", json("")), where);
@@ -96,11 +96,11 @@ ResponsesInput responses_input(const Service &s, const json &body) {
             if (!item.contains("name") || !item["name"].is_string()) throw ApiError(400, where + ": a function_call needs a name", "input");
             json &m = assistant();
             if (!m.contains("tool_calls")) m["tool_calls"] = json::array();
-            m["tool_calls"].push_back({{"id", item.value("call_id", "")}, {"type", "function"},
-                                       {"function", {{"name", item["name"]}, {"arguments", item.value("arguments", "{}")}}}});
+            m["tool_calls"].push_back({{"id", text_of(item, "call_id")}, {"type", "function"},
+                                       {"function", {{"name", item["name"]}, {"arguments", text_of(item, "arguments", "{}")}}}});
         } else if (type == "function_call_output") {
             const json &out = item.value("output", json(""));
-            in.messages.push_back({{"role", "tool"}, {"tool_call_id", item.value("call_id", "")},
+            in.messages.push_back({{"role", "tool"}, {"tool_call_id", text_of(item, "call_id")},
                                    {"content", out.is_string() ? out.get<std::string>() : content_text(out, where)}});
         } else {
             throw ApiError(400, where + ": unsupported item type '" + type + "'", "input");
@@ -153,7 +153,7 @@ void responses(Service &s, const HttpRequest &req, HttpResponse &res) {
                        {"max_output_tokens", body.value("max_output_tokens", json())},
                        {"model", s.model_name},
                        {"output", json::array()},
-                       {"parallel_tool_calls", body.value("parallel_tool_calls", true)},
+                       {"parallel_tool_calls", flag_of(body, "parallel_tool_calls", true)},
                        {"previous_response_id", json()},
                        {"reasoning", {{"effort", in.thinking.effort ? json(*in.thinking.effort) : json()}, {"summary", json()}}},
                        {"store", false},

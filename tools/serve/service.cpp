@@ -179,6 +179,12 @@ std::vector<std::string> string_array_field(const json &body, const char *name) 
     return stop_field(body, name);
 }
 
+std::string text_of(const json &obj, const char *key, const std::string &def) {
+    return string_field(obj, key).value_or(def);
+}
+
+bool flag_of(const json &obj, const char *key, bool def) { return bool_field(obj, key).value_or(def); }
+
 bool include_usage(const json &body) {
     auto it = body.find("stream_options");
     if (it == body.end() || it->is_null()) return false;

@@ -63,6 +63,9 @@ std::optional<std::string> string_field(const json &body, const char *name);
 std::vector<std::string> stop_field(const json &body, const char *name);  // a string or an array of strings
 std::vector<std::string> string_array_field(const json &body, const char *name);
 bool include_usage(const json &body);  // stream_options.include_usage (stream_options must be an object)
+// obj[key] of a request object: def when absent or null; another type is ApiError 400 naming the field.
+std::string text_of(const json &obj, const char *key, const std::string &def = {});
+bool flag_of(const json &obj, const char *key, bool def);
 
 // The error body in the API's envelope.
 void error_response(Api api, int status, const std::string &message, HttpResponse &res, const std::string &param = {},
