@@ -2,6 +2,7 @@
 #pragma once
 #include <algorithm>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace dsv4::core {
@@ -17,6 +18,27 @@ inline size_t marker_prefix_suffix(const std::string &text, const std::vector<st
                 break;
             }
     return best;
+}
+
+// Depth of [ and { outside JSON strings, counted until it passes limit: recursive JSON readers and writers are
+// refused input deeper than they can take on the stack before they see it.
+inline int json_nesting(std::string_view text, int limit) {
+    int depth = 0, deepest = 0;
+    bool in_string = false, escaped = false;
+    for (char c : text) {
+        if (in_string) {
+            if (escaped) escaped = false;
+            else if (c == '\\') escaped = true;
+            else if (c == '"') in_string = false;
+            continue;
+        }
+        if (c == '"') in_string = true;
+        else if (c == '[' || c == '{') {
+            deepest = std::max(deepest, ++depth);
+            if (deepest > limit) return deepest;
+        } else if (c == ']' || c == '}') --depth;
+    }
+    return deepest;
 }
 
 }  // namespace dsv4::core

@@ -3,31 +3,12 @@
 #include <unordered_set>
 
 #include "core/error.h"
+#include "core/text.h"
 
 namespace dsv4::io {
 namespace {
-// Depth of [ and { outside strings; the parser itself recurses, so the bound protects the stack.
-int max_nesting(std::string_view text, int limit) {
-    int depth = 0, deepest = 0;
-    bool in_string = false, escaped = false;
-    for (char c : text) {
-        if (in_string) {
-            if (escaped) escaped = false;
-            else if (c == '\\') escaped = true;
-            else if (c == '"') in_string = false;
-            continue;
-        }
-        if (c == '"') in_string = true;
-        else if (c == '[' || c == '{') {
-            deepest = std::max(deepest, ++depth);
-            if (deepest > limit) return deepest;
-        } else if (c == ']' || c == '}') --depth;
-    }
-    return deepest;
-}
-
 void check_nesting(std::string_view text, const std::string &what, int max_depth) {
-    if (max_nesting(text, max_depth) > max_depth)
+    if (core::json_nesting(text, max_depth) > max_depth)
         fail(DSV4_ERR_FORMAT_NESTING, "{}: JSON nests deeper than {} levels", what, max_depth);
 }
 }  // namespace

@@ -6,6 +6,9 @@
 #include <string_view>
 #include <tuple>
 
+#include "core/text.h"        // the library's streaming-text helpers (marker and UTF-8 holding)
+#include "tokenizer/utf8.h"
+
 namespace dsv4::serve {
 namespace {
 
@@ -13,30 +16,6 @@ constexpr std::string_view kEosText = "<｜end▁of▁sentence｜>";
 
 std::runtime_error api_error(const char *what) {
     return std::runtime_error(std::string(what) + ": " + dsv4_last_error_message());
-}
-
-// Bytes at the end of s that begin a UTF-8 character not yet complete.
-size_t incomplete_utf8_tail(const std::string &s) {
-    const size_t n = s.size();
-    for (size_t back = 1; back <= std::min<size_t>(3, n); ++back) {
-        const auto c = uint8_t(s[n - back]);
-        if ((c & 0xC0) == 0x80) continue;  // continuation byte: look further back
-        const size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
-        return len > back ? back : 0;
-    }
-    return 0;
-}
-
-// Longest suffix of s that is a proper prefix of one of the markers (it may still become one).
-size_t marker_prefix_tail(const std::string &s, const std::vector<std::string> &markers) {
-    size_t hold = 0;
-    for (const std::string &m : markers)
-        for (size_t k = std::min(s.size(), m.size() - 1); k > hold; --k)
-            if (s.compare(s.size() - k, k, m, 0, k) == 0) {
-                hold = k;
-                break;
-            }
-    return hold;
 }
 
 }  // namespace
@@ -299,7 +278,7 @@ static bool settle(std::string &held, const std::vector<std::string> &stops, Del
     }
     std::vector<std::string> markers = stops;
     markers.emplace_back(kEosText);
-    const size_t hold = std::max(marker_prefix_tail(held, markers), incomplete_utf8_tail(held));
+    const size_t hold = std::max(core::marker_prefix_suffix(held, markers), held.size() - tokenizer::utf8_complete_prefix(held));
     d.text += held.substr(0, held.size() - hold);
     held.erase(0, held.size() - hold);
     return false;

@@ -1,6 +1,6 @@
 // The serving engine of `dsv4 serve`: continuous batching of many requests over one multi-sequence context, with
-// prefix reuse across requests. Written on the public C API only. One engine thread owns the context; request
-// threads submit jobs and read their events.
+// prefix reuse across requests. All model work goes through the public C API. One engine thread owns the context;
+// request threads submit jobs and read their events.
 #pragma once
 #include <dsv4/dsv4.h>
 

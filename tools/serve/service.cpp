@@ -4,6 +4,8 @@
 #include <cmath>
 #include <fmt/format.h>
 
+#include "core/text.h"
+
 namespace dsv4::serve {
 
 Engine &Service::ready_engine() const {
@@ -98,27 +100,8 @@ std::shared_ptr<Job> Service::submit(JobRequest r, Api api) const {
 // Python-style dumps) later, so it is refused up front.
 constexpr int kMaxJsonDepth = 128;
 
-bool too_deep(const std::string &text) {
-    int depth = 0;
-    bool in_string = false, escaped = false;
-    for (char c : text) {
-        if (in_string) {
-            if (escaped) escaped = false;
-            else if (c == '\\') escaped = true;
-            else if (c == '"') in_string = false;
-        } else if (c == '"') {
-            in_string = true;
-        } else if (c == '[' || c == '{') {
-            if (++depth > kMaxJsonDepth) return true;
-        } else if (c == ']' || c == '}') {
-            --depth;
-        }
-    }
-    return false;
-}
-
 json parse_body(const std::string &body) {
-    if (too_deep(body)) throw ApiError(400, fmt::format("the request body nests JSON deeper than {} levels", kMaxJsonDepth));
+    if (core::json_nesting(body, kMaxJsonDepth) > kMaxJsonDepth) throw ApiError(400, fmt::format("the request body nests JSON deeper than {} levels", kMaxJsonDepth));
     json j = json::parse(body, nullptr, false);
     if (j.is_discarded()) throw ApiError(400, "the request body is not valid JSON");
     if (!j.is_object()) throw ApiError(400, "the request body must be a JSON object");
