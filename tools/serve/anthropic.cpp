@@ -18,29 +18,20 @@ std::string blocks_text(const json &content, const std::string &where) {
     return text;
 }
 
-struct MessagesInput {
-    json messages = json::array();
-    std::set<std::string> callable;
-    size_t max_calls = SIZE_MAX;  // 1 with tool_choice.disable_parallel_tool_use
-    std::string forced;           // forced_call_prefix of tool_choice any / tool
-    bool thinking = false;
-    std::optional<std::string> effort;
-};
-
-MessagesInput messages_input(const Service &s, const json &body) {
-    MessagesInput in;
-    in.thinking = s.default_thinking;
+ChatRequest messages_input(const Service &s, const json &body) {
+    ChatRequest in;
+    in.thinking.on = s.default_thinking;
     if (body.contains("thinking") && !body["thinking"].is_null()) {
         const json &t = body["thinking"];
         const std::string type = t.is_object() ? text_of(t, "type") : "";
-        if (type == "enabled" || type == "adaptive") in.thinking = true;
-        else if (type == "disabled") in.thinking = false;
+        if (type == "enabled" || type == "adaptive") in.thinking.on = true;
+        else if (type == "disabled") in.thinking.on = false;
         else throw ApiError(400, "thinking.type: expected enabled, disabled or adaptive");
     }
     if (body.contains("output_config") && body["output_config"].is_object()) {
         const std::string effort = text_of(body["output_config"], "effort");
-        if (effort == "max") in.effort = "max";
-        else if (!effort.empty()) in.effort = "high";
+        if (effort == "max") in.thinking.effort = "max";
+        else if (!effort.empty()) in.thinking.effort = "high";
     }
     json tools = json::array();
     if (body.contains("tools") && !body["tools"].is_null()) {
@@ -65,8 +56,8 @@ MessagesInput messages_input(const Service &s, const json &body) {
             throw ApiError(400, "tool_choice names a tool not in 'tools'");
         else if (type != "auto" && type != "any" && type != "tool")
             throw ApiError(400, "tool_choice.type: expected auto, any, tool or none");
-        if (type == "any") in.forced = forced_call_prefix(in.thinking, !in.callable.empty(), "");
-        if (type == "tool") in.forced = forced_call_prefix(in.thinking, true, text_of(body["tool_choice"], "name"));
+        if (type == "any") in.forced = forced_call_prefix(in.thinking.on, !in.callable.empty(), "");
+        if (type == "tool") in.forced = forced_call_prefix(in.thinking.on, true, text_of(body["tool_choice"], "name"));
     }
     json system = {{"role", "system"}, {"content", ""}};
     if (body.contains("system") && !body["system"].is_null()) system["content"] = blocks_text(body["system"], "system");
@@ -171,16 +162,11 @@ json tool_input(const std::string &arguments) {
     return input.is_object() ? input : json::object();
 }
 
-std::string render_messages(Service &s, MessagesInput &in) {
-    s.memory.restore(in.messages);
-    return s.render(in.messages, in.thinking, in.effort) + in.forced;
-}
-
 void messages(Service &s, const HttpRequest &req, HttpResponse &res) {
     s.ready_engine();  // 503 while loading, before anything reads the tokenizer
     const json body = parse_body(req.body);
-    MessagesInput in = messages_input(s, body);
-    std::vector<int32_t> prompt = s.tokenize(render_messages(s, in));
+    ChatRequest in = messages_input(s, body);
+    std::vector<int32_t> prompt = s.tokenize(s.prompt(in));
     s.check_length(prompt.size(), Api::anthropic);
     JobRequest r = job_from(s, body, std::move(prompt));
     const bool stream = bool_field(body, "stream").value_or(false);
@@ -190,7 +176,7 @@ void messages(Service &s, const HttpRequest &req, HttpResponse &res) {
 
     if (!stream) {
         auto build = [&s, job, in, id, model](const std::vector<Delta> &deltas) {
-            ReplyParser parser(in.thinking, in.callable, "toolu_", in.max_calls);
+            ReplyParser parser(in.thinking.on, in.callable, "toolu_", in.max_calls);
             std::vector<ReplyEvent> events;
             parser.push(in.forced, events);
             for (const Delta &d : deltas) parser.push(d.text, events);
@@ -204,7 +190,7 @@ void messages(Service &s, const HttpRequest &req, HttpResponse &res) {
             }
             s.memory.remember(calls, reasoning);
             json content = json::array();
-            if (in.thinking) content.push_back({{"type", "thinking"}, {"thinking", reasoning}, {"signature", signature_of(id)}});
+            if (in.thinking.on) content.push_back({{"type", "thinking"}, {"thinking", reasoning}, {"signature", signature_of(id)}});
             if (!text.empty() || calls.empty()) content.push_back({{"type", "text"}, {"text", text}});
             for (const ToolCall &c : calls)
                 content.push_back({{"type", "tool_use"}, {"id", c.id}, {"name", c.name}, {"input", tool_input(c.arguments)}});
@@ -278,8 +264,8 @@ void messages(Service &s, const HttpRequest &req, HttpResponse &res) {
             }
             return true;
         };
-        if (in.thinking && !ensure("thinking")) return job->cancel(), false;
-        ReplyParser parser(in.thinking, in.callable, "toolu_", in.max_calls);
+        if (in.thinking.on && !ensure("thinking")) return job->cancel(), false;
+        ReplyParser parser(in.thinking.on, in.callable, "toolu_", in.max_calls);
         std::vector<ReplyEvent> forced;
         parser.push(in.forced, forced);
         if (!send(forced)) return job->cancel(), false;
@@ -313,8 +299,8 @@ void messages(Service &s, const HttpRequest &req, HttpResponse &res) {
 }  // namespace
 
 std::string messages_prompt(Service &s, const json &body) {
-    MessagesInput in = messages_input(s, body);
-    return render_messages(s, in);
+    ChatRequest in = messages_input(s, body);
+    return s.prompt(in);
 }
 
 void register_anthropic(HttpServer &http, Service &s) {

@@ -78,17 +78,9 @@ JobRequest openai_job(const Service &s, const json &body, std::vector<int32_t> p
 
 namespace {
 
-struct ChatInput {
-    json messages = json::array();     // library format
-    std::set<std::string> callable;    // tools the reply may call
-    size_t max_calls = SIZE_MAX;       // 1 with parallel_tool_calls false
-    Thinking thinking;
-    std::string forced;                // forced_call_prefix of tool_choice
-};
-
 // OpenAI messages, tools, tool_choice and response_format → the library's chat messages.
-ChatInput chat_input(const Service &s, const json &body) {
-    ChatInput in;
+ChatRequest chat_input(const Service &s, const json &body) {
+    ChatRequest in;
     if (!body.contains("messages") || !body["messages"].is_array() || body["messages"].empty())
         throw ApiError(400, "'messages' must be a non-empty array", "messages");
     in.thinking = thinking_of(body, s.default_thinking, string_field(body, "reasoning_effort"));
@@ -193,16 +185,11 @@ const char *finish_reason(Finish f, bool called) {
     return called ? "tool_calls" : "stop";
 }
 
-std::string render_chat(Service &s, ChatInput &in) {
-    s.memory.restore(in.messages);
-    return s.render(in.messages, in.thinking.on, in.thinking.effort) + in.forced;
-}
-
 void chat_completions(Service &s, const HttpRequest &req, HttpResponse &res) {
     s.ready_engine();  // 503 while loading, before anything reads the tokenizer
     const json body = parse_body(req.body);
-    ChatInput in = chat_input(s, body);
-    std::vector<int32_t> prompt = s.tokenize(render_chat(s, in));
+    ChatRequest in = chat_input(s, body);
+    std::vector<int32_t> prompt = s.tokenize(s.prompt(in));
     s.check_length(prompt.size(), Api::openai);
     JobRequest r = openai_job(s, body, std::move(prompt), false);
     const bool stream = bool_field(body, "stream").value_or(false);
@@ -439,8 +426,8 @@ void completions(Service &s, const HttpRequest &req, HttpResponse &res) {
 }  // namespace
 
 std::string chat_completions_prompt(Service &s, const json &body) {
-    ChatInput in = chat_input(s, body);
-    return render_chat(s, in);
+    ChatRequest in = chat_input(s, body);
+    return s.prompt(in);
 }
 
 void register_openai(HttpServer &http, Service &s) {

@@ -11,10 +11,6 @@ namespace dsv4::serve {
 // Message content as text: a string, null, or an array of text parts (text, input_text, output_text).
 std::string content_text(const json &content, const std::string &where);
 
-struct Thinking {
-    bool on = false;
-    std::optional<std::string> effort;  // "high" or "max"
-};
 // DeepSeek's `thinking` toggle and OpenAI's reasoning effort ("low"/"medium" map to the model's "high").
 Thinking thinking_of(const json &body, bool default_on, const std::optional<std::string> &effort);
 

@@ -8,12 +8,7 @@
 namespace dsv4::serve {
 namespace {
 
-struct ResponsesInput {
-    json messages = json::array();
-    std::set<std::string> callable;
-    size_t max_calls = SIZE_MAX;  // 1 with parallel_tool_calls false
-    Thinking thinking;
-    std::string forced;           // forced_call_prefix of tool_choice
+struct ResponsesInput : ChatRequest {
     json tools = json::array();  // as the request gave them, echoed in the response
 };
 
@@ -123,23 +118,18 @@ json response_usage(const Job &job, int32_t reasoning_tokens) {
             {"total_tokens", job.n_prompt() + job.n_generated()}};
 }
 
-std::string render_responses(Service &s, ResponsesInput &in) {
-    s.memory.restore(in.messages);
-    return s.render(in.messages, in.thinking.on, in.thinking.effort) + in.forced;
-}
-
 }  // namespace
 
 std::string responses_prompt(Service &s, const json &body) {
     ResponsesInput in = responses_input(s, body);
-    return render_responses(s, in);
+    return s.prompt(in);
 }
 
 void responses(Service &s, const HttpRequest &req, HttpResponse &res) {
     s.ready_engine();  // 503 while loading, before anything reads the tokenizer
     const json body = parse_body(req.body);
     ResponsesInput in = responses_input(s, body);
-    std::vector<int32_t> prompt = s.tokenize(render_responses(s, in));
+    std::vector<int32_t> prompt = s.tokenize(s.prompt(in));
     s.check_length(prompt.size(), Api::openai);
     JobRequest r = openai_job(s, body, std::move(prompt), true);
     const bool stream = bool_field(body, "stream").value_or(false);

@@ -53,6 +53,11 @@ std::string Service::render(const json &messages, bool thinking, const std::opti
     return prompt;
 }
 
+std::string Service::prompt(ChatRequest &r) {
+    memory.restore(r.messages);
+    return render(r.messages, r.thinking.on, r.thinking.effort) + r.forced;
+}
+
 void Service::check_length(size_t n_prompt, Api api) const {
     const int32_t n_ctx = ready_engine().n_ctx();
     if (n_prompt + 1 > size_t(n_ctx)) {

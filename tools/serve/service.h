@@ -5,6 +5,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -30,6 +31,20 @@ inline constexpr const char *kDanglingCall = "the model's tool-call markup broke
 
 struct ServeOptions;
 
+struct Thinking {
+    bool on = false;
+    std::optional<std::string> effort;  // "high" or "max"
+};
+
+// A request of any chat API in the library's terms.
+struct ChatRequest {
+    json messages = json::array();   // the library's chat messages (tools on the system message)
+    std::set<std::string> callable;  // tools the reply may call
+    size_t max_calls = SIZE_MAX;     // 1 when parallel tool calls are off
+    Thinking thinking;
+    std::string forced;              // forced_call_prefix of the tool choice
+};
+
 struct Service {
     std::unique_ptr<Engine> engine;          // null while the model loads
     std::atomic<bool> ready{false};
@@ -45,6 +60,8 @@ struct Service {
     std::string piece(int32_t token) const;
     // Renders library-format chat messages (tools on the system message) with the official encoding.
     std::string render(const json &messages, bool thinking, const std::optional<std::string> &effort) const;
+    // The prompt text of a chat request: the turn memory restored into its messages, rendered, the forced opening.
+    std::string prompt(ChatRequest &r);
     // Refuses prompts that leave no room to generate (context_length_exceeded).
     void check_length(size_t n_prompt, Api api) const;
     // The test hook's scripted completion, when enabled and present in the body.
