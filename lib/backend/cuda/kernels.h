@@ -1,5 +1,6 @@
-// The CUDA backend's kernels, as launchers that the steps (backend/cuda/steps_*.cpp) call on the backend's stream.
-// Plain C++ types only, so that the steps compile with the host compiler. Activations are fp32 arrays whose values
+// The CUDA backend's kernels, as launchers on a stream, for the steps of backend/backend.h (the CUDA device and its
+// steps that call them are the next piece of work). Plain C++ types only, so that the steps compile with the host
+// compiler. Activations are fp32 arrays whose values
 // are already rounded to the reference's dtype, as on the CPU (backend/backend.h); every launcher rounds its output
 // where the CPU backend's step does.
 #pragma once
@@ -34,7 +35,7 @@ struct ExpertTable {
     int64_t rows, cols;
 };
 // Grouped routed-expert linears: for each expert e, rows [offset[e], offset[e+1]) of the gathered batch:
-// y[r] = expert e's matrix · quantised x row (gather[r]). n_max bounds the gathered rows.
+// y[r] = bf16(expert e's matrix · quantised x row gather[r]), or row r itself without gather.
 void linear_experts(cudaStream_t s, const float *qx, const float *qs, const int32_t *gather, const int32_t *offset,
                     int n_experts, const ExpertTable &w, float *y);
 // y[n, rows] = x[n, k] · wᵀ with bf16 weights in fp32, rounded to bf16 if round_out (linear_bf16 / linear_f32).
@@ -142,7 +143,7 @@ void route(cudaStream_t s, float *scores, int64_t n, int n_experts, int k, const
 // (token of each grouped row), row_weight, and per token its rows in expert-id order (token_rows [n, k]).
 void dispatch(cudaStream_t s, const int32_t *ids, const float *weights, int64_t n, int k, int n_experts,
               int32_t *offset, int32_t *gather, float *row_weight, int32_t *token_rows);
-// a = bf16(weight · silu(min(g, L)) · clamp(u, ±L)); weight per row (nullable); rows from *count if count.
+// a = bf16(weight · silu(min(g, L)) · clamp(u, ±L)); weight per row (nullable: the shared expert's).
 void swiglu(cudaStream_t s, const float *g, const float *u, int64_t n, int64_t width, float limit,
             const float *row_weight, float *a);
 // y[i] = bf16(Σ_j out[token_rows[i, j]] (in order) + shared[i]).
