@@ -38,41 +38,37 @@ __device__ __forceinline__ void hadamard_block(float *x, int n) {
     __syncthreads();
 }
 
-// core::simulate_blocks over shared x[0, n) in blocks of `block` (32 or 64): x = bf16(decode(encode(x / s)) · s).
-// One thread per element (blockDim.x >= n); amax per block through `amax` (n / block floats). Ends with a barrier.
+// The scale exponent of the block holding this thread's element of shared x[0, n), blocks of `block` (32 or 64), one
+// thread per element (blockDim.x >= n): a warp's amax, combined across the block's warps through `amax`
+// (n / block floats). Every thread takes part in the barriers; threads past n get 0.
 template <typename F>
-__device__ __forceinline__ void simulate_block(float *x, int n, int block, float *amax) {
+__device__ __forceinline__ int block_exponent(const float *x, int n, int block, float *amax) {
     __syncthreads();
     const int i = threadIdx.x;
     for (int b = i; b < n / block; b += blockDim.x) amax[b] = 0.0f;
     __syncthreads();
-    // a block's amax: a warp's max, then (block 64) the two warps' through shared memory
-    float v = i < n ? fabsf(x[i]) : 0.0f;
-    v = warp_max(v);
+    const float v = warp_max(i < n ? fabsf(x[i]) : 0.0f);
     if (i < n && (i & 31) == 0) atomicMax(reinterpret_cast<int *>(&amax[i / block]), __float_as_int(v));
     __syncthreads();
-    if (i < n) {
-        const int e = pow2_scale_exponent(fmaxf(amax[i / block], F::floor()), F::q_max);
-        x[i] = round_bf16(F::decode(quantize_value<F>(x[i], exp2i(-e))) * exp2i(e));
-    }
+    return i < n ? pow2_scale_exponent(fmaxf(amax[i / block], F::floor()), F::q_max) : 0;
+}
+
+// core::simulate_blocks over shared x[0, n): x = bf16(decode(encode(x / s)) · s). Ends with a barrier.
+template <typename F>
+__device__ __forceinline__ void simulate_block(float *x, int n, int block, float *amax) {
+    const int e = block_exponent<F>(x, n, block, amax);
+    const int i = threadIdx.x;
+    if (i < n) x[i] = round_bf16(F::decode(quantize_value<F>(x[i], exp2i(-e))) * exp2i(e));
     __syncthreads();
 }
 
-// core::quantize_blocks of x[0, n) in blocks of `block` into codes (one per element) and scale exponents; the
-// block's amax as simulate_block takes it. One thread per element.
+// core::quantize_blocks of shared x[0, n) into codes (one per element) and the blocks' scale exponents.
 template <typename F>
 __device__ __forceinline__ void quantize_block(const float *x, int n, int block, float *amax, uint8_t *codes,
                                                int8_t *exps) {
-    __syncthreads();
+    const int e = block_exponent<F>(x, n, block, amax);
     const int i = threadIdx.x;
-    for (int b = i; b < n / block; b += blockDim.x) amax[b] = 0.0f;
-    __syncthreads();
-    float v = i < n ? fabsf(x[i]) : 0.0f;
-    v = warp_max(v);
-    if (i < n && (i & 31) == 0) atomicMax(reinterpret_cast<int *>(&amax[i / block]), __float_as_int(v));
-    __syncthreads();
     if (i < n) {
-        const int e = pow2_scale_exponent(fmaxf(amax[i / block], F::floor()), F::q_max);
         codes[i] = quantize_value<F>(x[i], exp2i(-e));
         if (i % block == 0) exps[i / block] = int8_t(e);
     }
