@@ -25,6 +25,19 @@ ctest --test-dir "$root/build/test" --output-on-failure -j "$jobs"
 
 "$root/scripts/test_server.sh" "$root/build/test/tools/dsv4"
 
+echo "== CUDA build (sm_90a): the library with its CUDA backend, the tool and the kernel tests =="
+# CI has no GPU: this shows that the CUDA code compiles and that its tests skip saying so; scripts/gpu_suite.sh runs
+# them, and eval-golden on CUDA, where a GPU is.
+cmake -S "$root" -B "$root/build/cuda" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSV4_BUILD_TESTS=ON -DDSV4_WERROR=ON \
+      -DDSV4_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a -DDSV4_BUILD_EXAMPLES=OFF >/dev/null
+cmake --build "$root/build/cuda" -j "$jobs" --target dsv4_cli test_cuda_kernels
+"$root/build/cuda/tests/test_cuda_kernels"
+if "$root/build/cuda/tools/dsv4" devices | grep -q '^cuda:'; then
+    "$root/scripts/gpu_suite.sh" "$root/build/cuda"
+else
+    echo "no CUDA device here: the GPU suite (scripts/gpu_suite.sh) did not run"
+fi
+
 echo "== Python bindings: pip install . + pytest =="
 venv="$root/build/venv"
 [[ -x "$venv/bin/python" ]] || /usr/bin/python3 -m venv --system-site-packages "$venv"

@@ -25,15 +25,28 @@ int report(dsv4_status st) {
     return 1;
 }
 
-int cmd_info(const std::string &dir) {
+int cmd_devices() {
+    for (int32_t i = 0; i < dsv4_device_count(); ++i) {
+        dsv4_device_info d{};
+        d.struct_size = sizeof d;
+        if (dsv4_status st = dsv4_device_get_info(i, &d)) return report(st);
+        fmt::print("{:8} {}\n", d.spec, d.description);
+    }
+    fmt::print("{}\n", dsv4_build_info());
+    return 0;
+}
+
+int cmd_info(const std::string &dir, const std::string &device) {
     dsv4_model_params mp = dsv4_model_default_params();
     mp.progress_callback = dsv4::tools::show_load_progress;
+    mp.device = device.c_str();
     dsv4_model *model = nullptr;
     if (dsv4_status st = dsv4_model_load(dir.c_str(), &mp, &model)) return report(st);
     dsv4_model_info info{};
     info.struct_size = sizeof info;
     (void)dsv4_model_get_info(model, &info);
     fmt::print("model            {}\n", info.name);
+    fmt::print("device           {}\n", info.device);
     fmt::print("dim              {}  (heads {} x {}, rope {}, q_lora {}, o_groups {} x {})\n", info.dim, info.n_heads,
                info.head_dim, info.rope_head_dim, info.q_lora_rank, info.o_groups, info.o_lora_rank);
     fmt::print("layers           {} + {} MTP  (window {}, CSA {}, HCA {}; hash-routed {})\n", info.n_layers,
@@ -92,6 +105,9 @@ int main(int argc, char **argv) {
     std::string dir;
     auto *info = app.add_subcommand("info", "load a checkpoint directory and print its summary");
     info->add_option("model", dir, "checkpoint directory (config.json + safetensors)")->required();
+    std::string info_device = "cpu";
+    info->add_option("--device", info_device, "cpu (default), cuda or cuda:N");
+    auto *devices = app.add_subcommand("devices", "list the devices a model can be loaded on, and the build's backends");
 
     dsv4::tools::RunOptions ro;
     auto add_generation = [&](CLI::App *cmd) {
@@ -104,6 +120,7 @@ int main(int argc, char **argv) {
         cmd->add_option("--seed", ro.seed, "sampling seed");
         cmd->add_option("-t,--threads", ro.threads, "compute threads (0 = OMP_NUM_THREADS, else all cores)");
         cmd->add_flag("-q,--quiet", ro.quiet, "no load progress on stderr");
+        cmd->add_option("--device", ro.device, "cpu (default), cuda or cuda:N (dsv4 devices lists them)");
         cmd->add_flag("--no-repack", ro.no_repack, "compute from the checkpoint's bytes in place (no packed copy of the weights)");
         cmd->add_option("-c,--ctx-size", ro.n_ctx, "context length in tokens")->check(CLI::Range(1, 1 << 30));
         cmd->add_flag("--think", ro.think, "thinking mode of the chat format (chat: /think and /nothink switch)");
@@ -138,6 +155,7 @@ int main(int argc, char **argv) {
     serve->add_option("-t,--threads", so.engine.n_threads, "compute threads (0 = OMP_NUM_THREADS, else all cores but one)");
     serve->add_option("--max-body", so.http.max_body, "largest request body in bytes (413 beyond)")->capture_default_str();
     serve->add_option("--timeout", so.http.timeout_seconds, "read and write timeout in seconds (idle keep-alive: 5 s, or this if shorter)")->check(CLI::Range(1, 3600))->capture_default_str();
+    serve->add_option("--device", so.device, "cpu (default), cuda or cuda:N");
     serve->add_flag("--think", so.think, "thinking mode unless a request chooses");
     serve->add_flag("--test-hooks", so.test_hooks, "accept scripted completions (\"dsv4_test\" in a body): for tests only");
     bool serve_quiet = false;
@@ -149,6 +167,7 @@ int main(int argc, char **argv) {
     bench->add_option("-n,--n-gen", bo.n_gen, "decode steps")->check(CLI::Range(1, 1 << 20));
     bench->add_option("-r,--repetitions", bo.repetitions, "runs; the median is reported")->check(CLI::Range(1, 1000));
     bench->add_option("-t,--threads", bo.threads, "compute threads (0 = OMP_NUM_THREADS, else all cores)");
+    bench->add_option("--device", bo.device, "cpu (default), cuda or cuda:N");
 
     dsv4::tools::GoldenOptions gopt;
     auto *golden = app.add_subcommand("eval-golden", "check logits and layer replay against a golden fixture folder");
@@ -157,6 +176,7 @@ int main(int argc, char **argv) {
     golden->add_flag("--logits-only", gopt.logits_only, "skip the layer replay");
     golden->add_flag("--layers-only", gopt.layers_only, "skip the logits");
     golden->add_option("-t,--threads", gopt.n_threads, "compute threads (0 = OMP_NUM_THREADS, else all cores)");
+    golden->add_option("--device", gopt.device, "cpu (default), cuda or cuda:N");
 
     int64_t tokens = 1 << 20;
     int rewind = 32;
@@ -179,7 +199,8 @@ int main(int argc, char **argv) {
 
     CLI11_PARSE(app, argc, argv);
     try {
-        if (*info) return cmd_info(dir);
+        if (*info) return cmd_info(dir, info_device);
+        if (*devices) return cmd_devices();
         if (*run) return dsv4::tools::run(ro);
         if (*chat) return dsv4::tools::chat(ro);
         if (*bench) return dsv4::tools::bench(bo);

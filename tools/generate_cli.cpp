@@ -56,6 +56,7 @@ struct Session {
         dsv4_model_params mp = dsv4_model_default_params();
         if (!o.quiet) mp.progress_callback = show_load_progress;
         mp.repack_weights = !o.no_repack;
+        mp.device = o.device.c_str();
         if (dsv4_status st = dsv4_model_load(dir.c_str(), &mp, &model)) return st;
         tok = dsv4_model_tokenizer(model);
         if (!o.tokenizer_path.empty()) {
@@ -288,6 +289,7 @@ int bench(const BenchOptions &o) {
     RunOptions ro;
     ro.model_dir = o.model_dir;
     ro.threads = o.threads;
+    ro.device = o.device;
     ro.n_ctx = std::max(o.n_prompt + o.n_gen, 1);
     Session s;
     if (!s.open(ro)) return 1;

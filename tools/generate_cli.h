@@ -21,11 +21,13 @@ struct RunOptions {
     bool print_ids = false;                 // `run`: the prompt and generated ids to stderr
     bool quiet = false;                     // no load progress on stderr
     bool no_repack = false;                 // compute from the checkpoint's bytes (dsv4_model_params::repack_weights)
+    std::string device = "cpu";             // dsv4_model_params::device
 };
 
 struct BenchOptions {
     std::string model_dir;
     int n_prompt = 128, n_gen = 32, repetitions = 3, threads = 0;
+    std::string device = "cpu";
 };
 
 // The embedded default model's directory: share/dsv4/models/NAME beside an installed executable, else the source

@@ -225,7 +225,7 @@ bool replay_layers(const model::Model &model, const json &lr, const TensorFile &
                 dst.insert(dst.end(), v.begin(), v.end());
                 rec.cols[qn] = cols;
             };
-            kvcache::LayerCache cache(geo[size_t(l)]);
+            kvcache::LayerCache cache(geo[size_t(l)], model.device().kv_storage());
             std::vector<std::pair<int64_t, int64_t>> calls{{0, P}};
             for (int64_t t = P; t < T; ++t) calls.emplace_back(t, 1);
             std::vector<float> out_mid, out_h;
@@ -435,9 +435,9 @@ bool eval_golden(const std::string &dir, const GoldenOptions &opt) {
     const std::string format = g.value("format", "");
     if (format.rfind("dsv4-golden/", 0) != 0) fail(DSV4_ERR_FORMAT, "{}/golden.json: unknown format '{}'", dir, format);
     model::LoadOptions lo;
+    lo.device = opt.device;
     auto model = model::Model::load(dir + "/" + g.value("model_dir", "model"), lo);
-    fmt::print("fixture {} ({} cases), CPU kernels {}\n", g.value("fixture", dir), g.at("cases").size(),
-               backend::cpu::isa_name(backend::cpu::selected_isa()));
+    fmt::print("fixture {} ({} cases), device {}\n", g.value("fixture", dir), g.at("cases").size(), model->device_name());
     bool ok = true;
     if (!opt.layers_only) {
         TensorFile golden(dir + "/golden.safetensors");

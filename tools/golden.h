@@ -8,6 +8,7 @@ struct GoldenOptions {
     bool logits_only = false;
     bool layers_only = false;
     int n_threads = 0;
+    std::string device = "cpu";  // the device whose backend is judged
 };
 
 // Runs every case of a dsv4-golden fixture folder; prints per-step errors; returns true when all pass.

@@ -67,7 +67,7 @@ extern "C" {
 #define DSV4_VERSION_STRING "0.1.0"
 #define DSV4_VERSION_NUMBER (DSV4_VERSION_MAJOR * 1000000 + DSV4_VERSION_MINOR * 1000 + DSV4_VERSION_PATCH)
 /* Bumped on every ABI-visible addition (function, enum value, struct field). */
-#define DSV4_API_VERSION 8
+#define DSV4_API_VERSION 9
 
 /* Returns DSV4_VERSION_NUMBER of the linked library. Thread-safety: any thread. */
 DSV4_API int32_t dsv4_version_number(void);
@@ -78,6 +78,7 @@ DSV4_API int32_t dsv4_api_version(void);
 /* Returns a one-line description of the build (compiler, options, backends; static storage).
  * Thread-safety: any thread. */
 DSV4_API const char *dsv4_build_info(void);
+
 
 /* ---------------------------------------------------------------------------------------------------------
  * Status codes. The primary code is the low byte; extended codes add detail in the higher bits, so
@@ -193,6 +194,21 @@ typedef enum dsv4_layer_kind {
  * ------------------------------------------------------------------------------------------------------ */
 typedef struct dsv4_model dsv4_model;
 
+/* One device a model can be loaded on (dsv4_model_params.device). */
+typedef struct dsv4_device_info {
+    size_t struct_size;      /* sizeof(dsv4_device_info); set by the caller */
+    char spec[32];           /* what dsv4_model_params.device takes: "cpu", "cuda:0", ... */
+    char description[128];   /* "cpu-avx512_bf16", "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)" */
+    uint64_t memory_bytes;   /* the device's own memory; 0 for the CPU (host memory) */
+} dsv4_device_info;
+
+/* The devices this build finds on this machine: the CPU (index 0), then each CUDA GPU in a build with CUDA. The
+ * count is taken at the first call of either function. Thread-safety: any thread. */
+DSV4_API int32_t dsv4_device_count(void);
+/* Fills *info for device `index` (0 <= index < dsv4_device_count(); info->struct_size set by the caller).
+ * Returns DSV4_OK or DSV4_ERR_INVALID_ARGUMENT. Thread-safety: any thread. */
+DSV4_API dsv4_status dsv4_device_get_info(int32_t index, dsv4_device_info *info);
+
 /* Called during loading with done <= total (bytes); return 0 to cancel the load (DSV4_ERR_CANCELLED). */
 typedef int (*dsv4_progress_callback)(uint64_t done, uint64_t total, void *user_data);
 
@@ -207,6 +223,11 @@ typedef struct dsv4_model_params {
                                                    decode and prefill; anonymous memory of about the checkpoint's
                                                    size, while mapped shard pages become reclaimable page
                                                    cache); 0: compute from the checkpoint's bytes in place */
+    const char *device;                         /* where the weights, KV caches and computation live: NULL or "cpu"
+                                                   (default), "cuda" (= "cuda:0") or "cuda:N" (a build with CUDA:
+                                                   dsv4_device_count / dsv4_device_get_info list the choices); read
+                                                   during the call only. On a GPU the weights are copied into its
+                                                   memory once: progress_callback then reports that copy too */
 } dsv4_model_params;
 
 /* Fills *params with defaults. size = sizeof(*params) as the caller knows it (ABI growth: a caller built against an
@@ -266,6 +287,8 @@ typedef struct dsv4_model_info {
     uint64_t n_bytes;             /* bytes of tensor data in the checkpoint */
     int32_t bos_token_id;         /* config.json's bos_token_id: the token dsv4_chat_encode's add_bos text is */
     int32_t eos_token_id;         /* config.json's eos_token_id: sampling it ends a generation */
+    const char *device;           /* the device computing it, e.g. "cpu-avx512_bf16", "cuda:0 (NVIDIA H100 80GB HBM3)";
+                                     lives as long as the model */
 } dsv4_model_info;
 
 /* Fills *info (info->struct_size must be set by the caller; fields past it are not written).

@@ -205,13 +205,44 @@ DSV4_API const char *dsv4_build_info(void) {
         } catch (const std::exception &) {
             isa = "invalid DSV4_MAX_CPU_ISA";
         }
-        return "dsv4 " DSV4_VERSION_STRING " (" __VERSION__ "; backend: cpu, kernels " + isa +
+        std::string backends;
+        for (const std::string &b : dsv4::backend::compiled_backends()) backends += (backends.empty() ? "" : ", ") + b;
+        return "dsv4 " DSV4_VERSION_STRING " (" __VERSION__ "; backends: " + backends + "; cpu kernels " + isa +
 #if defined(_OPENMP)
                "; openmp" +
 #endif
                ")";
     }();
     return info.c_str();
+}
+
+namespace {
+const std::vector<dsv4::backend::DeviceDescription> &devices() {
+    static const std::vector<dsv4::backend::DeviceDescription> list = dsv4::backend::available_devices();
+    return list;
+}
+}  // namespace
+
+DSV4_API int32_t dsv4_device_count(void) {
+    try {
+        return int32_t(devices().size());
+    } catch (...) {
+        return 1;
+    }
+}
+
+DSV4_API dsv4_status dsv4_device_get_info(int32_t index, dsv4_device_info *info) {
+    DSV4_API_BEGIN
+    require_struct(info, "info");
+    const auto &list = devices();
+    if (index < 0 || size_t(index) >= list.size())
+        fail(DSV4_ERR_INVALID_ARGUMENT, "device index {} is out of range (0..{})", index, list.size() - 1);
+    dsv4_device_info out{};
+    std::snprintf(out.spec, sizeof out.spec, "%s", list[size_t(index)].spec.c_str());
+    std::snprintf(out.description, sizeof out.description, "%s", list[size_t(index)].description.c_str());
+    out.memory_bytes = list[size_t(index)].memory_bytes;
+    copy_out(info, out);
+    DSV4_API_END
 }
 
 DSV4_API const char *dsv4_status_name(dsv4_status s) {
@@ -305,6 +336,7 @@ DSV4_API dsv4_status dsv4_model_load(const char *dir, const dsv4_model_params *p
     options.use_mmap = p.use_mmap != 0;
     options.check_values = p.check_tensors != 0;
     options.repack_weights = p.repack_weights != 0;
+    if (p.device) options.device = p.device;
     ProgressBridge bridge{p.progress_callback, p.progress_user_data};
     if (p.progress_callback) {
         options.progress = &ProgressBridge::call;
@@ -332,6 +364,7 @@ DSV4_API dsv4_status dsv4_model_get_info(const dsv4_model *model, dsv4_model_inf
     const dsv4::io::ModelConfig &c = model->impl->config();
     dsv4_model_info out{};
     out.name = model->impl->name().c_str();
+    out.device = model->impl->device_name().c_str();
     out.vocab_size = c.vocab_size;
     out.dim = c.dim;
     out.n_layers = c.n_layers;

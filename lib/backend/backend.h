@@ -128,6 +128,10 @@ public:
 // Options of a device's weight preparation.
 struct PrepareOptions {
     bool repack_weights = true;  // CPU: copy FP4/FP8 matrices into the packed layout where its kernels use it
+    // Called as a GPU device copies the weights into its memory (done <= total bytes); returning false cancels
+    // the preparation (DSV4_ERR_CANCELLED) and frees what it allocated.
+    bool (*progress)(uint64_t done, uint64_t total, void *user) = nullptr;
+    void *progress_user = nullptr;
 };
 
 // A device: owns the weights it prepared and makes the backends (streams of work) of contexts. Thread-safe.
@@ -146,5 +150,19 @@ public:
 
 // The CPU device with the kernels of the best ISA the CPU allows, capped by DSV4_MAX_CPU_ISA.
 std::unique_ptr<Device> make_cpu_device();
+
+// The device a spec names: "cpu", "cuda" (device 0) or "cuda:N". Throws DSV4_ERR_INVALID_ARGUMENT for another
+// spec, DSV4_ERR_UNSUPPORTED when this build has no CUDA backend, DSV4_ERR_BACKEND when the device is absent.
+std::unique_ptr<Device> make_device(const std::string &spec);
+
+// A device this build and machine offer, for the device query of the C ABI.
+struct DeviceDescription {
+    std::string spec;         // what make_device takes: "cpu", "cuda:0", ...
+    std::string description;  // "cpu-avx512_bf16", "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)"
+    size_t memory_bytes = 0;  // device memory (0 for the CPU: host memory)
+};
+std::vector<DeviceDescription> available_devices();
+// The backends compiled into this build: "cpu", and "cuda" with -DDSV4_CUDA=ON.
+std::vector<std::string> compiled_backends();
 
 }  // namespace dsv4::backend

@@ -9,12 +9,15 @@ namespace dsv4::model {
 
 std::unique_ptr<Model> Model::load(const std::string &dir, const LoadOptions &options) {
     std::unique_ptr<Model> m(new Model());
+    m->device_ = backend::make_device(options.device);  // first: a device that is absent fails before any reading
+    m->device_name_ = m->device_->name();
     m->config_ = io::parse_config(io::read_text_file(dir + "/config.json"), "config.json");
     m->checkpoint_ = std::make_unique<io::Checkpoint>(dir, options.use_mmap, options.progress, options.progress_user);
     m->weights_ = bind_weights(m->config_, *m->checkpoint_, options.check_values);
-    m->device_ = backend::make_cpu_device();
     backend::PrepareOptions prepare;
     prepare.repack_weights = options.repack_weights;
+    prepare.progress = options.progress;
+    prepare.progress_user = options.progress_user;
     if (const size_t bytes = m->device_->prepare(m->weights_, prepare))
         core::log(DSV4_LOG_LEVEL_INFO, "{}: {} prepared {} bytes of weights", dir, m->device_->name(), bytes);
     const io::ModelConfig &c = m->config_;

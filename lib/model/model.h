@@ -21,6 +21,7 @@ struct LoadOptions {
     bool use_mmap = true;
     bool check_values = true;
     bool repack_weights = true;  // where the CPU backend's best kernels use the packed layout
+    std::string device = "cpu";  // backend::make_device's spec: "cpu", "cuda", "cuda:N"
     io::Checkpoint::Progress progress = nullptr;
     void *progress_user = nullptr;
 };
@@ -33,6 +34,7 @@ public:
     const ModelWeights &weights() const { return weights_; }
     const io::Checkpoint &checkpoint() const { return *checkpoint_; }
     const backend::Device &device() const { return *device_; }
+    const std::string &device_name() const { return device_name_; }
     const std::string &name() const { return name_; }
     uint64_t fingerprint() const { return fingerprint_; }
     // Cache geometry of the main layers then the MTP blocks.
@@ -68,6 +70,7 @@ private:
     std::unique_ptr<io::Checkpoint> checkpoint_;
     ModelWeights weights_;
     std::unique_ptr<backend::Device> device_;  // owns what its preparation of weights_ allocated
+    std::string device_name_;
     std::vector<core::Rope> ropes_;  // one per layer (main then MTP)
     std::string name_;
     uint64_t fingerprint_ = 0;

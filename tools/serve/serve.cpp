@@ -132,6 +132,7 @@ int serve(const ServeOptions &o) {
     dsv4_model *model = nullptr;
     dsv4_model_params mp = dsv4_model_default_params();
     mp.progress_callback = o.progress;
+    mp.device = o.device.c_str();
     int rc = 0;
     if (dir.empty()) {
         std::fprintf(stderr, "dsv4 serve: no --model given and the embedded model is not installed\n");

@@ -15,6 +15,7 @@ struct ServeOptions {
     bool test_hooks = false;    // honour "dsv4_test" in request bodies (scripted completions, for tests)
     bool think = false;         // thinking mode unless a request says otherwise
     dsv4_progress_callback progress = nullptr;  // model load progress
+    std::string device = "cpu";  // dsv4_model_params::device
 };
 
 // Runs until SIGTERM / SIGINT; returns the process exit code.

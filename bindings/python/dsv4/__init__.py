@@ -134,12 +134,13 @@ class Model:
     model.safetensors.index.json), and tokenizer.json when present. Immutable and thread-safe once loaded."""
 
     def __init__(self, path: str, *, use_mmap: bool = True, check_tensors: bool = True, repack_weights: bool = True,
-                 progress: Callable[[int, int], bool | None] | None = None):
+                 progress: Callable[[int, int], bool | None] | None = None, device: str = "cpu"):
         """Loads ``path``. ``progress(done_bytes, total_bytes)`` is called while loading; returning False
         cancels. ``repack_weights`` copies the FP4/FP8 matrices into the CPU kernels' packed layout where the CPU
-        has AVX512-BF16 (dsv4_model_params.repack_weights). Raises IOError, FormatError, ConfigError or
-        WeightsError naming what is wrong."""
-        self._native = _dsv4.Model(str(path), use_mmap, check_tensors, repack_weights, progress)
+        has AVX512-BF16 (dsv4_model_params.repack_weights). ``device`` is "cpu", "cuda" or "cuda:N"
+        (dsv4_model_params.device; a build with CUDA). Raises IOError, FormatError, ConfigError, WeightsError or
+        BackendError naming what is wrong."""
+        self._native = _dsv4.Model(str(path), use_mmap, check_tensors, repack_weights, progress, device)
         native_tok = self._native.tokenizer()
         self._tokenizer = Tokenizer._wrap(native_tok) if native_tok is not None else None
         self._info = self._native.info()

@@ -43,12 +43,14 @@ struct ModelObj {
             return 0;
         }
     }
-    ModelObj(const std::string &path, bool use_mmap, bool check_tensors, bool repack_weights, py::object progress_fn)
+    ModelObj(const std::string &path, bool use_mmap, bool check_tensors, bool repack_weights, py::object progress_fn,
+             const std::string &device)
         : progress(std::move(progress_fn)) {
         dsv4_model_params p = dsv4_model_default_params();
         p.use_mmap = use_mmap;
         p.check_tensors = check_tensors;
         p.repack_weights = repack_weights;
+        p.device = device.c_str();
         if (!progress.is_none()) {
             p.progress_callback = on_progress;
             p.progress_user_data = this;
@@ -63,6 +65,7 @@ py::dict model_info(const ModelObj &m) {
     const dsv4_model_info i = m.get().info();
     py::dict d;
     d["name"] = i.name;
+    d["device"] = i.device;
     d["vocab_size"] = i.vocab_size;
     d["dim"] = i.dim;
     d["n_layers"] = i.n_layers;
@@ -405,8 +408,9 @@ PYBIND11_MODULE(_dsv4, m) {
     });
 
     py::class_<ModelObj>(m, "Model")
-        .def(py::init<const std::string &, bool, bool, bool, py::object>(), py::arg("path"), py::arg("use_mmap") = true,
-             py::arg("check_tensors") = true, py::arg("repack_weights") = true, py::arg("progress") = py::none())
+        .def(py::init<const std::string &, bool, bool, bool, py::object, const std::string &>(), py::arg("path"),
+             py::arg("use_mmap") = true, py::arg("check_tensors") = true, py::arg("repack_weights") = true,
+             py::arg("progress") = py::none(), py::arg("device") = "cpu")
         .def("info", &model_info)
         .def("layer_info", &layer_info, py::arg("layer"))
         .def("param_bytes", [](const ModelObj &model, int dtype) { return model.get().param_bytes(dsv4_dtype(dtype)); })
