@@ -94,6 +94,41 @@ TEST_CASE("a caller built against an older header (a shorter params struct) init
     CHECK(longer[sizeof longer - 1] == 0);
 }
 
+TEST_CASE("devices: the query lists the CPU first, and a device that cannot be had fails before any reading", "[api]") {
+    REQUIRE(dsv4_device_count() >= 1);
+    dsv4_device_info d{};
+    d.struct_size = sizeof d;
+    REQUIRE(dsv4_device_get_info(0, &d) == DSV4_OK);
+    CHECK(std::string(d.spec) == "cpu");
+    CHECK(std::string(d.description).rfind("cpu-", 0) == 0);
+    CHECK(dsv4_device_get_info(dsv4_device_count(), &d) == DSV4_ERR_INVALID_ARGUMENT);
+    CHECK(std::string(dsv4_build_info()).find("backends: cpu") != std::string::npos);
+
+    dsv4_model_params mp = dsv4_model_default_params();
+    CHECK(mp.device == nullptr);
+    dsv4_model *m = nullptr;
+    mp.device = "cuda:x";
+    CHECK(dsv4_model_load(dsv4::test::tiny_flash_dir().c_str(), &mp, &m) == DSV4_ERR_INVALID_ARGUMENT);
+    CHECK(std::string(dsv4_last_error_message()).find("cuda:x") != std::string::npos);
+    CHECK(m == nullptr);
+    mp.device = "tpu";
+    CHECK(dsv4_model_load(dsv4::test::tiny_flash_dir().c_str(), &mp, &m) == DSV4_ERR_INVALID_ARGUMENT);
+    // one past the GPUs this machine has (devices after the CPU): unsupported without CUDA in the build, else absent
+    const std::string beyond = "cuda:" + std::to_string(dsv4_device_count() - 1);
+    mp.device = beyond.c_str();
+    const dsv4_status st = dsv4_model_load(dsv4::test::tiny_flash_dir().c_str(), &mp, &m);
+    CHECK((st == DSV4_ERR_UNSUPPORTED || st == DSV4_ERR_BACKEND));
+    CHECK(m == nullptr);
+
+    mp.device = "cpu";
+    REQUIRE(dsv4_model_load(dsv4::test::tiny_flash_dir().c_str(), &mp, &m) == DSV4_OK);
+    dsv4_model_info info{};
+    info.struct_size = sizeof info;
+    REQUIRE(dsv4_model_get_info(m, &info) == DSV4_OK);
+    CHECK(std::string(info.device).rfind("cpu-", 0) == 0);
+    dsv4_model_free(m);
+}
+
 TEST_CASE("the last error is per thread and names the culprit", "[api]") {
     dsv4_model *m = nullptr;
     REQUIRE(dsv4_model_load("/no/such/dir", nullptr, &m) == DSV4_ERR_IO_NOT_FOUND);
