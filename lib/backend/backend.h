@@ -11,6 +11,7 @@
 // Activation tensors hold F32 elements whose values are already rounded to the dtype the reference holds them in
 // (bf16 unless stated), I32 for ids and positions.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -39,6 +40,17 @@ struct LayerBatch {
     const std::vector<kvcache::LayerCache *> &caches;  // one per span
     const Tensor &positions;                           // I32 [N, 1]: each row's position
 };
+
+// hc from the width (2 + hc)·hc of hc_pre's mix tensor (pre, post, comb).
+inline int hc_of_mix(int64_t mix_cols) {
+    int hc = 1;
+    while (int64_t(2 + hc) * hc < mix_cols) ++hc;
+    return hc;
+}
+// The indexer weights' scale (spec §6): omega = bf16(weights_proj · x · dI^-1/2 · nI^-1/2), in double then rounded.
+inline float index_weight_scale(const io::ModelConfig &c) {
+    return float(1.0 / std::sqrt(double(c.index_head_dim)) / std::sqrt(double(c.index_n_heads)));
+}
 
 // One block as every step of it sees it.
 struct Layer {

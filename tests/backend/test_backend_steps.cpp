@@ -18,6 +18,7 @@
 #include "backend/cpu/isa.h"
 #include "core/numeric.h"
 #include "support/fixtures.h"
+#include "support/random.h"
 
 using namespace dsv4;
 using backend::Tensor;
@@ -27,13 +28,6 @@ namespace {
 
 std::mt19937 rng(20261207);
 
-// A bf16-valued activation of N rows: N(0, scale²) rounded to bf16.
-std::vector<float> bf16_values(size_t n, float scale) {
-    std::normal_distribution<float> d(0.0f, scale);
-    std::vector<float> v(n);
-    for (float &x : v) x = core::round_bf16(d(rng));
-    return v;
-}
 
 template <typename T>
 Tensor host(std::vector<T> &v, int64_t rows, DType dtype = DType::F32) {
@@ -160,8 +154,8 @@ Batch random_batch(const model::Model &m) {
             for (int il = 0; il < c.n_layers; ++il) {
                 const std::vector<kvcache::LayerCache *> caches{&cache.layers[size_t(il)]};
                 const backend::Layer l{c, c.layers[size_t(il)], m.weights().layers[size_t(il)], ropes(m)[size_t(il)], il};
-                auto x = bf16_values(size_t(prefix * c.dim), 1.0f), kv = bf16_values(size_t(prefix * c.head_dim), 1.0f);
-                auto q = bf16_values(size_t(prefix * c.n_heads * c.head_dim), 0.1f), o = q;
+                auto x = test::bf16_values(rng, size_t(prefix * c.dim), 1.0f), kv = test::bf16_values(rng, size_t(prefix * c.head_dim), 1.0f);
+                auto q = test::bf16_values(rng, size_t(prefix * c.n_heads * c.head_dim), 0.1f), o = q;
                 std::vector<int32_t> topk(size_t(prefix * c.index_topk), -1);
                 Tensor pos_t = host(pos, prefix, DType::I32), o_t = host(o, prefix);
                 const backend::LayerBatch lb{one, caches, pos_t};
@@ -191,7 +185,7 @@ TEST_CASE("parity: the stream steps (embed, hc_pre, hc_post, head) on every CPU 
         const int64_t N = std::uniform_int_distribution<int64_t>(1, 70)(rng);
         std::vector<int32_t> tokens(static_cast<size_t>(N));
         for (int32_t &t : tokens) t = std::uniform_int_distribution<int32_t>(0, int32_t(c.vocab_size) - 1)(rng);
-        auto h = bf16_values(size_t(N * row), 1.0f), y = bf16_values(size_t(N * D), 1.0f);
+        auto h = test::bf16_values(rng, size_t(N * row), 1.0f), y = test::bf16_values(rng, size_t(N * D), 1.0f);
         const core::LayerWeights &lw = m.weights().layers[size_t(trial % c.n_layers)];
         struct Out {
             std::vector<float> embedded, mix, x, xn, post, logits;
@@ -236,7 +230,7 @@ TEST_CASE("parity: the attention steps over random batches of cached sequences o
         Batch b = random_batch(m);
         const int64_t N = b.n;
         INFO("layer " << il << " (ratio " << ratio << "), " << b.spans.size() << " sequences, " << N << " rows");
-        auto x = bf16_values(size_t(N * D), 1.0f);
+        auto x = test::bf16_values(rng, size_t(N * D), 1.0f);
         // The inputs of the later steps are the reference's outputs of the earlier ones, so that each step is judged
         // on the same inputs everywhere.
         struct Out {
@@ -336,7 +330,7 @@ TEST_CASE("parity: the MoE steps (router, experts) on every CPU path", "[backend
         const int il = trial % c.n_layers;
         const backend::Layer l{c, c.layers[size_t(il)], m.weights().layers[size_t(il)], ropes(m)[size_t(il)], il};
         const int64_t N = trial % 2 ? std::uniform_int_distribution<int64_t>(1, 4)(rng) : std::uniform_int_distribution<int64_t>(100, 700)(rng);
-        auto x = bf16_values(size_t(N * D), 1.0f);
+        auto x = test::bf16_values(rng, size_t(N * D), 1.0f);
         std::vector<int32_t> tokens(static_cast<size_t>(N));
         for (int32_t &t : tokens) t = std::uniform_int_distribution<int32_t>(0, int32_t(c.vocab_size) - 1)(rng);
         struct Out {

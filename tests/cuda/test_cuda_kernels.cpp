@@ -12,6 +12,7 @@
 #include "core/hadamard.h"
 #include "core/ops.h"
 #include "core/rope.h"
+#include "support/random.h"
 
 using namespace dsv4;
 namespace cu = dsv4::backend::cuda;
@@ -45,12 +46,6 @@ struct DeviceArray {
 };
 
 std::mt19937 rng(7);
-std::vector<float> bf16_values(size_t n, float scale) {
-    std::normal_distribution<float> d(0.0f, scale);
-    std::vector<float> v(n);
-    for (float &x : v) x = core::round_bf16(d(rng));
-    return v;
-}
 std::vector<uint8_t> bytes(size_t n, int lo, int hi, bool fp8_codes) {
     std::uniform_int_distribution<int> d(lo, hi);
     std::vector<uint8_t> v(n);
@@ -81,7 +76,7 @@ TEST_CASE("CUDA FP8 and FP4 linears match the reference primitives", "[cuda]") {
     if (!have_gpu()) return;
     auto ref = backend::cpu::make_reference_primitives(2);
     const int64_t n = 11, rows = 256, cols = 512;
-    const std::vector<float> x = bf16_values(size_t(n * cols), 1.0f);
+    const std::vector<float> x = test::bf16_values(rng, size_t(n * cols), 1.0f);
     DeviceArray<float> dx(x), qx(size_t(n * cols)), qs(size_t(n * cols / 128)), y(size_t(n * rows));
     cu::act_quant(nullptr, dx.p, n, cols, qx.p, qs.p);
 
@@ -115,7 +110,7 @@ TEST_CASE("CUDA RMSNorm and head operations are bit-identical to core's", "[cuda
     if (!have_gpu()) return;
     const int64_t n = 5;
     const int dim = 128, heads = 3;
-    std::vector<float> x = bf16_values(size_t(n * heads * dim), 2.0f), w = bf16_values(size_t(heads * dim), 1.0f);
+    std::vector<float> x = test::bf16_values(rng, size_t(n * heads * dim), 2.0f), w = test::bf16_values(rng, size_t(heads * dim), 1.0f);
     std::vector<int32_t> pos(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) pos[size_t(i)] = int32_t(1000 * i + 7);
     {

@@ -205,7 +205,7 @@ void CpuBackend::index_query(const Layer &l, const Tensor &x, const Tensor &q_r,
     float *qI = qIt.as<float>(), *omega = omegat.as<float>();
     p_->linear_fp8(q_r.as<const float>(), N, l.weights.index_wq_b, qI);
     p_->linear_bf16(x.as<const float>(), N, l.weights.index_weights_proj, omega);
-    const float omega_scale = float(1.0 / std::sqrt(double(dI)) / std::sqrt(double(nI)));
+    const float omega_scale = index_weight_scale(cfg);
     for (int64_t i = 0; i < N * nI; ++i) omega[i] = round_bf16(omega[i] * omega_scale);
     const int32_t *pos = positions.as<const int32_t>();
 #pragma omp parallel for num_threads(p_->threads()) schedule(static) if (N * nI >= 64)

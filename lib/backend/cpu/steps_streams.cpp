@@ -32,12 +32,6 @@ void collapse(const float *pre, const float *h, int hc, int64_t D, float *x) {
     }
 }
 
-// hc from the mix width (2 + hc)·hc.
-int hc_of_mix(int64_t mix_cols) {
-    int hc = 1;
-    while (int64_t(2 + hc) * hc < mix_cols) ++hc;
-    return hc;
-}
 
 }  // namespace
 

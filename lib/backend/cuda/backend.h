@@ -133,7 +133,6 @@ private:
     int index_;
     std::string name_;
     void *arena_ = nullptr;
-    size_t arena_bytes_ = 0;
     std::unordered_map<const void *, const void *> copies_;
     std::vector<LayerExperts> experts_;
     std::shared_ptr<kvcache::Storage> storage_;

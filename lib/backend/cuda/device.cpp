@@ -321,7 +321,6 @@ size_t CudaDevice::prepare(core::ModelWeights &weights, const PrepareOptions &op
     }
     experts_ = std::move(experts);
     arena_ = arena;
-    arena_bytes_ = total;
     return total;
 }
 

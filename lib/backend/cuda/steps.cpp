@@ -127,9 +127,7 @@ void CudaBackend::hc_pre(const io::ModelConfig &c, const core::HcWeights &w, con
 }
 
 void CudaBackend::hc_post(const Tensor &mix, const Tensor &y, const Tensor &h, Tensor &out) {
-    int hc = 1;
-    while (int64_t(2 + hc) * hc < mix.cols) ++hc;
-    cuda::hc_post(stream(), hc, y.cols, ptr<float>(mix), ptr<float>(y), ptr<float>(h), h.rows, ptr<float>(out));
+    cuda::hc_post(stream(), hc_of_mix(mix.cols), y.cols, ptr<float>(mix), ptr<float>(y), ptr<float>(h), h.rows, ptr<float>(out));
     launched("hc_post");
 }
 
@@ -314,7 +312,7 @@ void CudaBackend::index_query(const Layer &l, const Tensor &x, const Tensor &q_r
     linear_fp8(ptr<float>(q_r), N, l.weights.index_wq_b, ptr<float>(qI));
     cuda::linear_bf16w(stream_, ptr<float>(x), N, x.cols, reinterpret_cast<const uint16_t *>(l.weights.index_weights_proj.w),
                        nI, ptr<float>(omega), true);
-    cuda::scale_bf16(stream_, ptr<float>(omega), N * nI, float(1.0 / std::sqrt(double(dI)) / std::sqrt(double(nI))));
+    cuda::scale_bf16(stream_, ptr<float>(omega), N * nI, index_weight_scale(c));
     HeadOps ops;
     ops.hadamard = true;
     ops.fp4_sim = true;
